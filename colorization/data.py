@@ -1,0 +1,351 @@
+"""Images for training and evaluation, through Hugging Face ``datasets``.
+
+Three sources behind one option set (flag names as in the diffusers examples):
+
+1. a Hub data set: ``--dataset_name huggan/AFHQ`` (its ``label`` column is filtered to ``--label_filter``,
+   ``cat`` by default);
+2. a local folder of images, through the ``imagefolder`` loader: ``--train_data_dir path/to/photos``;
+3. neither: the embedded procedural scenes of :mod:`colorization.embedded`, which need no download.
+
+Validation split: a data set's own ``validation`` split when it has one; otherwise ``--validation_split``
+of the images (at least one), picked by a permutation seeded with ``--split_seed`` alone, so it is the same
+in every run and every process whatever ``--seed`` is, and only changes when the set of images changes.
+
+Images of any mode (L, LA, P, RGBA, CMYK, 16-bit, EXIF-rotated) become RGB; transparency is flattened
+onto white. Each image is resized (shorter side) and center-cropped to ``--resolution``; training images
+are flipped horizontally with probability 1/2, decided by (seed, epoch, index) so that a resumed run sees
+exactly the same flips. An unreadable image is skipped with a warning: the next readable image takes its
+place, so batches keep their size and processes stay in step, and each batch reports how many it skipped.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import socket
+import urllib.parse
+import warnings
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import Dataset, Sampler
+from torchvision.transforms import functional as TF
+
+from colorization.config import field
+from colorization.errors import ColorizationError
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_NAME = "embedded colored shapes"
+_HUB_PROBE_TIMEOUT_S = 3.0
+_MAX_REPLACEMENT_TRIES = 64
+
+
+@dataclass
+class DataConfig:
+    dataset_name: Optional[str] = field(None, "Hub data set to train on, e.g. huggan/AFHQ. Neither this nor "
+                                              "--train_data_dir: the embedded procedural data.")
+    dataset_config_name: Optional[str] = field(None, "Configuration of the Hub data set, if it has several.")
+    train_data_dir: Optional[str] = field(None, "A local folder of images (read with the imagefolder loader).")
+    image_column: str = field("image", "Column that holds the images.")
+    label_column: str = field("label", "Column of class labels used by --label_filter (Hub data sets).")
+    label_filter: Optional[str] = field("cat", "Keep only this class of a Hub data set's label column "
+                                               "(AFHQ: cat, dog or wild); none keeps all.")
+    cache_dir: Optional[str] = field(None, "Where downloaded data sets are cached (datasets' default if none).")
+    resolution: int = field(256, "Training images are resized and center-cropped to this size.")
+    validation_split: float = field(0.1, "Fraction of the images held out for validation when the data set "
+                                         "has no validation split.")
+    split_seed: int = field(0, "Seed of the train/validation split (independent of --seed).")
+    max_train_samples: Optional[int] = field(None, "Use only the first N training images (quick runs).")
+    max_validation_samples: Optional[int] = field(None, "Use only the first N validation images.")
+    embedded_num_images: int = field(1200, "Number of images of the embedded data set.")
+    dataloader_num_workers: int = field(2, "Worker processes that decode images.")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Decoding
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL image -> RGB, with EXIF orientation applied and transparency flattened onto white."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # 16-bit (or 32-bit integer) gray: PIL's own conversion clips at 255, so rescale to 8 bits.
+        pixels = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or pixels.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(pixels / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    elif image.mode == "F":
+        image = Image.fromarray(np.clip(np.asarray(image) * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def decode_image(value) -> Image.Image:
+    """A value of an image column (PIL image, or ``{"bytes", "path"}`` from an undecoded column) -> RGB."""
+    if isinstance(value, Image.Image):
+        return to_rgb(value)
+    data, path = value.get("bytes"), value.get("path")
+    with Image.open(io.BytesIO(data) if data is not None else path) as image:
+        image.load()
+        return to_rgb(image)
+
+
+def image_to_tensor(image: Image.Image, resolution: int) -> torch.Tensor:
+    """Resize the shorter side to ``resolution``, center-crop to a square -> float (3, R, R) in [0, 1]."""
+    image = TF.resize(image, resolution, interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+    image = TF.center_crop(image, [resolution, resolution])
+    return TF.pil_to_tensor(image).float().div_(255.0).clamp_(0.0, 1.0)
+
+
+class ColorizationImages(Dataset):
+    """A ``datasets.Dataset`` of images -> ``{"rgb": (3, R, R), "index": i, "skipped": k}`` samples."""
+
+    def __init__(self, images, image_column: str, resolution: int, train: bool, seed: int = 0):
+        self.images = images
+        self.image_column = image_column
+        self.resolution = resolution
+        self.train = train
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _load(self, index: int) -> Image.Image:
+        return decode_image(self.images[index][self.image_column])
+
+    def __getitem__(self, index: int) -> dict:
+        skipped = 0
+        for attempt in range(min(_MAX_REPLACEMENT_TRIES, len(self))):
+            current = (index + attempt) % len(self)
+            try:
+                image = self._load(current)
+                break
+            except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
+                skipped += 1
+                warnings.warn(f"skipping unreadable image #{current} ({_describe(self.images, current)}): {error}")
+        else:
+            raise ColorizationError(f"{skipped} images in a row could not be read, starting at #{index}")
+        pixels = image_to_tensor(image, self.resolution)
+        if self.train and np.random.default_rng([self.seed, self.epoch, index]).random() < 0.5:
+            pixels = pixels.flip(-1)
+        return {"rgb": pixels, "index": index, "skipped": skipped}
+
+
+def _describe(images, index: int) -> str:
+    """The file behind a sample, for messages (Hub images may have no path)."""
+    try:
+        value = images[index]
+        for column_value in value.values():
+            if isinstance(column_value, dict) and column_value.get("path"):
+                return str(column_value["path"])
+    except Exception:  # describing must never hide the real error
+        pass
+    return "no file name"
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A permutation of the data set per epoch, seeded by (seed, epoch): identical on every process (the
+    accelerate data loader shards it) and independent of any global random state, so resume is exact."""
+
+    def __init__(self, length: int, seed: int):
+        self.length = length
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.length).tolist())
+
+    def __len__(self) -> int:
+        return self.length
+
+
+def collate(samples: list[dict]) -> dict:
+    return {
+        "rgb": torch.stack([s["rgb"] for s in samples]),
+        "index": torch.tensor([s["index"] for s in samples]),
+        "skipped": torch.tensor(sum(s["skipped"] for s in samples)),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sources
+
+
+def _hub_endpoint_reachable() -> bool:
+    from huggingface_hub import constants
+
+    parsed = urllib.parse.urlparse(constants.ENDPOINT)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=_HUB_PROBE_TIMEOUT_S).close()
+        return True
+    except OSError:
+        return False
+
+
+def _go_offline() -> None:
+    # Without this, datasets retries an unreachable Hub for ~25 s; offline mode fails (or reads the local
+    # cache) at once. Both libraries read these flags at call time.
+    import datasets
+    from huggingface_hub import constants
+
+    constants.HF_HUB_OFFLINE = True
+    datasets.config.HF_HUB_OFFLINE = True
+
+
+def _load_hub(config: DataConfig):
+    import datasets
+
+    if not datasets.config.HF_HUB_OFFLINE and not _hub_endpoint_reachable():
+        logger.warning("The Hugging Face Hub is unreachable; looking for %s in the local cache only.", config.dataset_name)
+        _go_offline()
+    try:
+        return datasets.load_dataset(config.dataset_name, config.dataset_config_name, cache_dir=config.cache_dir)
+    except (ConnectionError, FileNotFoundError, OSError, ValueError) as error:
+        offline = " (offline: the Hub cannot be reached and it is not in the local cache)" if datasets.config.HF_HUB_OFFLINE else ""
+        raise ColorizationError(
+            f"could not load the data set {config.dataset_name!r} from the Hugging Face Hub{offline}: "
+            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}\n"
+            "Use a local folder of images instead with --train_data_dir PATH (for example --train_data_dir "
+            "../shared/data/afhq_cat), or the embedded data by giving neither --dataset_name nor --train_data_dir."
+        ) from None
+
+
+def _load_folder(config: DataConfig):
+    import datasets
+
+    if not os.path.isdir(config.train_data_dir):
+        raise ColorizationError(f"--train_data_dir {config.train_data_dir!r} is not a folder")
+    try:
+        # drop_labels: subfolder names are not classes here; the data set is every image below the folder.
+        return datasets.load_dataset("imagefolder", data_dir=config.train_data_dir, drop_labels=True,
+                                     cache_dir=config.cache_dir)
+    except (FileNotFoundError, ValueError) as error:  # raised for a folder without any image file
+        raise ColorizationError(f"no images found in --train_data_dir {config.train_data_dir!r}: {error}") from None
+
+
+def _embedded_generator(num_images: int):
+    from colorization.embedded import generate_images
+
+    for image in generate_images(num_images):
+        yield {"image": image}
+
+
+def _load_embedded(config: DataConfig):
+    import datasets
+
+    # from_generator caches the rendered images on disk, keyed by the arguments: later runs load in ms.
+    features = datasets.Features({"image": datasets.Image()})
+    return datasets.DatasetDict({"train": datasets.Dataset.from_generator(
+        _embedded_generator, features=features, gen_kwargs={"num_images": config.embedded_num_images},
+        cache_dir=config.cache_dir)})
+
+
+def describe_source(config: DataConfig) -> str:
+    if config.train_data_dir:
+        return f"folder {config.train_data_dir}"
+    if config.dataset_name:
+        label = f" [{config.label_column} = {config.label_filter}]" if config.label_filter else ""
+        return f"hub {config.dataset_name}{label}"
+    return EMBEDDED_NAME
+
+
+def _filter_label(split, config: DataConfig):
+    import datasets
+
+    if not config.label_filter or config.label_column not in split.column_names:
+        return split
+    feature = split.features[config.label_column]
+    if isinstance(feature, datasets.ClassLabel):
+        if config.label_filter not in feature.names:
+            raise ColorizationError(f"--label_filter {config.label_filter!r} is not a class of column "
+                                    f"{config.label_column!r}; its classes are {feature.names}")
+        wanted = feature.str2int(config.label_filter)
+    else:
+        wanted = config.label_filter
+    labels = split[config.label_column]
+    return split.select([i for i, label in enumerate(labels) if label == wanted])
+
+
+def load_splits(config: DataConfig):
+    """Load the configured source -> (train, validation) ``datasets.Dataset``s with undecoded images."""
+    import datasets
+
+    if config.dataset_name and config.train_data_dir:
+        raise ColorizationError("give either --dataset_name or --train_data_dir, not both")
+    if config.train_data_dir:
+        loaded = _load_folder(config)
+    elif config.dataset_name:
+        loaded = _load_hub(config)
+    else:
+        loaded = _load_embedded(config)
+    if "train" not in loaded:
+        raise ColorizationError(f"{describe_source(config)} has no 'train' split (it has {list(loaded)})")
+    train = loaded["train"]
+    if config.image_column not in train.column_names:
+        raise ColorizationError(f"{describe_source(config)} has no column {config.image_column!r} "
+                                f"(columns: {train.column_names}); set --image_column")
+    if config.dataset_name:
+        train = _filter_label(train, config)
+    if "validation" in loaded:
+        validation = loaded["validation"]
+        if config.dataset_name:
+            validation = _filter_label(validation, config)
+    else:
+        train, validation = _split(train, config)
+    if config.max_train_samples is not None:
+        train = train.select(range(min(config.max_train_samples, len(train))))
+    if config.max_validation_samples is not None:
+        validation = validation.select(range(min(config.max_validation_samples, len(validation))))
+    for name, split in (("training", train), ("validation", validation)):
+        if len(split) == 0:
+            raise ColorizationError(f"{describe_source(config)} has no {name} images")
+    # Decode ourselves, so that an unreadable file is skipped instead of crashing the data loader.
+    train = train.cast_column(config.image_column, datasets.Image(decode=False))
+    validation = validation.cast_column(config.image_column, datasets.Image(decode=False))
+    _require_readable(train, config)
+    return train, validation
+
+
+def _split(dataset, config: DataConfig):
+    if len(dataset) < 2:
+        raise ColorizationError(f"{describe_source(config)} has {len(dataset)} image(s): need at least 2 "
+                                "to hold one out for validation")
+    num_validation = min(len(dataset) - 1, max(1, round(config.validation_split * len(dataset))))
+    order = np.random.default_rng(config.split_seed).permutation(len(dataset))
+    return dataset.select(np.sort(order[num_validation:])), dataset.select(np.sort(order[:num_validation]))
+
+
+def _require_readable(split, config: DataConfig, probe: int = 32) -> None:
+    """Fail at once when the first images cannot be decoded: such a data set would only skip forever."""
+    errors = []
+    for index in range(min(probe, len(split))):
+        try:
+            decode_image(split[index][config.image_column])
+            return
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
+            errors.append(f"#{index} ({_describe(split, index)}): {error}")
+    raise ColorizationError(f"none of the first {len(errors)} images of {describe_source(config)} can be read, "
+                            f"e.g. {errors[0]}")
+
+
+def build_datasets(config: DataConfig, seed: int) -> tuple[ColorizationImages, ColorizationImages]:
+    train, validation = load_splits(config)
+    return (ColorizationImages(train, config.image_column, config.resolution, train=True, seed=seed),
+            ColorizationImages(validation, config.image_column, config.resolution, train=False, seed=seed))

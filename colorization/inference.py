@@ -1,0 +1,163 @@
+"""Exported models: one format, one loader (``load_colorizer``) for every model type.
+
+An exported model is a folder with ``model.safetensors`` (the weights) and ``colorizer.json`` (which
+model type it is, the arguments that rebuild its network, its training resolution, and the version of
+this package that wrote it), so evaluation and inference need nothing but its path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torchvision.transforms.functional import pil_to_tensor
+
+from colorization import color
+from colorization.data import to_rgb
+from colorization.errors import ColorizationError
+
+CONFIG_NAME = "colorizer.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_NAME = "colorization-model"
+FORMAT_VERSION = 1
+
+
+def _atomic_write(path: str, write) -> None:
+    """Write through a temporary file in the same folder, so a crash never leaves half a file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def save_exported_model(output_dir: str, model_type: str, module: torch.nn.Module, architecture: dict,
+                        resolution: int, extra: dict | None = None) -> None:
+    """Write ``module``'s weights and the config that rebuilds it into ``output_dir``."""
+    from colorization import __version__
+
+    os.makedirs(output_dir, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    config = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "model_type": model_type,
+              "architecture": architecture, "resolution": resolution, "package_version": __version__,
+              **(extra or {})}
+    _atomic_write(os.path.join(output_dir, WEIGHTS_NAME), lambda p: save_file(state, p, metadata={"model_type": model_type}))
+    _atomic_write(os.path.join(output_dir, CONFIG_NAME), lambda p: _write_json(p, config))
+
+
+def _write_json(path: str, data: dict) -> None:
+    with open(path, "w") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Colorizer:
+    """Colorizes images with a trained model, keeping each input's own full-resolution lightness.
+
+    The network sees the L channel resized to its training resolution; its ab is upsampled back to the
+    input's size and joined with the input's L (the approach of Zhang et al.), so the output has the
+    input's size, aspect ratio, detail and exact luminance.
+    """
+
+    def __init__(self, model_type: str, resolution: int, device: torch.device):
+        self.model_type = model_type
+        self.resolution = resolution
+        self.device = device
+
+    @torch.no_grad()
+    def predict_ab(self, lightness: torch.Tensor) -> torch.Tensor:
+        """Normalized L (N, 1, R, R) on ``self.device`` -> normalized ab (N, 2, R, R)."""
+        raise NotImplementedError
+
+    def _to_model_size(self, lightness: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(lightness, size=(self.resolution, self.resolution), mode="bilinear", antialias=True,
+                             align_corners=False)
+
+    @torch.no_grad()
+    def colorize_lightness(self, lightness: torch.Tensor) -> torch.Tensor:
+        """Normalized L of any size (N, 1, H, W) -> ab (N, 2, H, W), predicted at the model's resolution."""
+        ab = self.predict_ab(self._to_model_size(lightness).to(self.device)).float()
+        return F.interpolate(ab, size=lightness.shape[-2:], mode="bilinear", align_corners=False).to(lightness.device)
+
+    def colorize(self, images: Union[Image.Image, Sequence[Image.Image]], batch_size: int = 8):
+        """A PIL image -> a colorized PIL image of the same size; a list of images -> a list (any sizes)."""
+        single = isinstance(images, Image.Image)
+        items = [images] if single else list(images)
+        results = []
+        for start in range(0, len(items), batch_size):
+            rgbs = [pil_to_tensor(to_rgb(image)).float().div(255.0)[None] for image in items[start:start + batch_size]]
+            lightness = [color.rgb_to_normalized_lab(rgb.to(self.device))[0] for rgb in rgbs]
+            # one network batch at the model's resolution; each ab goes back to its own image's size
+            ab_small = self.predict_ab(torch.cat([self._to_model_size(l) for l in lightness])).float()
+            for l, ab in zip(lightness, ab_small):
+                ab = F.interpolate(ab[None], size=l.shape[-2:], mode="bilinear", align_corners=False)
+                rgb = color.normalized_lab_to_rgb(l, ab)[0]
+                results.append(Image.fromarray((rgb.permute(1, 2, 0) * 255.0).round().byte().cpu().numpy()))
+        return results[0] if single else results
+
+
+class FeedForwardColorizer(Colorizer):
+    """A network that maps normalized L to normalized ab in one pass (CNN, GAN generator)."""
+
+    def __init__(self, model_type: str, module: torch.nn.Module, resolution: int, device: torch.device):
+        super().__init__(model_type, resolution, device)
+        self.module = module.to(device).eval()
+
+    @torch.no_grad()
+    def predict_ab(self, lightness: torch.Tensor) -> torch.Tensor:
+        return self.module(lightness)
+
+
+def read_export_config(path: str) -> dict:
+    if not os.path.exists(path):
+        raise ColorizationError(f"model path {path!r} does not exist")
+    config_path = os.path.join(path, CONFIG_NAME)
+    if not os.path.isdir(path) or not os.path.isfile(config_path):
+        hint = (" It looks like a training checkpoint; load the run's output folder, where the trained model "
+                "is exported when training ends." if os.path.isfile(os.path.join(path, "model.safetensors")) else "")
+        raise ColorizationError(f"{path!r} is not an exported colorization model (no {CONFIG_NAME}).{hint}")
+    try:
+        with open(config_path) as handle:
+            config = json.load(handle)
+    except (OSError, json.JSONDecodeError) as error:
+        raise ColorizationError(f"cannot read {config_path}: {error}") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
+        raise ColorizationError(f"{config_path} is not a colorization model config")
+    if config.get("format_version", 0) > FORMAT_VERSION:
+        raise ColorizationError(
+            f"{path!r} was written by colorization {config.get('package_version')} in model format "
+            f"{config.get('format_version')}; this installation reads format {FORMAT_VERSION}. Upgrade the package.")
+    return config
+
+
+def load_colorizer(path: str, device: Union[str, torch.device, None] = None) -> Colorizer:
+    """Load any exported model (CNN, GAN, diffusion) -> a :class:`Colorizer`."""
+    from colorization.models import EXPORTED_MODEL_BUILDERS
+
+    config = read_export_config(path)
+    model_type = config.get("model_type")
+    if model_type not in EXPORTED_MODEL_BUILDERS:
+        raise ColorizationError(f"{path!r} holds a model of unknown type {model_type!r} "
+                                f"(this installation knows {sorted(EXPORTED_MODEL_BUILDERS)})")
+    device = torch.device(device) if device is not None else default_device()
+    try:
+        module = EXPORTED_MODEL_BUILDERS[model_type](**config["architecture"])
+        state = load_file(os.path.join(path, WEIGHTS_NAME))
+        module.load_state_dict(state, strict=True)
+    except (OSError, RuntimeError, TypeError, KeyError) as error:
+        raise ColorizationError(f"cannot load the {model_type} model in {path!r}: {str(error).splitlines()[0]}") from None
+    return FeedForwardColorizer(model_type, module, int(config["resolution"]), device)
