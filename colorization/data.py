@@ -77,9 +77,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
         # 16-bit (or 32-bit integer) gray: PIL's own conversion clips at 255, so rescale to 8 bits.
         pixels = np.asarray(image, dtype=np.float64)
         top = 65535.0 if image.mode.startswith("I;16") or pixels.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(pixels / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+        image = Image.fromarray(np.clip(pixels / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
     elif image.mode == "F":
-        image = Image.fromarray(np.clip(np.asarray(image) * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+        image = Image.fromarray(np.clip(np.asarray(image) * 255.0 + 0.5, 0, 255).astype(np.uint8))
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
@@ -115,18 +115,16 @@ class ColorizationImages(Dataset):
         self.resolution = resolution
         self.train = train
         self.seed = seed
-        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def _load(self, index: int) -> Image.Image:
         return decode_image(self.images[index][self.image_column])
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key) -> dict:
+        """``key`` is an index, or ``(epoch, index)`` from :class:`EpochShuffleSampler` (the epoch seeds the flip)."""
+        epoch, index = key if isinstance(key, tuple) else (0, key)
         skipped = 0
         for attempt in range(min(_MAX_REPLACEMENT_TRIES, len(self))):
             current = (index + attempt) % len(self)
@@ -137,9 +135,9 @@ class ColorizationImages(Dataset):
                 skipped += 1
                 warnings.warn(f"skipping unreadable image #{current} ({_describe(self.images, current)}): {error}")
         else:
-            raise ColorizationError(f"{skipped} images in a row could not be read, starting at #{index}")
+            raise ColorizationError(f"none of the {skipped} images tried from #{index} on could be read")
         pixels = image_to_tensor(image, self.resolution)
-        if self.train and np.random.default_rng([self.seed, self.epoch, index]).random() < 0.5:
+        if self.train and np.random.default_rng([self.seed, epoch, index]).random() < 0.5:
             pixels = pixels.flip(-1)
         return {"rgb": pixels, "index": index, "skipped": skipped}
 
@@ -156,9 +154,10 @@ def _describe(images, index: int) -> str:
     return "no file name"
 
 
-class EpochShuffleSampler(Sampler[int]):
+class EpochShuffleSampler(Sampler[tuple]):
     """A permutation of the data set per epoch, seeded by (seed, epoch): identical on every process (the
-    accelerate data loader shards it) and independent of any global random state, so resume is exact."""
+    accelerate data loader shards it) and independent of any global random state, so resume is exact.
+    It yields ``(epoch, index)`` so that workers need no per-epoch state and can persist."""
 
     def __init__(self, length: int, seed: int):
         self.length = length
@@ -169,7 +168,8 @@ class EpochShuffleSampler(Sampler[int]):
         self.epoch = epoch
 
     def __iter__(self):
-        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.length).tolist())
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.length)
+        return iter([(self.epoch, int(index)) for index in order])
 
     def __len__(self) -> int:
         return self.length

@@ -189,10 +189,11 @@ class Trainer:
         with self.accelerator.main_process_first():
             train_set, validation_set = build_datasets(data, config.seed)
         self.train_set, self.validation_set = train_set, validation_set
-        self.sampler = EpochShuffleSampler(len(train_set), config.seed)
         # Own generators: creating an iterator must not draw from the global RNG (exact resume).
-        common = dict(num_workers=data.dataloader_num_workers, collate_fn=collate, pin_memory=torch.cuda.is_available())
-        train_loader = DataLoader(train_set, batch_size=config.train_batch_size, sampler=self.sampler, drop_last=True,
+        common = dict(num_workers=data.dataloader_num_workers, collate_fn=collate, pin_memory=torch.cuda.is_available(),
+                      persistent_workers=data.dataloader_num_workers > 0)
+        train_loader = DataLoader(train_set, batch_size=config.train_batch_size,
+                                  sampler=EpochShuffleSampler(len(train_set), config.seed), drop_last=True,
                                   generator=torch.Generator().manual_seed(config.seed), **common)
         validation_loader = DataLoader(validation_set, batch_size=config.eval_batch_size, shuffle=False,
                                        generator=torch.Generator().manual_seed(config.seed), **common)
@@ -272,7 +273,8 @@ class Trainer:
     def run_config(self) -> dict:
         return {"model_type": self.task.model_type, "train": asdict(self.config), "data": asdict(self.data_config),
                 "model": asdict(self.task.config), "num_processes": self.accelerator.num_processes,
-                "mixed_precision": self.accelerator.mixed_precision, "command": " ".join(sys.argv)}
+                "mixed_precision": self.accelerator.mixed_precision, "command": " ".join(sys.argv),
+                "global_step": self.progress.global_step}
 
     def _write_run_config(self, path: str) -> None:
         with open(path, "w") as handle:
@@ -369,11 +371,12 @@ class Trainer:
         micro_steps, images_skipped, started = 0, torch.zeros((), device=accelerator.device), time.perf_counter()
         validated_at = saved_at = progress.global_step
         while progress.global_step < max_steps and progress.epoch < num_epochs:
-            self.sampler.set_epoch(progress.epoch)
-            self.train_set.set_epoch(progress.epoch)
             loader = train_loader
             if progress.batches_in_epoch:
                 loader = accelerator.skip_first_batches(train_loader, progress.batches_in_epoch)
+            # The prepared loader hands its own epoch counter to the sampler at every iteration: set it here,
+            # or a loader created on resume would restart the data order at epoch 0.
+            loader.set_epoch(progress.epoch)
             for batch in loader:
                 lightness, ab = color.rgb_to_normalized_lab(batch["rgb"])
                 with accelerator.accumulate(*task.models.values()):
@@ -401,12 +404,14 @@ class Trainer:
                     bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in values.items() if k.startswith("train/")
                                      and "loss" in k})
                     sums, micro_steps, images_skipped, started = {}, 0, torch.zeros_like(images_skipped), time.perf_counter()
+                paused = time.perf_counter()
                 if progress.global_step % config.checkpointing_steps == 0:
                     self.save_checkpoint()
                     saved_at = progress.global_step
                 if progress.global_step % config.validation_steps == 0:
                     metrics = self.validate()
                     validated_at = progress.global_step
+                started += time.perf_counter() - paused  # images/s counts training time only
                 if progress.global_step >= max_steps:
                     break
             else:
