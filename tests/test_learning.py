@@ -1,0 +1,34 @@
+"""Does training learn? Short real runs of `accelerate launch train_cnn.py`, judged on the validation split."""
+
+import json
+
+from conftest import TINY_CNN, accelerate_launch
+
+
+def _validation_losses(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "logs" / "cnn"))
+    events.Reload()
+    return {e.step: e.value for e in events.Scalars("validation/loss")}
+
+
+def test_cnn_beats_the_gray_baseline_on_the_embedded_data(tmp_path):
+    accelerate_launch("train_cnn.py", ["--resolution", "32", "--embedded_num_images", "256", "--dataloader_num_workers",
+                                       "0", *TINY_CNN, "--train_batch_size", "16", "--max_train_steps", "150",
+                                       "--validation_steps", "150", "--output_dir", tmp_path])
+    metrics = json.loads((tmp_path / "validation_metrics.json").read_text())
+    # seen: 19.1 dB against 14.1 dB for gray after 150 steps
+    assert metrics["psnr"] > metrics["psnr_gray"] + 2.0, metrics
+    losses = _validation_losses(tmp_path)
+    assert losses[150] < 0.6 * losses[0], losses
+
+
+def test_cnn_validation_loss_falls_on_real_cats(tmp_path, afhq_dir):
+    accelerate_launch("train_cnn.py", ["--train_data_dir", afhq_dir, "--resolution", "32", *TINY_CNN,
+                                       "--train_batch_size", "32", "--max_train_steps", "160", "--validation_steps",
+                                       "80", "--max_validation_samples", "128", "--output_dir", tmp_path])
+    losses = _validation_losses(tmp_path)
+    # Cats have little color, so an untrained model (ab ~ 0) already starts near the gray baseline;
+    # seen: 0.0077 -> 0.0068 after 150 steps (-12%), 0.0065 after 300.
+    assert losses[160] < 0.93 * losses[0], losses
