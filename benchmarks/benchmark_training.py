@@ -37,7 +37,7 @@ def benchmark(model: str, resolution: int, batch_size: int, mixed_precision: str
     lightness, ab = color.rgb_to_normalized_lab(rgb)
 
     def step():
-        with accelerator.accumulate(*task.models.values()):
+        with accelerator.accumulate(*task.models.values()), accelerator.autocast():
             task.training_step(trainer, lightness, ab)
 
     for _ in range(warmup):

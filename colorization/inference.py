@@ -111,7 +111,7 @@ class Colorizer:
 
 
 class FeedForwardColorizer(Colorizer):
-    """A network that maps normalized L to normalized ab in one pass (CNN, GAN generator)."""
+    """A network whose ``predict_ab`` maps normalized L to normalized ab in one pass (CNN, GAN generator)."""
 
     def __init__(self, model_type: str, module: torch.nn.Module, resolution: int, device: torch.device):
         super().__init__(model_type, resolution, device)
@@ -119,7 +119,7 @@ class FeedForwardColorizer(Colorizer):
 
     @torch.no_grad()
     def predict_ab(self, lightness: torch.Tensor) -> torch.Tensor:
-        return self.module(lightness)
+        return self.module.predict_ab(lightness)
 
 
 def read_export_config(path: str) -> dict:

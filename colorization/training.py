@@ -84,6 +84,11 @@ class TrainingTask:
         self.resolution = resolution
         self.models: dict[str, torch.nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.accelerator: Optional[Accelerator] = None  # set by the harness before build()
+
+    def unwrapped(self, name: str) -> torch.nn.Module:
+        """Model ``name`` without its distributed wrapper (mixed-precision forward kept)."""
+        return self.accelerator.unwrap_model(self.models[name])
 
     def check_resolution(self, resolution: int) -> None:
         """Raise ColorizationError for a resolution the networks cannot handle."""
@@ -116,7 +121,7 @@ class TrainingTask:
 
     def export(self, accelerator: Accelerator, output_dir: str, extra: dict) -> None:
         """Write the trained model where ``load_colorizer`` finds it (main process only)."""
-        module = accelerator.unwrap_model(self.models[self.exported_model_name])
+        module = self.unwrapped(self.exported_model_name)
         save_exported_model(output_dir, self.model_type, module, self.architecture(), self.resolution, extra)
 
     exported_model_name = "model"
@@ -210,6 +215,7 @@ class Trainer:
 
     def _prepare_models(self, max_steps: int) -> None:
         task, accelerator = self.task, self.accelerator
+        task.accelerator = accelerator
         with accelerator.main_process_first():  # pretrained weights are downloaded once per machine
             task.build(self.config)
         schedulers = self._schedule(max_steps)
@@ -280,9 +286,20 @@ class Trainer:
         with open(path, "w") as handle:
             json.dump(self.run_config(), handle, indent=2)
 
+    def _broadcast_buffers(self) -> None:
+        """Give every process rank 0's buffers (batch-norm statistics), as DDP does at each training forward:
+        after the last step each process holds statistics of its own batches. Validation then judges, on
+        every process, the model that checkpoints and the export save (rank 0's)."""
+        if self.accelerator.num_processes == 1:
+            return
+        for name in self.task.models:
+            for buffer in self.task.unwrapped(name).buffers():
+                torch.distributed.broadcast(buffer.data, src=0)
+
     @torch.no_grad()
     def validate(self) -> dict:
         accelerator, task = self.accelerator, self.task
+        self._broadcast_buffers()
         for model in task.models.values():
             model.eval()
         generator = torch.Generator(accelerator.device).manual_seed(self.config.seed)
@@ -370,54 +387,57 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         micro_steps, images_skipped, started = 0, torch.zeros((), device=accelerator.device), time.perf_counter()
         validated_at = saved_at = progress.global_step
-        while progress.global_step < max_steps and progress.epoch < num_epochs:
-            loader = train_loader
-            if progress.batches_in_epoch:
-                loader = accelerator.skip_first_batches(train_loader, progress.batches_in_epoch)
-            # The prepared loader hands its own epoch counter to the sampler at every iteration: set it here,
-            # or a loader created on resume would restart the data order at epoch 0.
-            loader.set_epoch(progress.epoch)
-            for batch in loader:
-                lightness, ab = color.rgb_to_normalized_lab(batch["rgb"])
-                with accelerator.accumulate(*task.models.values()):
-                    logs = task.training_step(self, lightness, ab)
-                progress.batches_in_epoch += 1
-                micro_steps += 1
-                images_skipped += batch["skipped"]
-                for key, value in logs.items():
-                    sums[key] = sums.get(key, 0.0) + value.detach().float()
-                if not accelerator.sync_gradients:
-                    continue
-                progress.global_step += 1
-                bar.update(1)
-                if progress.global_step % config.logging_steps == 0 or progress.global_step == max_steps:
-                    elapsed = time.perf_counter() - started
-                    values = {f"train/{k}": accelerator.reduce(v / micro_steps, "mean").item() for k, v in sums.items()}
-                    values.update(self._scalars(micro_steps * config.train_batch_size * accelerator.num_processes / elapsed))
-                    skipped = int(accelerator.reduce(images_skipped, "sum").item())
-                    progress.images_skipped += skipped
-                    values["data/images_skipped"] = progress.images_skipped
-                    if skipped:
-                        self.log(f"step {progress.global_step}: skipped {skipped} unreadable image(s), "
-                                 f"{progress.images_skipped} in all")
-                    self._track(values)
-                    bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in values.items() if k.startswith("train/")
-                                     and "loss" in k})
-                    sums, micro_steps, images_skipped, started = {}, 0, torch.zeros_like(images_skipped), time.perf_counter()
-                paused = time.perf_counter()
-                if progress.global_step % config.checkpointing_steps == 0:
-                    self.save_checkpoint()
-                    saved_at = progress.global_step
-                if progress.global_step % config.validation_steps == 0:
-                    metrics = self.validate()
-                    validated_at = progress.global_step
-                started += time.perf_counter() - paused  # images/s counts training time only
-                if progress.global_step >= max_steps:
-                    break
-            else:
-                progress.epoch += 1
-                progress.batches_in_epoch = 0
-        bar.close()
+        try:
+            while progress.global_step < max_steps and progress.epoch < num_epochs:
+                loader = train_loader
+                if progress.batches_in_epoch:
+                    loader = accelerator.skip_first_batches(train_loader, progress.batches_in_epoch)
+                # The prepared loader hands its own epoch counter to the sampler at every iteration: set it here,
+                # or a loader created on resume would restart the data order at epoch 0.
+                loader.set_epoch(progress.epoch)
+                for batch in loader:
+                    lightness, ab = color.rgb_to_normalized_lab(batch["rgb"])
+                    # One accumulate context for all models: accelerate counts a micro-step per context entered.
+                    with accelerator.accumulate(*task.models.values()), accelerator.autocast():
+                        logs = task.training_step(self, lightness, ab)
+                    progress.batches_in_epoch += 1
+                    micro_steps += 1
+                    images_skipped += batch["skipped"]
+                    for key, value in logs.items():
+                        sums[key] = sums.get(key, 0.0) + value.detach().float()
+                    if not accelerator.sync_gradients:
+                        continue
+                    progress.global_step += 1
+                    bar.update(1)
+                    if progress.global_step % config.logging_steps == 0 or progress.global_step == max_steps:
+                        elapsed = time.perf_counter() - started
+                        values = {f"train/{k}": accelerator.reduce(v / micro_steps, "mean").item() for k, v in sums.items()}
+                        values.update(self._scalars(micro_steps * config.train_batch_size * accelerator.num_processes / elapsed))
+                        skipped = int(accelerator.reduce(images_skipped, "sum").item())
+                        progress.images_skipped += skipped
+                        values["data/images_skipped"] = progress.images_skipped
+                        if skipped:
+                            self.log(f"step {progress.global_step}: skipped {skipped} unreadable image(s), "
+                                     f"{progress.images_skipped} in all")
+                        self._track(values)
+                        bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in values.items() if k.startswith("train/")
+                                         and "loss" in k})
+                        sums, micro_steps, images_skipped, started = {}, 0, torch.zeros_like(images_skipped), time.perf_counter()
+                    paused = time.perf_counter()
+                    if progress.global_step % config.checkpointing_steps == 0:
+                        self.save_checkpoint()
+                        saved_at = progress.global_step
+                    if progress.global_step % config.validation_steps == 0:
+                        metrics = self.validate()
+                        validated_at = progress.global_step
+                    started += time.perf_counter() - paused  # images/s counts training time only
+                    if progress.global_step >= max_steps:
+                        break
+                else:
+                    progress.epoch += 1
+                    progress.batches_in_epoch = 0
+        finally:
+            bar.close()
         if saved_at != progress.global_step:
             self.save_checkpoint()
         if metrics is None or validated_at != progress.global_step:

@@ -71,6 +71,8 @@ class ResNetColorizer(nn.Module):
         # The report's last x2 is nearest; bilinear avoids 2x2 blocks of identical color at the same cost.
         return F.interpolate(ab, size=lightness.shape[-2:], mode="bilinear", align_corners=False)
 
+    predict_ab = forward  # the interface of exported networks (see inference.FeedForwardColorizer)
+
 
 class CNNTask(TrainingTask):
     model_type = "cnn"
@@ -96,7 +98,7 @@ class CNNTask(TrainingTask):
         return {"loss": loss.detach()}
 
     def predict_ab(self, lightness, generator):
-        return self.models["model"](lightness)
+        return self.unwrapped("model").predict_ab(lightness)
 
     def validation_losses(self, lightness, ab, predicted_ab):
         return {"loss": self._loss(predicted_ab, ab, reduction="none").mean(dim=(1, 2, 3))}
