@@ -24,13 +24,16 @@ from colorization.models import TRAINING_TASKS
 from colorization.training import TrainConfig, Trainer
 
 
-def benchmark(model: str, resolution: int, batch_size: int, mixed_precision: str, steps: int, warmup: int) -> dict:
+def benchmark(model: str, resolution: int, batch_size: int, mixed_precision: str, steps: int, warmup: int,
+              perceptual: float = 0.5, unet_preset: str = "base") -> dict:
     accelerator = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
     task_class = TRAINING_TASKS[model]
-    task = task_class(task_class.config_class(**({"pretrained_backbone": False} if model == "cnn" else {})), resolution)
+    options = {"cnn": {"pretrained_backbone": False}, "gan": {"lambda_perceptual": perceptual},
+               "diffusion": {"unet_preset": unet_preset}}[model]
+    task = task_class(task_class.config_class(**options), resolution)
     task.check_resolution(resolution)
     train_config = TrainConfig(train_batch_size=batch_size, report_to="none",
-                               **{k: v for k, v in task_class.train_defaults.items() if k in TrainConfig.__annotations__})
+                               **{k: v for k, v in task_class.flag_defaults.items() if k in TrainConfig.__annotations__})
     trainer = Trainer(task, train_config, DataConfig(resolution=resolution), accelerator=accelerator)
     trainer._prepare_models(max_steps=warmup + steps)
     rgb = torch.rand(batch_size, 3, resolution, resolution, device=accelerator.device)
@@ -74,9 +77,13 @@ def main() -> None:
     parser.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="no")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--lambda_perceptual", type=float, default=0.5,
+                        help="GAN: 0 skips the VGG-16 perceptual loss (whose weights need a download)")
+    parser.add_argument("--unet_preset", default="base", help="diffusion: small or base")
     parser.add_argument("--output", help="append the result as one JSON line to this file")
     args = parser.parse_args()
-    result = benchmark(args.model, args.resolution, args.batch_size, args.mixed_precision, args.steps, args.warmup)
+    result = benchmark(args.model, args.resolution, args.batch_size, args.mixed_precision, args.steps, args.warmup,
+                       args.lambda_perceptual, args.unet_preset)
     line = json.dumps(result)
     print(line)
     if args.output:

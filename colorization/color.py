@@ -55,17 +55,53 @@ def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     return torch.stack((116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)), dim=1)
 
 
-@torch.autocast("cuda", enabled=False)
-@torch.autocast("cpu", enabled=False)
-def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
-    """Lab (N, 3, H, W) -> sRGB in [0, 1]. Colors outside the sRGB gamut are clipped."""
-    _check_channels(lab, 3, "lab")
-    lab = lab.to(_working_dtype(lab))
+def _lab_to_linear_rgb(lab: torch.Tensor) -> torch.Tensor:
+    """Lab -> linear-light RGB, unclipped (outside [0, 1] where the color is outside the sRGB gamut)."""
     fy = (lab[:, 0] + 16.0) / 116.0
     f = torch.stack((fy + lab[:, 1] / 500.0, fy, fy - lab[:, 2] / 200.0), dim=1)
     xyz = torch.where(f > 6.0 / 29.0, f**3, (f - 4.0 / 29.0) / _KAPPA)
     xyz = xyz * _matrix(_D65_WHITE, lab).view(1, 3, 1, 1)
-    linear = torch.einsum("ij,njhw->nihw", torch.linalg.inv(_matrix(_RGB_TO_XYZ, lab)), xyz).clamp(0.0, 1.0)
+    return torch.einsum("ij,njhw->nihw", torch.linalg.inv(_matrix(_RGB_TO_XYZ, lab)), xyz)
+
+
+def _in_gamut(linear: torch.Tensor, tolerance: float = 1e-6) -> torch.Tensor:
+    return ((linear >= -tolerance) & (linear <= 1.0 + tolerance)).all(dim=1, keepdim=True)
+
+
+def _reduce_chroma_into_gamut(lab: torch.Tensor, steps: int = 14) -> torch.Tensor:
+    """Scale each out-of-gamut pixel's (a, b) toward 0, keeping L and hue, until it fits in sRGB.
+
+    Bisection on the scale (precision 2^-14); the gray axis (a = b = 0) is in gamut for every L in [0, 100].
+    """
+    linear = _lab_to_linear_rgb(lab)
+    outside = ~_in_gamut(linear)
+    if not outside.any():
+        return lab
+    low = torch.zeros_like(lab[:, :1])
+    high = torch.ones_like(lab[:, :1])
+    for _ in range(steps):
+        middle = (low + high) / 2
+        fits = _in_gamut(_lab_to_linear_rgb(torch.cat((lab[:, :1], lab[:, 1:] * middle), dim=1)))
+        low = torch.where(fits, middle, low)
+        high = torch.where(fits, high, middle)
+    scale = torch.where(outside, low, torch.ones_like(low))
+    return torch.cat((lab[:, :1], lab[:, 1:] * scale), dim=1)
+
+
+@torch.autocast("cuda", enabled=False)
+@torch.autocast("cpu", enabled=False)
+def lab_to_rgb(lab: torch.Tensor, keep_lightness: bool = False) -> torch.Tensor:
+    """Lab (N, 3, H, W) -> sRGB in [0, 1].
+
+    Colors outside the sRGB gamut are clipped per channel, which changes their lightness; with
+    ``keep_lightness`` their chroma is reduced instead, so the result has exactly the given L.
+    """
+    _check_channels(lab, 3, "lab")
+    lab = lab.to(_working_dtype(lab))
+    if keep_lightness:
+        lab = torch.cat((lab[:, :1].clamp(0.0, 100.0), lab[:, 1:]), dim=1)
+        lab = _reduce_chroma_into_gamut(lab)
+    linear = _lab_to_linear_rgb(lab).clamp(0.0, 1.0)
     rgb = torch.where(linear > 0.0031308, 1.055 * linear.clamp_min(0.0031308) ** (1.0 / 2.4) - 0.055, 12.92 * linear)
     return rgb.clamp(0.0, 1.0)
 
@@ -97,14 +133,15 @@ def rgb_to_normalized_lab(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 def normalized_lab_to_rgb(lightness: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
     """Join a normalized L (N, 1, H, W) with a normalized ab (N, 2, H, W) -> sRGB in [0, 1], float32.
 
-    This is how every model's prediction becomes an image: the L is always the input's own.
+    This is how every model's prediction becomes an image: the L is always the input's own, exactly
+    (a predicted color outside the sRGB gamut keeps its L and hue and loses chroma until it fits).
     """
     _check_channels(lightness, 1, "lightness")
     _check_channels(ab, 2, "ab")
     if lightness.shape[-2:] != ab.shape[-2:]:
         raise ValueError(f"L {tuple(lightness.shape)} and ab {tuple(ab.shape)} differ in size")
     lab = torch.cat((denormalize_l(lightness.float()), denormalize_ab(ab.float())), dim=1)
-    return lab_to_rgb(lab).float()
+    return lab_to_rgb(lab, keep_lightness=True).float()
 
 
 def gray_rgb(lightness: torch.Tensor) -> torch.Tensor:

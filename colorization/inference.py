@@ -41,18 +41,25 @@ def _atomic_write(path: str, write) -> None:
             os.remove(temporary)
 
 
-def save_exported_model(output_dir: str, model_type: str, module: torch.nn.Module, architecture: dict,
-                        resolution: int, extra: dict | None = None) -> None:
-    """Write ``module``'s weights and the config that rebuilds it into ``output_dir``."""
+def save_export_config(output_dir: str, model_type: str, architecture: dict, resolution: int,
+                       extra: dict | None = None) -> None:
+    """Write ``colorizer.json``: what the model is, how to rebuild it, at what resolution it was trained."""
     from colorization import __version__
 
-    os.makedirs(output_dir, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
     config = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "model_type": model_type,
               "architecture": architecture, "resolution": resolution, "package_version": __version__,
               **(extra or {})}
-    _atomic_write(os.path.join(output_dir, WEIGHTS_NAME), lambda p: save_file(state, p, metadata={"model_type": model_type}))
+    os.makedirs(output_dir, exist_ok=True)
     _atomic_write(os.path.join(output_dir, CONFIG_NAME), lambda p: _write_json(p, config))
+
+
+def save_exported_model(output_dir: str, model_type: str, module: torch.nn.Module, architecture: dict,
+                        resolution: int, extra: dict | None = None) -> None:
+    """Write ``module``'s weights and the config that rebuilds it into ``output_dir``."""
+    os.makedirs(output_dir, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    _atomic_write(os.path.join(output_dir, WEIGHTS_NAME), lambda p: save_file(state, p, metadata={"model_type": model_type}))
+    save_export_config(output_dir, model_type, architecture, resolution, extra)
 
 
 def _write_json(path: str, data: dict) -> None:
@@ -144,20 +151,29 @@ def read_export_config(path: str) -> dict:
     return config
 
 
-def load_colorizer(path: str, device: Union[str, torch.device, None] = None) -> Colorizer:
-    """Load any exported model (CNN, GAN, diffusion) -> a :class:`Colorizer`."""
-    from colorization.models import EXPORTED_MODEL_BUILDERS
+def load_feed_forward_colorizer(path: str, config: dict, device: torch.device, build) -> Colorizer:
+    """Rebuild a one-pass network with ``build(**architecture)`` and load its safetensors weights."""
+    try:
+        module = build(**config["architecture"])
+        module.load_state_dict(load_file(os.path.join(path, WEIGHTS_NAME)), strict=True)
+    except (OSError, RuntimeError, TypeError, KeyError) as error:
+        raise ColorizationError(f"cannot load the {config['model_type']} model in {path!r}: "
+                                f"{str(error).splitlines()[0]}") from None
+    return FeedForwardColorizer(config["model_type"], module, int(config["resolution"]), device)
+
+
+def load_colorizer(path: str, device: Union[str, torch.device, None] = None, **sampling) -> Colorizer:
+    """Load any exported model (CNN, GAN, diffusion) -> a :class:`Colorizer`.
+
+    ``sampling`` options apply to the diffusion model (``scheduler`` in ddpm/ddim/dpm,
+    ``num_inference_steps``, ``seed``); the one-pass models have none and ignore them.
+    """
+    from colorization.models import COLORIZER_LOADERS
 
     config = read_export_config(path)
     model_type = config.get("model_type")
-    if model_type not in EXPORTED_MODEL_BUILDERS:
+    if model_type not in COLORIZER_LOADERS:
         raise ColorizationError(f"{path!r} holds a model of unknown type {model_type!r} "
-                                f"(this installation knows {sorted(EXPORTED_MODEL_BUILDERS)})")
+                                f"(this installation knows {sorted(COLORIZER_LOADERS)})")
     device = torch.device(device) if device is not None else default_device()
-    try:
-        module = EXPORTED_MODEL_BUILDERS[model_type](**config["architecture"])
-        state = load_file(os.path.join(path, WEIGHTS_NAME))
-        module.load_state_dict(state, strict=True)
-    except (OSError, RuntimeError, TypeError, KeyError) as error:
-        raise ColorizationError(f"cannot load the {model_type} model in {path!r}: {str(error).splitlines()[0]}") from None
-    return FeedForwardColorizer(model_type, module, int(config["resolution"]), device)
+    return COLORIZER_LOADERS[model_type](path, config, device, **sampling)

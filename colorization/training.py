@@ -14,6 +14,7 @@ batches and random numbers as one that never stopped.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -77,7 +78,7 @@ class TrainingTask:
 
     model_type: str = ""
     config_class: type = None  # dataclass of the family's own flags
-    train_defaults: dict = {}  # overrides of TrainConfig defaults (e.g. learning rate)
+    flag_defaults: dict = {}  # overrides of shared flag defaults (TrainConfig, DataConfig), e.g. learning rate
 
     def __init__(self, config, resolution: int):
         self.config = config
@@ -92,6 +93,9 @@ class TrainingTask:
 
     def check_resolution(self, resolution: int) -> None:
         """Raise ColorizationError for a resolution the networks cannot handle."""
+
+    def inspect_data(self, train_set) -> None:
+        """Look at the training images before build() (the diffusion model measures its ab scale)."""
 
     def build(self, train_config: TrainConfig) -> None:
         """Create ``self.models`` and ``self.optimizers`` (one per model name that is trained)."""
@@ -114,6 +118,10 @@ class TrainingTask:
     def checkpoint_objects(self) -> list:
         """Extra stateful objects (e.g. EMA) to save and restore with every checkpoint."""
         return []
+
+    def evaluation_weights(self):
+        """Context in which validation runs (the diffusion model swaps its EMA weights in)."""
+        return contextlib.nullcontext()
 
     def architecture(self) -> dict:
         """Keyword arguments that rebuild the exported network."""
@@ -302,6 +310,18 @@ class Trainer:
         self._broadcast_buffers()
         for model in task.models.values():
             model.eval()
+        with task.evaluation_weights():
+            metrics, first_batch = self._validation_pass()
+        for model in task.models.values():
+            model.train()
+        self._log_grid(*first_batch)
+        self._track({f"validation/{key}": value for key, value in metrics.items()})
+        self.log(f"step {self.progress.global_step}: validation " +
+                 ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "num_images"))
+        return metrics
+
+    def _validation_pass(self):
+        accelerator, task = self.accelerator, self.task
         generator = torch.Generator(accelerator.device).manual_seed(self.config.seed)
         per_image: dict[str, list] = {}
         first_batch = None
@@ -327,13 +347,7 @@ class Trainer:
             self.gray_metrics = {k: metrics[k] for k in ("psnr_gray", "ssim_gray")}
         metrics.update(self.gray_metrics)
         metrics["num_images"] = sum(len(c) for c in per_image["psnr"])
-        self._log_grid(*first_batch)
-        for model in task.models.values():
-            model.train()
-        self._track({f"validation/{key}": value for key, value in metrics.items()})
-        self.log(f"step {self.progress.global_step}: validation " +
-                 ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "num_images"))
-        return metrics
+        return metrics, first_batch
 
     def _log_grid(self, truth: torch.Tensor, lightness: torch.Tensor, prediction: torch.Tensor) -> None:
         """Rows of gray input | prediction | ground truth, for the first validation images of process 0."""
@@ -362,6 +376,7 @@ class Trainer:
             raise ColorizationError(
                 f"the training set has {len(self.train_set)} images, fewer than one batch of "
                 f"{config.train_batch_size} x {accelerator.num_processes} processes; lower --train_batch_size")
+        task.inspect_data(self.train_set)
         steps_per_epoch = math.ceil(len(train_loader) / config.gradient_accumulation_steps)
         max_steps = config.max_train_steps or config.num_train_epochs * steps_per_epoch
         num_epochs = math.ceil(max_steps / steps_per_epoch)
@@ -385,6 +400,7 @@ class Trainer:
         bar = tqdm(total=max_steps, initial=progress.global_step, desc=task.model_type,
                    disable=not accelerator.is_local_main_process, dynamic_ncols=True)
         sums: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}
         micro_steps, images_skipped, started = 0, torch.zeros((), device=accelerator.device), time.perf_counter()
         validated_at = saved_at = progress.global_step
         try:
@@ -403,15 +419,16 @@ class Trainer:
                     progress.batches_in_epoch += 1
                     micro_steps += 1
                     images_skipped += batch["skipped"]
-                    for key, value in logs.items():
-                        sums[key] = sums.get(key, 0.0) + value.detach().float()
+                    for key, value in logs.items():  # some keys (e.g. per-timestep losses) come and go
+                        sums[key] = sums.get(key, 0.0) + value.detach().float().to(accelerator.device)
+                        counts[key] = counts.get(key, 0) + 1
                     if not accelerator.sync_gradients:
                         continue
                     progress.global_step += 1
                     bar.update(1)
                     if progress.global_step % config.logging_steps == 0 or progress.global_step == max_steps:
                         elapsed = time.perf_counter() - started
-                        values = {f"train/{k}": accelerator.reduce(v / micro_steps, "mean").item() for k, v in sums.items()}
+                        values = {f"train/{k}": accelerator.reduce(v / counts[k], "mean").item() for k, v in sums.items()}
                         values.update(self._scalars(micro_steps * config.train_batch_size * accelerator.num_processes / elapsed))
                         skipped = int(accelerator.reduce(images_skipped, "sum").item())
                         progress.images_skipped += skipped
@@ -422,7 +439,8 @@ class Trainer:
                         self._track(values)
                         bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in values.items() if k.startswith("train/")
                                          and "loss" in k})
-                        sums, micro_steps, images_skipped, started = {}, 0, torch.zeros_like(images_skipped), time.perf_counter()
+                        sums, counts, micro_steps = {}, {}, 0
+                        images_skipped, started = torch.zeros_like(images_skipped), time.perf_counter()
                     paused = time.perf_counter()
                     if progress.global_step % config.checkpointing_steps == 0:
                         self.save_checkpoint()
@@ -503,8 +521,8 @@ def check_processes(accelerator: Accelerator) -> None:
 def parse_args(task_class: type[TrainingTask], argv=None) -> tuple[TrainConfig, DataConfig, object]:
     parser = argparse.ArgumentParser(description=f"Train the {task_class.model_type} colorization model.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_dataclass_arguments(parser, TrainConfig, {"output_dir": f"runs/{task_class.model_type}", **task_class.train_defaults})
-    add_dataclass_arguments(parser, DataConfig)
+    add_dataclass_arguments(parser, TrainConfig, {"output_dir": f"runs/{task_class.model_type}", **task_class.flag_defaults})
+    add_dataclass_arguments(parser, DataConfig, task_class.flag_defaults)
     add_dataclass_arguments(parser, task_class.config_class)
     args = parser.parse_args(argv)
     return build_dataclass(TrainConfig, args), build_dataclass(DataConfig, args), build_dataclass(task_class.config_class, args)

@@ -76,3 +76,24 @@ def test_rejects_wrong_shapes():
         color.rgb_to_lab(torch.rand(3, 8, 8))
     with pytest.raises(ValueError):
         color.normalized_lab_to_rgb(torch.rand(1, 1, 8, 8), torch.rand(1, 2, 4, 4))
+
+
+def test_joining_keeps_lightness_exactly_even_for_colors_outside_the_gamut():
+    generator = torch.Generator().manual_seed(4)
+    lightness = torch.rand(2, 1, 16, 16, generator=generator) * 2 - 1  # L from 0 to 100
+    ab = (torch.rand(2, 2, 16, 16, generator=generator) * 2 - 1) * 1.2  # much of it outside sRGB
+    rgb = color.normalized_lab_to_rgb(lightness, ab)
+    assert 0 <= rgb.min() and rgb.max() <= 1
+    back_lightness, back_ab = color.rgb_to_normalized_lab(rgb)
+    assert (back_lightness - lightness).abs().max() < 2e-3  # 0.1 L unit; clipping moves L by up to ~30 units
+    clipped = color.lab_to_rgb(torch.cat((color.denormalize_l(lightness), color.denormalize_ab(ab)), dim=1))
+    assert (color.rgb_to_normalized_lab(clipped)[0] - lightness).abs().max() > 0.05
+    # hue kept: the reduced chroma points the same way
+    cosine = torch.nn.functional.cosine_similarity(back_ab, ab, dim=1)
+    assert cosine[back_ab.norm(dim=1) > 0.05].min() > 0.99
+
+
+def test_in_gamut_colors_are_not_changed_by_joining():
+    rgb = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    lightness, ab = color.rgb_to_normalized_lab(rgb)
+    assert (color.normalized_lab_to_rgb(lightness, ab) - rgb).abs().max() < 1e-5

@@ -77,7 +77,7 @@ class ResNetColorizer(nn.Module):
 class CNNTask(TrainingTask):
     model_type = "cnn"
     config_class = CNNConfig
-    train_defaults = {"learning_rate": 1e-3}  # the report's Adam learning rate
+    flag_defaults = {"learning_rate": 1e-3}  # the report's Adam learning rate
 
     def check_resolution(self, resolution: int) -> None:
         if resolution < 32 or resolution % 8:

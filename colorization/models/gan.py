@@ -160,7 +160,7 @@ class GANTask(TrainingTask):
     model_type = "gan"
     config_class = GANConfig
     # the report: Adam 2e-4, beta1 0.5, constant rate, 20 epochs, no clipping
-    train_defaults = {"learning_rate": 2e-4, "adam_beta1": 0.5, "lr_scheduler": "constant", "max_grad_norm": None}
+    flag_defaults = {"learning_rate": 2e-4, "adam_beta1": 0.5, "lr_scheduler": "constant", "max_grad_norm": None}
     exported_model_name = "generator"
 
     def check_resolution(self, resolution: int) -> None:
