@@ -22,6 +22,7 @@ setup(
         "numpy>=1.24",
         "pillow>=10.0",
     ],
+    entry_points={"console_scripts": ["colorize=colorization.cli:main"]},
     extras_require={
         # scikit-image: the independent reference the color conversion is tested against
         "dev": ["pytest>=7", "scikit-image>=0.21"],

@@ -30,6 +30,7 @@ from colorization.data import DataConfig, ColorizationImages, collate, describe_
 from colorization.errors import ColorizationError, cli_entry_point
 from colorization.inference import load_colorizer, read_export_config
 from colorization.metrics import psnr_per_image, ssim_per_image
+from colorization.pretrained import load_pretrained
 
 METRICS = ("lpips", "psnr", "ssim", "colorfulness")
 HIGHER_IS_BETTER = {"lpips": False, "psnr": True, "ssim": True, "colorfulness": None, "colorfulness_gap": False}
@@ -67,16 +68,9 @@ def load_lpips(device: torch.device):
     import lpips
     from torchvision.models import AlexNet_Weights
 
-    weights = AlexNet_Weights.IMAGENET1K_V1
-    cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
-    try:
-        model = lpips.LPIPS(net="alex", version="0.1", verbose=False)
-    except (OSError, RuntimeError) as error:  # URLError is an OSError
-        raise ColorizationError(
-            f"LPIPS needs torchvision's ImageNet AlexNet weights ({os.path.basename(weights.url)}), which are not "
-            f"in the local cache ({cached}) and cannot be downloaded ({type(error).__name__}: {error}). Connect to "
-            "the internet once, or copy the file there, or run without LPIPS: --metrics psnr,ssim,colorfulness"
-        ) from None
+    model = load_pretrained(lambda: lpips.LPIPS(net="alex", version="0.1", verbose=False),
+                            AlexNet_Weights.IMAGENET1K_V1.url, "ImageNet AlexNet weights that LPIPS needs",
+                            "run without LPIPS: --metrics psnr,ssim,colorfulness")
     return model.eval().requires_grad_(False).to(device)
 
 

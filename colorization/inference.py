@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -101,20 +103,55 @@ class Colorizer:
         return F.interpolate(ab, size=lightness.shape[-2:], mode="bilinear", align_corners=False).to(lightness.device)
 
     def colorize(self, images: Union[Image.Image, Sequence[Image.Image]], batch_size: int = 8):
-        """A PIL image -> a colorized PIL image of the same size; a list of images -> a list (any sizes)."""
+        """A PIL image -> a colorized PIL image of the same size; a list of images -> a list (any sizes).
+
+        Any mode is accepted (16-bit, CMYK, palette...); EXIF orientation is applied; an alpha channel is
+        kept. Only the model's input is downscaled; the output is joined with the full-resolution L in
+        tiles of rows, so very large images need little memory.
+        """
         single = isinstance(images, Image.Image)
         items = [images] if single else list(images)
         results = []
         for start in range(0, len(items), batch_size):
-            rgbs = [pil_to_tensor(to_rgb(image)).float().div(255.0)[None] for image in items[start:start + batch_size]]
-            lightness = [color.rgb_to_normalized_lab(rgb.to(self.device))[0] for rgb in rgbs]
-            # one network batch at the model's resolution; each ab goes back to its own image's size
-            ab_small = self.predict_ab(torch.cat([self._to_model_size(l) for l in lightness])).float()
-            for l, ab in zip(lightness, ab_small):
-                ab = F.interpolate(ab[None], size=l.shape[-2:], mode="bilinear", align_corners=False)
-                rgb = color.normalized_lab_to_rgb(l, ab)[0]
-                results.append(Image.fromarray((rgb.permute(1, 2, 0) * 255.0).round().byte().cpu().numpy()))
+            prepared = [_split_alpha(image) for image in items[start:start + batch_size]]
+            small = torch.cat([self._model_input(rgb) for rgb, _ in prepared])
+            ab_small = self.predict_ab(small.to(self.device)).float().cpu()
+            results.extend(self._join(rgb, ab, alpha) for (rgb, alpha), ab in zip(prepared, ab_small))
         return results[0] if single else results
+
+    def _model_input(self, rgb: Image.Image) -> torch.Tensor:
+        """Normalized L (1, 1, R, R) of the image resized to the model's resolution, as in training."""
+        small = rgb.resize((self.resolution, self.resolution), Image.BICUBIC, reducing_gap=3.0)
+        return color.rgb_to_normalized_lab(pil_to_tensor(small)[None].float().div(255.0))[0]
+
+    def _join(self, rgb: Image.Image, ab_small: torch.Tensor, alpha: Optional[Image.Image]) -> Image.Image:
+        width, height = rgb.size
+        ab = F.interpolate(ab_small[None], size=(height, width), mode="bilinear", align_corners=False)
+        pixels = np.array(rgb)  # writable, as torch.from_numpy expects
+        output = np.empty_like(pixels)
+        rows = max(1, _TILE_PIXELS // width)
+        for top in range(0, height, rows):
+            tile = torch.from_numpy(pixels[top:top + rows]).permute(2, 0, 1)[None].float().div(255.0)
+            lightness = color.rgb_to_normalized_lab(tile)[0]
+            joined = color.normalized_lab_to_rgb(lightness, ab[..., top:top + rows, :])[0]
+            output[top:top + rows] = (joined.permute(1, 2, 0) * 255.0).round().byte().numpy()
+        result = Image.fromarray(output)
+        if alpha is not None:
+            result.putalpha(alpha)
+        return result
+
+
+_TILE_PIXELS = 1 << 21  # about 2 megapixels per tile when joining L and ab
+
+
+def _split_alpha(image: Image.Image) -> tuple[Image.Image, Optional[Image.Image]]:
+    """-> (RGB image, its alpha channel or None), with EXIF orientation applied."""
+    from PIL import ImageOps
+
+    image = ImageOps.exif_transpose(image)
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (image.mode == "P" and "transparency" in image.info)
+    alpha = image.convert("RGBA").getchannel("A") if has_alpha else None
+    return to_rgb(image), alpha
 
 
 class FeedForwardColorizer(Colorizer):

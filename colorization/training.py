@@ -306,7 +306,7 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict:
-        accelerator, task = self.accelerator, self.task
+        task = self.task
         self._broadcast_buffers()
         for model in task.models.values():
             model.eval()

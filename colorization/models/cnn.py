@@ -8,8 +8,6 @@ the input size, ending in a 2-channel convolution (no activation): the normalize
 
 from __future__ import annotations
 
-import os
-import urllib.error
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +16,7 @@ from torch import nn
 
 from colorization.config import field
 from colorization.errors import ColorizationError
+from colorization.pretrained import load_pretrained
 from colorization.training import TrainConfig, TrainingTask
 
 
@@ -37,14 +36,8 @@ def load_imagenet_resnet18() -> nn.Module:
     from torchvision.models import ResNet18_Weights, resnet18
 
     weights = ResNet18_Weights.IMAGENET1K_V1
-    try:
-        return resnet18(weights=weights)
-    except (urllib.error.URLError, OSError, RuntimeError) as error:
-        cache = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
-        raise ColorizationError(
-            f"cannot get the ImageNet ResNet-18 weights ({type(error).__name__}: {error}). They are downloaded "
-            f"once from {weights.url} to {cache}; connect to the internet once or copy the file there, "
-            "or train from scratch with --no-pretrained_backbone.") from None
+    return load_pretrained(lambda: resnet18(weights=weights), weights.url, "ImageNet ResNet-18 weights",
+                           "train from scratch with --no-pretrained_backbone")
 
 
 class ResNetColorizer(nn.Module):

@@ -21,12 +21,11 @@ from diffusers import (ConfigMixin, DDIMScheduler, DDPMScheduler, DiffusionPipel
 from diffusers.configuration_utils import register_to_config
 from diffusers.training_utils import EMAModel
 from diffusers.utils.torch_utils import randn_tensor
-from PIL import Image
 
 from colorization import color
 from colorization.config import field
 from colorization.errors import ColorizationError
-from colorization.inference import CONFIG_NAME, Colorizer, save_export_config
+from colorization.inference import Colorizer, save_export_config
 from colorization.models.cnn import make_adam
 from colorization.training import TrainConfig, TrainingTask
 

@@ -18,8 +18,6 @@ fake (fake detached), with optional one-sided label smoothing. Adam 2e-4, betas 
 from __future__ import annotations
 
 import math
-import os
-import urllib.error
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +27,7 @@ from torch import nn
 from colorization import color
 from colorization.config import field
 from colorization.errors import ColorizationError
+from colorization.pretrained import load_pretrained
 from colorization.models.cnn import make_adam
 from colorization.training import TrainConfig, TrainingTask
 
@@ -130,15 +129,10 @@ def load_imagenet_vgg16_features() -> nn.Module:
     from torchvision.models import VGG16_Weights, vgg16
 
     weights = VGG16_Weights.IMAGENET1K_V1
-    try:
-        features = vgg16(weights=weights).features[:_VGG_RELU3_3]
-    except (urllib.error.URLError, OSError, RuntimeError) as error:
-        cache = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
-        raise ColorizationError(
-            f"cannot get the ImageNet VGG-16 weights for the perceptual loss ({type(error).__name__}: {error}). "
-            f"They are downloaded once from {weights.url} to {cache}; connect to the internet once or copy the "
-            "file there, or train without the perceptual loss with --lambda_perceptual 0.") from None
-    return features.eval().requires_grad_(False)
+    network = load_pretrained(lambda: vgg16(weights=weights), weights.url,
+                              "ImageNet VGG-16 weights for the perceptual loss",
+                              "train without the perceptual loss with --lambda_perceptual 0")
+    return network.features[:_VGG_RELU3_3].eval().requires_grad_(False)
 
 
 class PerceptualLoss(nn.Module):

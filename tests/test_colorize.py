@@ -1,0 +1,127 @@
+"""`colorize` and Colorizer.colorize: full resolution, every input kind, every model type, exit codes."""
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler
+from PIL import Image
+from torchvision.transforms.functional import pil_to_tensor
+
+from colorization import color, load_colorizer
+from colorization.inference import save_export_config, save_exported_model
+from colorization.models.cnn import ResNetColorizer
+from colorization.models.diffusion import LabColorizationPipeline, LabConditionedUNet
+from colorization.models.gan import UNetGenerator
+from conftest import run_command
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """One tiny exported model of each type (random weights: the API, not the colors, is under test)."""
+    root = tmp_path_factory.mktemp("exported")
+    torch.manual_seed(0)
+    save_exported_model(str(root / "cnn"), "cnn", ResNetColorizer(), {}, 32)
+    save_exported_model(str(root / "gan"), "gan", UNetGenerator(32, "ab", 8),
+                        {"resolution": 32, "output_space": "ab", "base_channels": 8}, 32)
+    unet = LabConditionedUNet(sample_size=32, block_out_channels=(32, 32), layers_per_block=1, attention_levels=())
+    LabColorizationPipeline(unet, DDPMScheduler(num_train_timesteps=1000)).save_pretrained(root / "diffusion")
+    save_export_config(str(root / "diffusion"), "diffusion", {}, 32, {"sampling": {"scheduler": "ddim",
+                                                                                   "num_inference_steps": 3}})
+    return root
+
+
+def _photo(width, height, seed=0):
+    return Image.fromarray(np.random.default_rng(seed).integers(60, 200, (height, width, 3), dtype=np.uint8))
+
+
+def _lightness(image):
+    return color.rgb_to_lab(pil_to_tensor(image.convert("RGB"))[None].float() / 255.0)[0, 0]
+
+
+@pytest.mark.parametrize("model_type", ["cnn", "gan", "diffusion"])
+def test_every_model_type_keeps_size_aspect_and_lightness(models, model_type):
+    colorizer = load_colorizer(str(models / model_type), device="cpu")
+    assert colorizer.model_type == model_type
+    photos = [_photo(77, 31), _photo(13, 40, 1), _photo(1, 1, 2)]
+    results = colorizer.colorize(photos, batch_size=2)
+    assert [r.size for r in results] == [p.size for p in photos]
+    for photo, result in zip(photos, results):
+        assert (_lightness(result) - _lightness(photo)).abs().max() < 0.6  # 8-bit rounding only
+    assert isinstance(colorizer.colorize(photos[0]), Image.Image)
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16"])
+def test_every_mode(models, mode):
+    colorizer = load_colorizer(str(models / "cnn"), device="cpu")
+    base = _photo(24, 18)
+    image = Image.fromarray(np.asarray(base.convert("L"), dtype=np.uint16) * 257) if mode == "I;16" else base.convert(mode)
+    result = colorizer.colorize(image)
+    assert result.size == (24, 18)
+    assert result.mode == ("RGBA" if mode in ("LA", "RGBA") else "RGB")
+
+
+def test_alpha_is_kept(models):
+    rgba = _photo(20, 10).convert("RGBA")
+    alpha = Image.fromarray(np.tile(np.linspace(0, 255, 20, dtype=np.uint8), (10, 1)))
+    rgba.putalpha(alpha)
+    result = load_colorizer(str(models / "gan"), device="cpu").colorize(rgba)
+    assert np.array_equal(np.asarray(result.getchannel("A")), np.asarray(alpha))
+
+
+@pytest.mark.parametrize("image_format", ["JPEG", "PNG", "BMP", "TIFF", "WEBP"])
+def test_every_format_and_exif_rotation(models, tmp_path, image_format):
+    path = tmp_path / f"photo.{image_format.lower()}"
+    options = {"exif": _rotation_exif()} if image_format in ("JPEG", "WEBP", "PNG", "TIFF") else {}
+    _photo(30, 16).save(path, format=image_format, **options)
+    result = load_colorizer(str(models / "cnn"), device="cpu").colorize(Image.open(path))
+    assert result.size == ((16, 30) if options else (30, 16))  # EXIF orientation 6: rotated a quarter turn
+
+
+def _rotation_exif():
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return exif
+
+
+def test_command_line_end_to_end_with_bad_files(models, tmp_path):
+    folder = tmp_path / "scans"
+    (folder / "nested").mkdir(parents=True)
+    _photo(33, 21).save(folder / "one.jpg")
+    _photo(12, 12).convert("RGBA").save(folder / "nested" / "two.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    (folder / "notes.txt").write_text("not an image")
+    single = tmp_path / "single.png"
+    _photo(5, 9).save(single)
+    args = [sys.executable, "-m", "colorization", "--model", models / "diffusion", folder, single,
+            "--output_dir", tmp_path / "out", "--device", "cpu", "--batch_size", "2", "--num_inference_steps", "2",
+            "--scheduler", "dpm", "--seed", "1"]
+    result = run_command(args, check=False)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2 and any("broken.jpg" in e for e in errors) and any("notes.txt" in e for e in errors)
+    assert Image.open(tmp_path / "out" / "scans" / "one.jpg").size == (33, 21)
+    assert Image.open(tmp_path / "out" / "scans" / "nested" / "two.png").mode == "RGBA"
+    assert Image.open(tmp_path / "out" / "single.png").size == (5, 9)
+    first = np.asarray(Image.open(tmp_path / "out" / "single.png"))
+    run_command(args[:5] + [single] + args[7:] + ["--output_dir", tmp_path / "again"])  # all good: exit 0
+    assert np.array_equal(first, np.asarray(Image.open(tmp_path / "again" / "single.png")))  # same seed, same colors
+
+
+def test_command_line_never_overwrites_an_input(models, tmp_path):
+    source = tmp_path / "photo.png"
+    _photo(8, 8).save(source)
+    before = source.read_bytes()
+    run_command([sys.executable, "-m", "colorization", "--model", models / "cnn", source, "--output_dir", tmp_path,
+                 "--device", "cpu"])  # the output folder is the input's own folder
+    assert source.read_bytes() == before
+    assert Image.open(tmp_path / "photo_colorized.png").size == (8, 8)
+
+
+def test_missing_model_or_input_is_one_line(models, tmp_path):
+    result = run_command([sys.executable, "-m", "colorization", "--model", tmp_path / "nope", tmp_path], check=False)
+    assert result.returncode == 1 and result.stderr.strip().startswith("error:") and "Traceback" not in result.stderr
+    result = run_command([sys.executable, "-m", "colorization", "--model", models / "cnn", tmp_path / "absent.jpg"],
+                         check=False)
+    assert result.returncode == 1 and "does not exist" in result.stderr
