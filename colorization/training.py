@@ -104,7 +104,7 @@ class TrainingTask:
     def training_step(self, trainer: "Trainer", lightness: torch.Tensor, ab: torch.Tensor) -> dict[str, torch.Tensor]:
         """One micro-batch: compute losses and call ``trainer.optimize(name, loss)`` per optimizer.
 
-        Returns scalar tensors to log (detached)."""
+        Returns scalar tensors to log (detached): the same keys at every step, NaN where a value is absent."""
         raise NotImplementedError
 
     def predict_ab(self, lightness: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -400,7 +400,7 @@ class Trainer:
         bar = tqdm(total=max_steps, initial=progress.global_step, desc=task.model_type,
                    disable=not accelerator.is_local_main_process, dynamic_ncols=True)
         sums: dict[str, torch.Tensor] = {}
-        counts: dict[str, int] = {}
+        counts: dict[str, torch.Tensor] = {}
         micro_steps, images_skipped, started = 0, torch.zeros((), device=accelerator.device), time.perf_counter()
         validated_at = saved_at = progress.global_step
         try:
@@ -419,16 +419,26 @@ class Trainer:
                     progress.batches_in_epoch += 1
                     micro_steps += 1
                     images_skipped += batch["skipped"]
-                    for key, value in logs.items():  # some keys (e.g. per-timestep losses) come and go
-                        sums[key] = sums.get(key, 0.0) + value.detach().float().to(accelerator.device)
-                        counts[key] = counts.get(key, 0) + 1
+                    for key, value in logs.items():
+                        # NaN means "nothing to report this step" (e.g. no image in a timestep quartile)
+                        value = value.detach().float().to(accelerator.device)
+                        present = torch.isfinite(value)
+                        sums[key] = sums.get(key, 0.0) + torch.where(present, value, 0.0)
+                        counts[key] = counts.get(key, 0.0) + present.float()
                     if not accelerator.sync_gradients:
                         continue
                     progress.global_step += 1
                     bar.update(1)
                     if progress.global_step % config.logging_steps == 0 or progress.global_step == max_steps:
                         elapsed = time.perf_counter() - started
-                        values = {f"train/{k}": accelerator.reduce(v / counts[k], "mean").item() for k, v in sums.items()}
+                        # every process reduces the same keys in the same order (tasks report a fixed set);
+                        # a value absent for the whole window is left out rather than logged as 0
+                        values = {}
+                        for key in sorted(sums):
+                            count = accelerator.reduce(counts[key], "sum")
+                            total = accelerator.reduce(sums[key], "sum")
+                            if count.item() > 0:
+                                values[f"train/{key}"] = (total / count).item()
                         values.update(self._scalars(micro_steps * config.train_batch_size * accelerator.num_processes / elapsed))
                         skipped = int(accelerator.reduce(images_skipped, "sum").item())
                         progress.images_skipped += skipped

@@ -192,3 +192,17 @@ def test_diffusion_beats_the_gray_baseline_on_the_embedded_data(tmp_path):
                                              "--validation_scheduler", "ddim", "--output_dir", tmp_path])
     metrics = json.loads((tmp_path / "validation_metrics.json").read_text())
     assert metrics["psnr"] > metrics["psnr_gray"] + 1.0, metrics
+
+
+def test_two_processes_with_one_image_each_log_the_quartiles_without_hanging(tmp_path):
+    # With one image per process, a timestep quartile is often present on one process and not the other:
+    # the logger must still reduce the same values everywhere (it once could wait forever here).
+    accelerate_launch("train_diffusion.py", TINY_DATA + TINY_DIFFUSION + [
+        "--train_batch_size", "1", "--max_train_steps", "6", "--logging_steps", "3", "--validation_steps", "6",
+        "--no-initial_validation", "--output_dir", tmp_path], num_processes=2, timeout=300)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "logs" / "diffusion"))
+    events.Reload()
+    quartiles = [t for t in events.Tags()["scalars"] if t.startswith("train/loss_t")]
+    assert quartiles and all(e.value > 0 for t in quartiles for e in events.Scalars(t))  # absent ones are not 0

@@ -75,6 +75,10 @@ def two_models(tmp_path_factory):
     accelerate_launch("train_gan.py", TINY_DATA + TINY_GAN + ["--output_dir", root / "gan", "--max_train_steps", "2",
                                                               "--validation_steps", "2", "--no-initial_validation",
                                                               "--resolution", "64"])  # evaluated at 32: resized
+    accelerate_launch("train_diffusion.py", TINY_DATA + [
+        "--unet_preset", "small", "--block_out_channels", "32,32", "--attention_levels", "", "--train_batch_size", "8",
+        "--max_validation_samples", "4", "--validation_inference_steps", "2", "--output_dir", root / "diffusion",
+        "--max_train_steps", "2", "--validation_steps", "2", "--no-initial_validation"])
     return root
 
 
@@ -145,3 +149,17 @@ def test_command_line_end_to_end_and_bad_input(two_models, tmp_path):
     (tmp_path / "empty").mkdir()
     empty = run_command(args + ["--train_data_dir", tmp_path / "empty", "--output_dir", tmp_path / "y"], check=False)
     assert empty.returncode == 1 and "no images" in empty.stderr and not (tmp_path / "y").exists()
+
+
+def test_two_processes_give_the_same_table_as_one(two_models, tmp_path):
+    # the diffusion model's noise is seeded per image, so sharding and batching do not change its colors
+    args = ["--checkpoints", two_models / "cnn", two_models / "gan", two_models / "diffusion", *TINY_DATA,
+            "--metrics", "psnr,ssim,colorfulness", "--batch_size", "5", "--num_inference_steps", "2"]
+    run_command([sys.executable, "evaluate.py", *args, "--output_dir", tmp_path / "one"])
+    accelerate_launch("evaluate.py", args + ["--batch_size", "3", "--output_dir", tmp_path / "two"], num_processes=2)
+    one = json.loads((tmp_path / "one" / "results.json").read_text())
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert one["settings"]["num_images"] == two["settings"]["num_images"] == 26
+    for row, metrics in one["summary"].items():
+        for metric, stats in metrics.items():
+            assert two["summary"][row][metric]["mean"] == pytest.approx(stats["mean"], rel=1e-5), (row, metric)

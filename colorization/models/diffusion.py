@@ -240,9 +240,8 @@ class DiffusionTask(TrainingTask):
             self.ema.step(self.unwrapped("unet").parameters())
         logs = {"loss": loss.detach()}
         quartile = timesteps * 4 // NUM_TRAIN_TIMESTEPS
-        for q in range(4):
-            if (quartile == q).any():
-                logs[f"loss_t{q * 250}-{q * 250 + 249}"] = per_image[quartile == q].mean().detach()
+        for q in range(4):  # the mean of no image is NaN: "absent this step" for the logger
+            logs[f"loss_t{q * 250}-{q * 250 + 249}"] = per_image[quartile == q].mean().detach()
         if self.ema is not None:
             logs["ema_decay"] = torch.tensor(self.ema.cur_decay_value or 0.0)
         return logs
