@@ -10,7 +10,8 @@ with the input's L, so every model is evaluated the same way.
 Discriminator: 70x70 PatchGAN (at 256 px) that sees the gray input together with the colors and outputs
 a map of real/fake logits, averaged in the loss.
 
-Losses: generator = adversarial + ``lambda_content`` (100) x smooth-L1 to the truth + ``lambda_perceptual``
+Losses: generator = adversarial + ``lambda_content`` (100) x smooth-L1 (beta 0.01: L1 beyond ~1 Lab unit, as
+pix2pix's L1; with beta 1 the normalized ab errors would stay in its weak quadratic part) + ``lambda_perceptual``
 (0.5) x MSE between VGG-16 ImageNet features (up to relu3_3) of the RGB images; discriminator = real vs
 fake (fake detached), with optional one-sided label smoothing. Adam 2e-4, betas (0.5, 0.999).
 """
@@ -44,6 +45,10 @@ class GANConfig:
                                     "report's variant).", choices=("ab", "rgb"))
     base_channels: int = field(64, "Channels of the first generator and discriminator layer.")
     lambda_content: float = field(100.0, "Weight of the smooth-L1 content loss.")
+    smooth_l1_beta: float = field(0.01, "Where the content loss turns from quadratic to linear, in normalized "
+                                        "units (0.01 ~ 1 Lab unit). PyTorch's default 1.0 would keep ab errors "
+                                        "(~0.1) in the quadratic part, where x100 is weaker than the adversarial "
+                                        "loss.")
     lambda_perceptual: float = field(0.5, "Weight of the VGG-16 perceptual loss (0 skips VGG: no download).")
     label_smoothing: float = field(0.0, "One-sided label smoothing: real targets are 1 - this value.")
 
@@ -205,7 +210,7 @@ class GANTask(TrainingTask):
             adversarial = self._adversarial(discriminator(lightness, fake), True)
         finally:
             discriminator.requires_grad_(True)
-        content = F.smooth_l1_loss(fake.float(), target.float())
+        content = F.smooth_l1_loss(fake.float(), target.float(), beta=self.config.smooth_l1_beta)
         total = adversarial + self.config.lambda_content * content
         logs = {"g_adversarial": adversarial.detach(), "g_content": content.detach()}
         if self.perceptual is not None:
