@@ -147,3 +147,19 @@ def test_real_afhq_cats(afhq_dir):
     assert len(validation) == round(0.1 * (len(train) + len(validation)))
     sample = validation[0]["rgb"]
     assert sample.shape == (3, 64, 64) and sample.std() > 0.05
+
+
+def test_label_filter_keeps_one_class_of_a_hub_style_data_set():
+    # AFHQ on the Hub has a ClassLabel column "label" with cat / dog / wild; here an in-memory stand-in
+    import datasets
+
+    from colorization.data import _filter_label
+
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog", "wild"])})
+    images = [Image.new("RGB", (4, 4), (i * 20, 0, 0)) for i in range(6)]
+    split = datasets.Dataset.from_dict({"image": images, "label": [0, 1, 2, 0, 2, 0]}, features=features)
+    kept = _filter_label(split, DataConfig(dataset_name="huggan/AFHQ", label_filter="cat"))
+    assert kept["label"] == [0, 0, 0] and len(kept) == 3
+    assert len(_filter_label(split, DataConfig(dataset_name="x", label_filter=None))) == 6
+    with pytest.raises(ColorizationError, match="not a class"):
+        _filter_label(split, DataConfig(dataset_name="x", label_filter="horse"))
