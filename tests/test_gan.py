@@ -142,9 +142,14 @@ def test_gan_resume_is_exact(tmp_path):
         torch.testing.assert_close(resumed[name], uninterrupted[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_rgb_output_space_end_to_end(tmp_path):
+def test_rgb_output_space_end_to_end_in_bf16_with_accumulation(tmp_path):
+    # also: both optimizers under bf16 autocast and gradient accumulation (2 batches per step)
     accelerate_launch("train_gan.py", TINY_DATA + TINY_GAN + [
-        "--output_space", "rgb", "--output_dir", tmp_path, "--max_train_steps", "3", "--validation_steps", "3"])
+        "--output_space", "rgb", "--output_dir", tmp_path, "--max_train_steps", "3", "--validation_steps", "3",
+        "--mixed_precision", "bf16", "--gradient_accumulation_steps", "2"])
+    assert json.loads((tmp_path / "run_config.json").read_text())["mixed_precision"] == "bf16"
+    weights = load_file(tmp_path / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
     colorizer = load_colorizer(str(tmp_path), device="cpu")
     from PIL import Image
 
