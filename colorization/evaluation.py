@@ -183,7 +183,7 @@ def summarize(values: dict, seed: int) -> dict:
 
 
 _COLUMN_TITLES = {"lpips": "LPIPS ↓", "psnr": "PSNR (dB) ↑", "ssim": "SSIM ↑", "colorfulness": "Colorfulness",
-                  "colorfulness_gap": "|Δ colorfulness| ↓"}
+                  "colorfulness_gap": "Colorfulness gap ↓"}
 
 
 def _format(stat: dict, digits: int) -> str:
