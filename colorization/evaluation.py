@@ -18,6 +18,8 @@ import tempfile
 from dataclasses import asdict, dataclass
 from typing import Optional
 
+import time
+
 import numpy as np
 import torch
 from accelerate import Accelerator
@@ -28,6 +30,7 @@ from colorization import color
 from colorization.config import add_dataclass_arguments, build_dataclass, field
 from colorization.data import DataConfig, ColorizationImages, collate, describe_source, load_splits
 from colorization.errors import ColorizationError, cli_entry_point
+from colorization.hardware import count_parameters, describe_hardware
 from colorization.inference import load_colorizer, read_export_config
 from colorization.metrics import psnr_per_image, ssim_per_image
 from colorization.pretrained import load_pretrained
@@ -48,6 +51,9 @@ class EvaluationConfig:
     metrics: str = field("lpips,psnr,ssim,colorfulness", "Comma-separated metrics.")
     num_inference_steps: Optional[int] = field(None, "Diffusion sampling steps (default: the model's, 50).")
     scheduler: Optional[str] = field(None, "Diffusion sampler: ddpm, ddim or dpm (default: the model's, ddim).")
+    samplers: Optional[str] = field(None, "Compare diffusion samplers: comma-separated SCHEDULER:STEPS (e.g. "
+                                          "ddim:50,dpm:20); each diffusion model gets a row per sampler. "
+                                          "Overrides --scheduler and --num_inference_steps.")
     output_dir: str = field("results/evaluation", "Where the table, per-image values and grid are written.")
     grid_images: int = field(8, "Images (rows) in the comparison grid.")
 
@@ -96,16 +102,35 @@ class Evaluator:
             raise ColorizationError(f"{len(names)} --names for {len(checkpoints)} --checkpoints")
         if len(set(names)) != len(names) or {GRAY, TRUTH} & set(names):
             raise ColorizationError(f"model names must be distinct and not {GRAY!r} or {TRUTH!r}")
-        for path in checkpoints:
-            read_export_config(path)  # fail before any work on a path that is not a model
+        exports = [read_export_config(path) for path in checkpoints]  # fail before any work on a non-model
         self.accelerator = accelerator or Accelerator()
-        sampling = {"scheduler": config.scheduler, "num_inference_steps": config.num_inference_steps}
-        self.colorizers = {name: load_colorizer(path, self.accelerator.device, seed=None,
-                                                **{k: v for k, v in sampling.items() if v is not None})
-                           for name, path in zip(names, checkpoints)}
-        self.checkpoints = dict(zip(names, checkpoints))
+        self.colorizers, self.checkpoints, self.trainings = {}, {}, {}
+        for name, path, export in zip(names, checkpoints, exports):
+            for sampling in self._samplings(export["model_type"]):
+                colorizer = load_colorizer(path, self.accelerator.device, seed=None, **sampling)
+                row = f"{name} ({colorizer.describe_sampling()})" if config.samplers and sampling else name
+                if row in self.colorizers:
+                    raise ColorizationError(f"two rows would be named {row!r}: give distinct --names")
+                self.colorizers[row], self.checkpoints[row] = colorizer, path
+                self.trainings[row] = export.get("training", {})
+        self.seconds = {row: 0.0 for row in self.colorizers}  # inference time on this process
         self.lpips = lpips_model if lpips_model is not None or "lpips" not in self.metrics \
             else load_lpips(self.accelerator.device)
+
+    def _samplings(self, model_type: str) -> list[dict]:
+        """The sampling settings to evaluate a model with: one per --samplers entry for diffusion."""
+        if model_type != "diffusion":
+            return [{}]
+        if not self.config.samplers:
+            sampling = {"scheduler": self.config.scheduler, "num_inference_steps": self.config.num_inference_steps}
+            return [{k: v for k, v in sampling.items() if v is not None}]
+        samplings = []
+        for entry in self.config.samplers.split(","):
+            scheduler, _, steps = entry.strip().partition(":")
+            if not steps.isdigit() or int(steps) < 1:
+                raise ColorizationError(f"--samplers entry {entry!r} is not SCHEDULER:STEPS (e.g. ddim:50)")
+            samplings.append({"scheduler": scheduler, "num_inference_steps": int(steps)})
+        return samplings
 
     def _images(self) -> ColorizationImages:
         train, validation = load_splits(self.data)
@@ -140,12 +165,32 @@ class Evaluator:
             values["colorfulness_gap"] = (values["colorfulness"] - colorfulness(truth)).abs()
         return values
 
-    def _outputs(self, truth: torch.Tensor, indices: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _outputs(self, truth: torch.Tensor, indices: torch.Tensor, timed: bool = False) -> dict[str, torch.Tensor]:
         lightness, _ = color.rgb_to_normalized_lab(truth)
-        outputs = {name: self._colorize(name, lightness, indices) for name in self.colorizers}
+        outputs = {}
+        for name in self.colorizers:
+            started = self._now()
+            outputs[name] = self._colorize(name, lightness, indices)
+            if timed:
+                self.seconds[name] += self._now() - started
         outputs[GRAY] = color.gray_rgb(lightness)
         outputs[TRUTH] = truth
         return outputs
+
+    def _now(self) -> float:
+        if self.accelerator.device.type == "cuda":
+            torch.cuda.synchronize(self.accelerator.device)
+        return time.perf_counter()
+
+    def costs(self, num_images: int) -> dict:
+        """Per model row: parameters, inference milliseconds per image (mean over processes), training costs."""
+        seconds = torch.tensor([self.seconds[row] for row in self.colorizers], dtype=torch.float64,
+                               device=self.accelerator.device)
+        seconds = self.accelerator.reduce(seconds, "sum").cpu().tolist()
+        return {row: {"parameters": count_parameters(colorizer.network),
+                      "ms_per_image": 1000.0 * seconds[i] / max(num_images, 1),
+                      "training": self.trainings[row]}
+                for i, (row, colorizer) in enumerate(self.colorizers.items())}
 
     @torch.no_grad()
     def run(self) -> dict:
@@ -158,7 +203,7 @@ class Evaluator:
         bar = tqdm(total=len(dataset), desc="evaluating", unit="image", disable=not accelerator.is_local_main_process)
         for batch in loader:
             truth = batch["rgb"].float()
-            for row, image in self._outputs(truth, batch["index"]).items():
+            for row, image in self._outputs(truth, batch["index"], timed=True).items():
                 for key, value in accelerator.gather_for_metrics(self._measure(image, truth)).items():
                     per_image[row].setdefault(key, []).append(value.float().cpu())
             indices.append(accelerator.gather_for_metrics(batch["index"]).cpu())
@@ -173,7 +218,8 @@ class Evaluator:
             samples = [dataset[i] for i in range(count)]
             grid = self._outputs(torch.stack([s["rgb"] for s in samples]).to(accelerator.device),
                                  torch.tensor([s["index"] for s in samples]))
-        return {"values": values, "index": index[order].numpy(), "grid": grid, "num_images": len(index)}
+        return {"values": values, "index": index[order].numpy(), "grid": grid, "num_images": len(index),
+                "costs": self.costs(len(index))}
 
 
 def summarize(values: dict, seed: int) -> dict:
@@ -199,19 +245,66 @@ def _describe_sampling(sampling) -> str:
                      for name, s in sampling.items())
 
 
+def _count(value: int) -> str:
+    return f"{value / 1e6:.1f}M" if value >= 1e5 else f"{value / 1e3:.1f}k" if value >= 1e3 else str(value)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h" if seconds >= 5400 else f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+_COST_TITLES = ("Params", "Train images", "Train img/s", "Train time", "Inference ms/image")
+
+
+def cost_cells(cost: Optional[dict]) -> list[str]:
+    """Parameters of the inference network; images seen in training, training images/s (training steps
+    only) and training wall-clock (with validation and checkpoints) from the run; measured inference time."""
+    if cost is None:
+        return ["—"] * len(_COST_TITLES)
+    training = cost.get("training") or {}
+    rate = training.get("images_per_second")
+    return [_count(cost["parameters"]),
+            _count(training["images_seen"]) if "images_seen" in training else "?",
+            f"{rate:.1f}" if rate else "?",
+            _duration(training["wall_seconds"]) if "wall_seconds" in training else "?",
+            f"{cost['ms_per_image']:.1f}"]
+
+
+def _describe_hardware(settings: dict) -> str:
+    costs = settings.get("costs", {})
+    trained = {}
+    for row, cost in costs.items():
+        training = cost.get("training") or {}
+        where = training.get("hardware", "unknown hardware")
+        if training.get("mixed_precision"):
+            where += f", mixed precision {training['mixed_precision']}"
+        trained.setdefault(where, []).append(row)
+    parts = [f"{', '.join(rows)} trained on {where}" for where, rows in trained.items()]
+    parts.append(f"inference measured on {settings.get('hardware', 'unknown hardware')}, batch "
+                 f"{settings['evaluation']['batch_size']}, fp32, at each model's own resolution")
+    return "; ".join(parts)
+
+
 def markdown_table(summary: dict, settings: dict) -> str:
     columns = [m for m in _COLUMN_TITLES if any(m in row for row in summary.values())]
     digits = {"lpips": 4, "psnr": 2, "ssim": 4, "colorfulness": 2, "colorfulness_gap": 2}
-    lines = ["| Model | " + " | ".join(_COLUMN_TITLES[c] for c in columns) + " |",
-             "|---|" + "---|" * len(columns)]
+    costs = settings.get("costs")
+    cost_titles = list(_COST_TITLES) if costs else []
+    lines = ["| Model | " + " | ".join([_COLUMN_TITLES[c] for c in columns] + cost_titles) + " |",
+             "|---|" + "---|" * (len(columns) + len(cost_titles))]
     for row, metrics in summary.items():
         cells = [_format(metrics[c], digits[c]) if c in metrics and not (row == TRUTH and c != "colorfulness")
                  else "—" for c in columns]
+        if costs:
+            cells += cost_cells(costs.get(row))
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(f"Mean [95% bootstrap interval] over {settings['num_images']} images ({settings['data']}, "
                  f"split {settings['split']}) at {settings['resolution']}x{settings['resolution']}; "
                  f"diffusion sampling: {_describe_sampling(settings['sampling'])}.")
+    if costs:
+        lines.append(f"Costs: {_describe_hardware(settings)}. Train img/s counts training steps only; train time "
+                     "is the run's wall-clock with validation and checkpoints (start-up excluded).")
     return "\n".join(lines)
 
 
@@ -227,12 +320,19 @@ def write_outputs(result: dict, summary: dict, settings: dict, output_dir: str) 
         with open(os.path.join(staging, "table.md"), "w") as handle:
             handle.write(table + "\n")
         metrics = sorted({m for row in summary.values() for m in row})
+        cost_keys = ("parameters", "ms_per_image")
+        training_keys = ("images_seen", "images_per_second", "train_seconds", "wall_seconds", "hardware")
+        costs = settings.get("costs", {})
         with open(os.path.join(staging, "table.csv"), "w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["model"] + [f"{m}_{part}" for m in metrics for part in ("mean", "ci95_low", "ci95_high")])
+            writer.writerow(["model"] + [f"{m}_{part}" for m in metrics for part in ("mean", "ci95_low", "ci95_high")]
+                            + list(cost_keys) + [f"train_{k}" for k in training_keys])
             for row, stats in summary.items():
+                cost = costs.get(row, {})
+                training = cost.get("training") or {}
                 writer.writerow([row] + [x for m in metrics for x in ((stats[m]["mean"], *stats[m]["ci95"])
-                                                                       if m in stats else ("", "", ""))])
+                                                                       if m in stats else ("", "", ""))]
+                                + [cost.get(k, "") for k in cost_keys] + [training.get(k, "") for k in training_keys])
         with open(os.path.join(staging, "per_image.csv"), "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["image_index", "model"] + metrics)
@@ -278,13 +378,15 @@ def evaluate(checkpoints: list[str], names: Optional[list[str]], config: Evaluat
     summary = summarize(result["values"], config.seed)
     sampling = {name: {"scheduler": type(c.pipeline.scheduler).__name__, "num_inference_steps": c.num_inference_steps}
                 for name, c in evaluator.colorizers.items() if c.model_type == "diffusion"}
+    device = evaluator.accelerator.device
     settings = {"num_images": result["num_images"], "resolution": data.resolution, "split": config.split,
                 "data": describe_source(data), "metrics": evaluator.metrics, "seed": config.seed,
                 "sampling": sampling or "none (no diffusion model)",
                 "checkpoints": {name: os.path.abspath(path) for name, path in evaluator.checkpoints.items()},
                 "model_types": {name: c.model_type for name, c in evaluator.colorizers.items()},
                 "model_resolutions": {name: c.resolution for name, c in evaluator.colorizers.items()},
-                "evaluation": asdict(config), "data_config": asdict(data), "versions": _versions()}
+                "evaluation": asdict(config), "data_config": asdict(data), "versions": _versions(),
+                "costs": result["costs"], "hardware": describe_hardware(device, evaluator.accelerator.num_processes)}
     table = write_outputs(result, summary, settings, config.output_dir)
     print(table, flush=True)
     return {"summary": summary, "settings": settings, "values": result["values"], "index": result["index"]}

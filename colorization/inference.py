@@ -87,6 +87,15 @@ class Colorizer:
         self.resolution = resolution
         self.device = device
 
+    @property
+    def network(self) -> torch.nn.Module:
+        """The network that runs at inference (for its size)."""
+        raise NotImplementedError
+
+    def describe_sampling(self) -> str:
+        """How outputs are sampled ('' for one-pass models), e.g. 'DDIM-50'."""
+        return ""
+
     @torch.no_grad()
     def predict_ab(self, lightness: torch.Tensor) -> torch.Tensor:
         """Normalized L (N, 1, R, R) on ``self.device`` -> normalized ab (N, 2, R, R)."""
@@ -160,6 +169,10 @@ class FeedForwardColorizer(Colorizer):
     def __init__(self, model_type: str, module: torch.nn.Module, resolution: int, device: torch.device):
         super().__init__(model_type, resolution, device)
         self.module = module.to(device).eval()
+
+    @property
+    def network(self) -> torch.nn.Module:
+        return self.module
 
     @torch.no_grad()
     def predict_ab(self, lightness: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,7 @@ from colorization import color
 from colorization.config import add_dataclass_arguments, build_dataclass, field
 from colorization.data import DataConfig, EpochShuffleSampler, build_datasets, collate, describe_source
 from colorization.errors import ColorizationError, cli_entry_point
+from colorization.hardware import count_parameters, describe_hardware
 from colorization.inference import save_exported_model
 from colorization.metrics import psnr_per_image, ssim_per_image
 
@@ -147,6 +148,10 @@ class TrainingProgress:
         self.epoch = 0
         self.batches_in_epoch = 0
         self.images_skipped = 0
+        # what the run has cost so far, summed over resumed runs (a finished run reports them)
+        self.images_seen = 0
+        self.wall_seconds = 0.0  # training loop, validation and checkpoints (not start-up)
+        self.overhead_seconds = 0.0  # validation and checkpoints within wall_seconds
 
     def state_dict(self) -> dict:
         return dict(vars(self))
@@ -275,8 +280,26 @@ class Trainer:
         if self.config.report_to != "none":
             self.accelerator.log(values, step=self.progress.global_step)
 
+    def _tick(self) -> None:
+        """Bring the run's wall-clock total up to now."""
+        now = time.perf_counter()
+        self.progress.wall_seconds += now - self._clock
+        self._clock = now
+
+    def training_costs(self) -> dict:
+        """Images seen and time taken, so that runs of different models can be compared."""
+        progress = self.progress
+        train_seconds = progress.wall_seconds - progress.overhead_seconds
+        return {"images_seen": progress.images_seen, "train_seconds": round(train_seconds, 3),
+                "wall_seconds": round(progress.wall_seconds, 3),
+                "images_per_second": round(progress.images_seen / train_seconds, 3) if train_seconds > 0 else None,
+                "num_processes": self.accelerator.num_processes, "mixed_precision": self.accelerator.mixed_precision,
+                "hardware": describe_hardware(self.accelerator.device, self.accelerator.num_processes),
+                "parameters": {name: count_parameters(self.task.unwrapped(name)) for name in self.task.models}}
+
     def save_checkpoint(self) -> None:
         accelerator = self.accelerator
+        self._tick()
         accelerator.save_state()  # every process: each saves its own RNG state
         folder = os.path.join(self.config.output_dir, CHECKPOINTS_DIR)
         self.last_checkpoint = os.path.join(folder, f"checkpoint_{accelerator.save_iteration - 1}")
@@ -382,6 +405,7 @@ class Trainer:
         num_epochs = math.ceil(max_steps / steps_per_epoch)
         self._prepare_models(max_steps)
         self._resume()
+        self._clock = time.perf_counter()
         if accelerator.is_main_process:
             os.makedirs(config.output_dir, exist_ok=True)
             self._write_run_config(os.path.join(config.output_dir, RUN_CONFIG_NAME))
@@ -396,7 +420,9 @@ class Trainer:
 
         metrics = None
         if config.initial_validation and progress.global_step == 0:
+            paused = time.perf_counter()
             metrics = self.validate()
+            progress.overhead_seconds += time.perf_counter() - paused
         bar = tqdm(total=max_steps, initial=progress.global_step, desc=task.model_type,
                    disable=not accelerator.is_local_main_process, dynamic_ncols=True)
         sums: dict[str, torch.Tensor] = {}
@@ -428,6 +454,8 @@ class Trainer:
                     if not accelerator.sync_gradients:
                         continue
                     progress.global_step += 1
+                    progress.images_seen += (config.train_batch_size * accelerator.num_processes
+                                             * config.gradient_accumulation_steps)
                     bar.update(1)
                     if progress.global_step % config.logging_steps == 0 or progress.global_step == max_steps:
                         elapsed = time.perf_counter() - started
@@ -459,6 +487,7 @@ class Trainer:
                         metrics = self.validate()
                         validated_at = progress.global_step
                     started += time.perf_counter() - paused  # images/s counts training time only
+                    progress.overhead_seconds += time.perf_counter() - paused
                     if progress.global_step >= max_steps:
                         break
                 else:
@@ -467,9 +496,14 @@ class Trainer:
         finally:
             bar.close()
         if saved_at != progress.global_step:
+            paused = time.perf_counter()
             self.save_checkpoint()
+            progress.overhead_seconds += time.perf_counter() - paused
         if metrics is None or validated_at != progress.global_step:
+            paused = time.perf_counter()
             metrics = self.validate()
+            progress.overhead_seconds += time.perf_counter() - paused
+        self._tick()
         self._finish(metrics)
         return metrics
 
@@ -486,11 +520,12 @@ class Trainer:
     def _finish(self, metrics: dict) -> None:
         accelerator, config = self.accelerator, self.config
         if accelerator.is_main_process:
+            costs = self.training_costs()
             extra = {"training": {"global_step": self.progress.global_step, "data": describe_source(self.data_config),
-                                  "validation": metrics}}
+                                  "resolution": self.data_config.resolution, "validation": metrics, **costs}}
             self.task.export(accelerator, config.output_dir, extra)
             with open(os.path.join(config.output_dir, METRICS_NAME), "w") as handle:
-                json.dump({"step": self.progress.global_step, **metrics}, handle, indent=2)
+                json.dump({"step": self.progress.global_step, **metrics, "training": costs}, handle, indent=2)
             print(format_metrics(metrics, self.progress.global_step, config.output_dir), flush=True)
         accelerator.wait_for_everyone()
 

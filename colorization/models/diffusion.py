@@ -151,6 +151,15 @@ class DiffusionColorizer(Colorizer):
         self.generator = generator
         self.seed = seed
 
+    @property
+    def network(self) -> torch.nn.Module:
+        return self.pipeline.unet
+
+    def describe_sampling(self) -> str:
+        name = next((k for k, v in SCHEDULERS.items() if type(self.pipeline.scheduler) is v),
+                    type(self.pipeline.scheduler).__name__)
+        return f"{name.upper()}-{self.num_inference_steps}"
+
     @torch.no_grad()
     def predict_ab(self, lightness: torch.Tensor) -> torch.Tensor:
         generator = self.generator

@@ -1,0 +1,315 @@
+"""Reproduce the whole three-way comparison with one command.
+
+    python -m colorization.reproduce --preset cpu-small --train_data_dir ../shared/data/afhq_cat
+
+trains the CNN, the GAN and the diffusion model on the same data, split, resolution, seed and number of
+training images, one after the other (each through ``accelerate launch train_*.py``), then runs
+``evaluate.py`` on the same held-out images, and writes everything under one results folder:
+
+    results/<preset>/
+      README.md            the table, the grid, what was run, where, when, from which commit
+      commands.sh          every command this folder's runs executed, in order, exactly
+      reproduce.json       the plan, each model's status and wall-clock, the hardware
+      models/<model>/      each training run: exported model, checkpoints, TensorBoard logs, samples
+      logs/<step>.log      each command's full output
+      evaluation/          table.md, table.csv, results.json, per_image.csv, comparison.png
+
+Run the same command again after an interruption: finished models are not retrained, an unfinished one
+resumes from its last checkpoint, and evaluation runs once every model is finished. A model run that fails
+stops the whole command with its error and log, before any table is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field as dataclass_field
+
+from colorization.errors import ColorizationError, cli_entry_point
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODELS = ("cnn", "gan", "diffusion")
+DISPLAY_NAMES = {"cnn": "CNN", "gan": "GAN", "diffusion": "Diffusion"}
+STATE_NAME = "reproduce.json"
+# Weights that are downloaded once; --no-pretrained trains and evaluates without any of them.
+WITHOUT_PRETRAINED = {"cnn": ["--no-pretrained_backbone"], "gan": ["--lambda_perceptual", "0"]}
+METRICS_WITHOUT_PRETRAINED = "psnr,ssim,colorfulness"
+
+
+@dataclass
+class Preset:
+    description: str
+    resolution: int
+    epochs: int
+    train_batch_size: int
+    mixed_precision: str
+    samplers: str  # the diffusion samplers compared in the table
+    model_args: dict = dataclass_field(default_factory=dict)  # per model, after the shared flags
+    eval_batch_size: int = 32
+
+
+PRESETS = {
+    "cpu-small": Preset(
+        description="AFHQ cats at 64x64, 10 epochs per model, bf16, on one CPU (about an hour on a laptop)",
+        resolution=64, epochs=10, train_batch_size=32, mixed_precision="bf16", samplers="dpm:20,ddim:50",
+        # the small UNet and clean-ab prediction: what learns within a CPU budget (see the README)
+        model_args={"diffusion": ["--unet_preset", "small", "--prediction_type", "sample"]}),
+    "paper": Preset(
+        description="AFHQ cats at 256x256, 20 epochs per model, bf16, on the GPUs of this machine",
+        resolution=256, epochs=20, train_batch_size=32, mixed_precision="bf16", samplers="dpm:20,ddim:50,ddpm:1000",
+        model_args={"diffusion": ["--unet_preset", "base"]}),
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m colorization.reproduce", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Train the CNN, GAN and diffusion model with one budget and compare them in one table.")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small",
+                        help="; ".join(f"{name}: {p.description}" for name, p in PRESETS.items()))
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--train_data_dir", help="a local folder of images, e.g. ../shared/data/afhq_cat")
+    source.add_argument("--dataset_name", help="a Hub data set (default: huggan/AFHQ, its cat images)")
+    source.add_argument("--embedded", action="store_true", help="the embedded procedural data (no download)")
+    parser.add_argument("--output_dir", help="the results folder (default: results/<preset>)")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of cnn,gan,diffusion")
+    parser.add_argument("--no-pretrained", dest="pretrained", action="store_false",
+                        help="download nothing: the CNN trunk from scratch, no VGG-16 perceptual loss for the GAN, "
+                             "no LPIPS column (for machines without internet)")
+    parser.add_argument("--num_processes", type=int,
+                        help="processes per run (default: the number of GPUs, or 1 on a CPU)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every run and of the evaluation")
+    budget = parser.add_argument_group("overrides of the preset's budget (the same for every model)")
+    budget.add_argument("--resolution", type=int)
+    budget.add_argument("--epochs", type=int)
+    budget.add_argument("--max_train_steps", type=int, help="optimizer steps instead of epochs")
+    budget.add_argument("--train_batch_size", type=int, help="per process")
+    budget.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"))
+    budget.add_argument("--samplers", help="diffusion samplers in the table, e.g. dpm:20,ddim:50")
+    budget.add_argument("--max_eval_images", type=int, help="evaluate on the first N held-out images only")
+    extra = parser.add_argument_group("extra flags, appended to the commands (they win over the preset)")
+    extra.add_argument("--data_args", default="", help="for every command, e.g. '--dataloader_num_workers 0'")
+    for model in MODELS:
+        extra.add_argument(f"--{model}_args", default="", help=f"for train_{model}.py")
+    extra.add_argument("--eval_args", default="", help="for evaluate.py")
+    return parser.parse_args(argv)
+
+
+class Reproduction:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.preset = PRESETS[args.preset]
+        self.models = [m.strip() for m in args.models.split(",") if m.strip()]
+        unknown = set(self.models) - set(MODELS)
+        if unknown or not self.models:
+            raise ColorizationError(f"--models: unknown {sorted(unknown)}; choose from {','.join(MODELS)}")
+        self.output_dir = os.path.abspath(args.output_dir or os.path.join("results", args.preset))
+        self.state_path = os.path.join(self.output_dir, STATE_NAME)
+        self.num_processes = args.num_processes or _gpu_count() or 1
+
+    # ----- the commands -----
+
+    def _launcher(self) -> list[str]:
+        launch = [sys.executable, "-m", "accelerate.commands.launch"]
+        if self.num_processes > 1:
+            launch += ["--multi_gpu", "--num_processes", str(self.num_processes), "--num_machines", "1",
+                       "--dynamo_backend", "no"]
+        else:
+            launch += ["--config_file", os.path.join(ROOT, "accelerate_config.yaml")]
+        return launch
+
+    def _data_args(self) -> list[str]:
+        args = self.args
+        if args.embedded:
+            source = []
+        elif args.train_data_dir:
+            source = ["--train_data_dir", os.path.abspath(args.train_data_dir)]
+        else:
+            source = ["--dataset_name", args.dataset_name or "huggan/AFHQ"]
+        return source + ["--resolution", str(args.resolution or self.preset.resolution)] + shlex.split(args.data_args)
+
+    def model_dir(self, model: str) -> str:
+        return os.path.join(self.output_dir, "models", model)
+
+    def training_command(self, model: str) -> list[str]:
+        args, preset = self.args, self.preset
+        budget = (["--max_train_steps", str(args.max_train_steps)] if args.max_train_steps
+                  else ["--num_train_epochs", str(args.epochs or preset.epochs)])
+        command = [*self._launcher(), os.path.join(ROOT, f"train_{model}.py"), *self._data_args(), *budget,
+                   "--train_batch_size", str(args.train_batch_size or preset.train_batch_size),
+                   "--eval_batch_size", str(preset.eval_batch_size),
+                   "--mixed_precision", args.mixed_precision or preset.mixed_precision,
+                   "--seed", str(args.seed), "--output_dir", self.model_dir(model),
+                   # an interrupted run continues from its last checkpoint (a fresh run when there is none)
+                   "--resume_from_checkpoint", "latest", *preset.model_args.get(model, [])]
+        if not args.pretrained:
+            command += WITHOUT_PRETRAINED.get(model, [])
+        return command + shlex.split(getattr(args, f"{model}_args"))
+
+    def evaluation_command(self) -> list[str]:
+        args = self.args
+        command = [*self._launcher(), os.path.join(ROOT, "evaluate.py"),
+                   "--checkpoints", *[self.model_dir(m) for m in self.models],
+                   "--names", *[DISPLAY_NAMES[m] for m in self.models], *self._data_args(),
+                   "--batch_size", str(self.preset.eval_batch_size), "--seed", str(args.seed),
+                   "--samplers", args.samplers or self.preset.samplers,
+                   "--output_dir", os.path.join(self.output_dir, "evaluation")]
+        if args.max_eval_images:
+            command += ["--max_images", str(args.max_eval_images)]
+        if not args.pretrained:
+            command += ["--metrics", METRICS_WITHOUT_PRETRAINED]
+        return command + shlex.split(args.eval_args)
+
+    # ----- state: what is finished, with which command -----
+
+    def _load_state(self) -> dict:
+        if not os.path.isfile(self.state_path):
+            return {"steps": {}}
+        try:
+            with open(self.state_path) as handle:
+                return json.load(handle)
+        except (OSError, json.JSONDecodeError) as error:
+            raise ColorizationError(f"cannot read {self.state_path}: {error}; move the folder away to start anew") from None
+
+    def _save_state(self) -> None:
+        temporary = self.state_path + ".tmp"
+        with open(temporary, "w") as handle:
+            json.dump(self.state, handle, indent=2)
+        os.replace(temporary, self.state_path)
+
+    def _finished(self, step: str, command: list[str], outputs: list[str]) -> bool:
+        """Was this exact command already run to the end (and are its outputs still there)?"""
+        record = self.state["steps"].get(step)
+        if record is None:
+            return False
+        if record["command"][1:] != command[1:]:  # the same run, whichever Python starts it
+            raise ColorizationError(
+                f"{self.output_dir} holds a {step} run with other settings:\n  before: {shlex.join(record['command'])}\n"
+                f"  now:    {shlex.join(command)}\nUse another --output_dir, or the same options as before.")
+        return record.get("status") == "finished" and all(os.path.exists(p) for p in outputs)
+
+    # ----- running -----
+
+    def _run(self, step: str, command: list[str], outputs: list[str]) -> bool:
+        """Run one step unless it finished earlier; -> whether it ran."""
+        if self._finished(step, command, outputs):
+            print(f"[reproduce] {step}: finished earlier, skipped", flush=True)
+            return False
+        record = self.state["steps"].setdefault(step, {"command": command, "seconds": 0.0, "attempts": 0})
+        record.update(status="running", attempts=record["attempts"] + 1)
+        self._save_state()
+        log_path = os.path.join(self.output_dir, "logs", f"{step}.log")
+        with open(os.path.join(self.output_dir, "commands.sh"), "a") as script:
+            script.write(f"# {_now()} {step} (attempt {record['attempts']})\n{shlex.join(command)}\n")
+        print(f"[reproduce] {step}: {shlex.join(command)}\n[reproduce] output also in {log_path}", flush=True)
+        started = time.perf_counter()
+        code = _tee(command, log_path)
+        record["seconds"] += time.perf_counter() - started
+        record["status"] = "finished" if code == 0 else f"failed (exit {code})"
+        self._save_state()
+        if code != 0:
+            raise ColorizationError(
+                f"the {step} run failed (exit {code}): {_last_error(log_path)}\n  full output: {log_path}\n"
+                "No table was written. Fix the cause and run the same command again: finished models are kept "
+                "and an interrupted run resumes from its last checkpoint.")
+        return True
+
+    def run(self) -> None:
+        os.makedirs(os.path.join(self.output_dir, "logs"), exist_ok=True)
+        self.state = self._load_state()
+        self.state.update(preset=self.args.preset, argv=sys.argv[1:], num_processes=self.num_processes,
+                          commit=_commit())
+        for model in self.models:
+            if self._run(model, self.training_command(model), [os.path.join(self.model_dir(model), "colorizer.json")]):
+                self.state["steps"].pop("evaluation", None)  # a model changed: its table is out of date
+        outputs = [os.path.join(self.output_dir, "evaluation", name) for name in ("table.md", "results.json")]
+        self._run("evaluation", self.evaluation_command(), outputs)
+        self._write_readme()
+        print(f"[reproduce] done: {os.path.join(self.output_dir, 'README.md')}", flush=True)
+
+    def _write_readme(self) -> None:
+        evaluation = os.path.join(self.output_dir, "evaluation")
+        with open(os.path.join(evaluation, "table.md")) as handle:
+            table = handle.read().strip()
+        with open(os.path.join(evaluation, "results.json")) as handle:
+            settings = json.load(handle)["settings"]
+        argv = ["python", "-m", "colorization.reproduce", *self.state["argv"]]
+        steps = self.state["steps"]
+        lines = [f"# Colorization comparison: preset `{self.args.preset}`", "",
+                 f"- Command: `{shlex.join(argv)}`",
+                 f"- Preset: {self.preset.description}.",
+                 f"- Commit: `{self.state['commit']}`; finished {_now()}.",
+                 f"- Hardware: {settings.get('hardware')}.",
+                 "- Wall-clock of each command (with start-up): "
+                 + ", ".join(f"{step} {steps[step]['seconds'] / 60:.1f} min" for step in [*self.models, "evaluation"]),
+                 f"- Exact commands: `commands.sh`; TensorBoard: `tensorboard --logdir {os.path.join(self.output_dir, 'models')}`.",
+                 "", table, "", "![comparison](evaluation/comparison.png)", "",
+                 "Columns of `evaluation/comparison.png`: " + open(os.path.join(evaluation, "comparison_columns.txt")).read().strip(),
+                 ""]
+        with open(os.path.join(self.output_dir, "README.md"), "w") as handle:
+            handle.write("\n".join(lines))
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _commit() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return commit + (" (with uncommitted changes)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+
+
+def _tee(command: list[str], log_path: str) -> int:
+    """Run ``command``, showing its output and appending it to ``log_path``; -> its exit code."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        try:
+            while chunk := os.read(process.stdout.fileno(), 65536):
+                log.write(chunk)
+                log.flush()
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            process.terminate()
+            process.wait()
+            raise
+        return process.wait()
+
+
+def _last_error(log_path: str) -> str:
+    """The child's own one-line error, or its last line."""
+    with open(log_path, errors="replace") as handle:
+        lines = [line.strip() for line in handle.read().replace("\r", "\n").splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:") or "Error" in line.split(":")[0]]
+    return (errors or lines or ["no output"])[-1]
+
+
+def run(argv=None) -> None:
+    Reproduction(parse_args(argv)).run()
+
+
+def main(argv=None) -> None:
+    cli_entry_point(run)(argv)
+
+
+if __name__ == "__main__":
+    main()
