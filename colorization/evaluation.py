@@ -30,7 +30,7 @@ from colorization import color
 from colorization.config import add_dataclass_arguments, build_dataclass, field
 from colorization.data import DataConfig, ColorizationImages, collate, describe_source, load_splits
 from colorization.errors import ColorizationError, cli_entry_point
-from colorization.hardware import count_parameters, describe_hardware
+from colorization.hardware import count_parameters, describe_hardware, use_all_cores
 from colorization.inference import load_colorizer, read_export_config
 from colorization.metrics import psnr_per_image, ssim_per_image
 from colorization.pretrained import load_pretrained
@@ -104,6 +104,7 @@ class Evaluator:
             raise ColorizationError(f"model names must be distinct and not {GRAY!r} or {TRUTH!r}")
         exports = [read_export_config(path) for path in checkpoints]  # fail before any work on a non-model
         self.accelerator = accelerator or Accelerator()
+        use_all_cores(self.accelerator)
         self.colorizers, self.checkpoints, self.trainings = {}, {}, {}
         for name, path, export in zip(names, checkpoints, exports):
             for sampling in self._samplings(export["model_type"]):

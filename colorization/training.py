@@ -34,7 +34,7 @@ from colorization import color
 from colorization.config import add_dataclass_arguments, build_dataclass, field
 from colorization.data import DataConfig, EpochShuffleSampler, build_datasets, collate, describe_source
 from colorization.errors import ColorizationError, cli_entry_point
-from colorization.hardware import count_parameters, describe_hardware
+from colorization.hardware import count_parameters, describe_hardware, use_all_cores
 from colorization.inference import save_exported_model
 from colorization.metrics import psnr_per_image, ssim_per_image
 
@@ -72,6 +72,8 @@ class TrainConfig:
     checkpoints_total_limit: Optional[int] = field(3, "Keep at most N checkpoints (oldest pruned).")
     resume_from_checkpoint: Optional[str] = field(None, "latest, or a checkpoint folder, to continue a run.")
     report_to: str = field("tensorboard", "Where to log.", choices=("tensorboard", "none"))
+    cpu_threads: Optional[int] = field(None, "On a CPU: threads per process; none: the machine's cores shared "
+                                             "among the processes on it (accelerate launch alone would use 1).")
 
 
 class TrainingTask:
@@ -550,6 +552,7 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     except ValueError as error:  # e.g. fp16 without a GPU
         raise ColorizationError(f"cannot set up training: {error}") from None
     check_processes(accelerator)
+    use_all_cores(accelerator, config.cpu_threads)
     return accelerator
 
 
