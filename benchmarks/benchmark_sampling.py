@@ -41,6 +41,8 @@ def main() -> None:
         if name not in args.samplers.split(","):
             continue
         pipeline.scheduler = SCHEDULERS[name].from_config(pipeline.scheduler.config)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         with autocast:
             pipeline.sample_ab(lightness, 2)  # warm-up
             if device.type == "cuda":
@@ -54,7 +56,9 @@ def main() -> None:
                            "batch_size": args.batch_size, "mixed_precision": args.mixed_precision,
                            "seconds_per_image": round(elapsed / args.batch_size, 4),
                            "device": torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)",
-                           "parameters": sum(p.numel() for p in unet.parameters())})
+                           "parameters": sum(p.numel() for p in unet.parameters()),
+                           **({"peak_gpu_memory_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
+                              if device.type == "cuda" else {})})
         print(line, flush=True)
         if args.output:
             with open(args.output, "a") as handle:

@@ -62,6 +62,8 @@ def benchmark(model: str, resolution: int, batch_size: int, mixed_precision: str
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__,
     }
+    if model == "gan":
+        result["lambda_perceptual"] = perceptual
     if torch.cuda.is_available():
         result["peak_gpu_memory_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     else:  # the whole process's peak resident memory (Linux reports KiB)
@@ -80,8 +82,17 @@ def main() -> None:
     parser.add_argument("--lambda_perceptual", type=float, default=0.5,
                         help="GAN: 0 skips the VGG-16 perceptual loss (whose weights need a download)")
     parser.add_argument("--unet_preset", default="base", help="diffusion: small or base")
+    parser.add_argument("--untrained_vgg", action="store_true",
+                        help="GAN: a randomly initialised VGG-16 for the perceptual loss (the same cost; for "
+                             "machines that cannot download its weights)")
     parser.add_argument("--output", help="append the result as one JSON line to this file")
     args = parser.parse_args()
+    if args.untrained_vgg:
+        from torchvision.models import vgg16
+
+        from colorization.models import gan
+
+        gan.load_imagenet_vgg16_features = lambda: vgg16().features[:gan._VGG_RELU3_3].eval().requires_grad_(False)
     result = benchmark(args.model, args.resolution, args.batch_size, args.mixed_precision, args.steps, args.warmup,
                        args.lambda_perceptual, args.unet_preset)
     line = json.dumps(result)
