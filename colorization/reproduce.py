@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field as dataclass_field
+from typing import Optional
 
 from colorization.errors import ColorizationError, cli_entry_point
 
@@ -183,26 +184,34 @@ class Reproduction:
             json.dump(self.state, handle, indent=2)
         os.replace(temporary, self.state_path)
 
-    def _finished(self, step: str, command: list[str], outputs: list[str]) -> bool:
-        """Was this exact command already run to the end (and are its outputs still there)?"""
+    def _finished(self, step: str, command: list[str], outputs: list[str], folder: Optional[str]) -> bool:
+        """Was this exact command already run to the end (and are its outputs still there)?
+
+        A training run recorded with other settings is never mixed with new ones: its ``folder`` must be
+        removed first. Evaluation is simply run again."""
         record = self.state["steps"].get(step)
         if record is None:
             return False
         if record["command"][1:] != command[1:]:  # the same run, whichever Python starts it
+            if folder is None or not os.path.exists(folder):
+                del self.state["steps"][step]
+                return False
             raise ColorizationError(
-                f"{self.output_dir} holds a {step} run with other settings:\n  before: {shlex.join(record['command'])}\n"
-                f"  now:    {shlex.join(command)}\nUse another --output_dir, or the same options as before.")
+                f"{folder} holds a {step} run ({record['status']}) with other settings:\n"
+                f"  before: {shlex.join(record['command'])}\n  now:    {shlex.join(command)}\n"
+                f"Run with the same options as before, use another --output_dir, or delete {folder} to train "
+                f"the {step} model anew with the new settings.")
         return record.get("status") == "finished" and all(os.path.exists(p) for p in outputs)
 
     # ----- running -----
 
-    def _run(self, step: str, command: list[str], outputs: list[str]) -> bool:
+    def _run(self, step: str, command: list[str], outputs: list[str], folder: Optional[str] = None) -> bool:
         """Run one step unless it finished earlier; -> whether it ran."""
-        if self._finished(step, command, outputs):
+        if self._finished(step, command, outputs, folder):
             print(f"[reproduce] {step}: finished earlier, skipped", flush=True)
             return False
         record = self.state["steps"].setdefault(step, {"command": command, "seconds": 0.0, "attempts": 0})
-        record.update(status="running", attempts=record["attempts"] + 1)
+        record.update(status="running", attempts=record["attempts"] + 1, commit=self.state["commit"])
         self._save_state()
         log_path = os.path.join(self.output_dir, "logs", f"{step}.log")
         with open(os.path.join(self.output_dir, "commands.sh"), "a") as script:
@@ -226,7 +235,8 @@ class Reproduction:
         self.state.update(preset=self.args.preset, argv=sys.argv[1:], num_processes=self.num_processes,
                           commit=_commit())
         for model in self.models:
-            if self._run(model, self.training_command(model), [os.path.join(self.model_dir(model), "colorizer.json")]):
+            folder = self.model_dir(model)
+            if self._run(model, self.training_command(model), [os.path.join(folder, "colorizer.json")], folder):
                 self.state["steps"].pop("evaluation", None)  # a model changed: its table is out of date
         outputs = [os.path.join(self.output_dir, "evaluation", name) for name in ("table.md", "results.json")]
         self._run("evaluation", self.evaluation_command(), outputs)
@@ -239,21 +249,31 @@ class Reproduction:
             table = handle.read().strip()
         with open(os.path.join(evaluation, "results.json")) as handle:
             settings = json.load(handle)["settings"]
+        with open(os.path.join(evaluation, "comparison_columns.txt")) as handle:
+            columns = handle.read().strip()
         argv = ["python", "-m", "colorization.reproduce", *self.state["argv"]]
         steps = self.state["steps"]
         lines = [f"# Colorization comparison: preset `{self.args.preset}`", "",
                  f"- Command: `{shlex.join(argv)}`",
                  f"- Preset: {self.preset.description}.",
-                 f"- Commit: `{self.state['commit']}`; finished {_now()}.",
-                 f"- Hardware: {settings.get('hardware')}.",
+                 f"- Commit: `{self.state['commit']}`; finished {_now()}."
+                 + _earlier_commits(steps, self.state["commit"]),
+                 f"- Evaluated on: {settings.get('hardware')}; software: "
+                 + ", ".join(f"{k} {v}" for k, v in settings.get("versions", {}).items()) + ".",
                  "- Wall-clock of each command (with start-up): "
                  + ", ".join(f"{step} {steps[step]['seconds'] / 60:.1f} min" for step in [*self.models, "evaluation"]),
                  f"- Exact commands: `commands.sh`; TensorBoard: `tensorboard --logdir {os.path.join(self.output_dir, 'models')}`.",
                  "", table, "", "![comparison](evaluation/comparison.png)", "",
-                 "Columns of `evaluation/comparison.png`: " + open(os.path.join(evaluation, "comparison_columns.txt")).read().strip(),
-                 ""]
+                 "Columns of `evaluation/comparison.png`: " + columns, ""]
         with open(os.path.join(self.output_dir, "README.md"), "w") as handle:
             handle.write("\n".join(lines))
+
+
+def _earlier_commits(steps: dict, commit: str) -> str:
+    """Name the steps that ran (last) with code of another commit: a skipped step keeps its old results."""
+    other = {step: r.get("commit") for step, r in steps.items() if r.get("commit") not in (None, commit)}
+    return (" Steps run earlier with other code: " + ", ".join(f"{s} at `{c}`" for s, c in other.items()) + "."
+            if other else "")
 
 
 def _gpu_count() -> int:
@@ -299,8 +319,9 @@ def _last_error(log_path: str) -> str:
     """The child's own one-line error, or its last line."""
     with open(log_path, errors="replace") as handle:
         lines = [line.strip() for line in handle.read().replace("\r", "\n").splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error:") or "Error" in line.split(":")[0]]
-    return (errors or lines or ["no output"])[-1]
+    ours = [line for line in lines if line.startswith("error:")]
+    others = [line for line in lines if "Error" in line.split(":")[0] and "CalledProcessError" not in line]
+    return (ours or others or lines or ["no output"])[-1]
 
 
 def run(argv=None) -> None:

@@ -1,0 +1,108 @@
+"""python -m colorization.reproduce: the whole comparison from one command, resumable, failing loudly."""
+
+import csv
+import json
+import os
+import sys
+
+from colorization.evaluation import GRAY, TRUTH
+from conftest import run_command
+
+# A few steps per model on a small slice of the embedded data, at 32 px.
+TINY = ["--embedded", "--no-pretrained", "--resolution", "32", "--max_train_steps", "3", "--train_batch_size", "8",
+        "--samplers", "dpm:2,ddim:2", "--data_args", "--embedded_num_images 128 --dataloader_num_workers 0",
+        "--gan_args", "--base_channels 8",
+        "--diffusion_args", "--validation_inference_steps 2 --max_validation_samples 4"]
+MODEL_ROWS = {"CNN", "GAN", "Diffusion (DPM-2)", "Diffusion (DDIM-2)"}
+
+
+def reproduce(output_dir, *extra, check=True):
+    return run_command([sys.executable, "-m", "colorization.reproduce", *TINY, "--output_dir", str(output_dir), *extra],
+                       check=check)
+
+
+def _commands(output_dir):
+    with open(output_dir / "commands.sh") as handle:
+        return [line for line in handle if line.strip() and not line.startswith("#")]
+
+
+def test_reproduce_writes_one_consistent_comparison_and_skips_finished_models(tmp_path):
+    out = tmp_path / "results"
+    reproduce(out)
+
+    evaluation = out / "evaluation"
+    for name in ("table.md", "table.csv", "results.json", "per_image.csv", "comparison.png"):
+        assert (evaluation / name).is_file(), name
+    with open(evaluation / "results.json") as handle:
+        results = json.load(handle)
+    summary, settings = results["summary"], results["settings"]
+    assert set(summary) == MODEL_ROWS | {GRAY, TRUTH}  # every model, nothing missing
+    assert settings["resolution"] == 32 and settings["split"] == "validation"
+
+    # the same budget for every model, and its costs recorded next to the quality
+    for row in MODEL_ROWS:
+        cost = settings["costs"][row]
+        assert cost["parameters"] > 0 and cost["ms_per_image"] > 0
+        training = cost["training"]
+        assert training["images_seen"] == 3 * 8
+        assert 0 < training["train_seconds"] <= training["wall_seconds"]
+        assert training["images_per_second"] > 0 and training["hardware"]
+        assert training["resolution"] == 32 and training["data"] == settings["data"]
+    with open(evaluation / "per_image.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    images = {r["image_index"] for r in rows}
+    for row in MODEL_ROWS | {GRAY}:  # every row measured on the same held-out images
+        assert {r["image_index"] for r in rows if r["model"] == row} == images
+
+    # what was run, and the TensorBoard logs of each model
+    commands = _commands(out)
+    assert len(commands) == 4
+    for script in ("train_cnn.py", "train_gan.py", "train_diffusion.py", "evaluate.py"):
+        assert sum(script in c for c in commands) == 1
+    for model in ("cnn", "gan", "diffusion"):
+        logs = out / "models" / model / "logs"
+        assert any(name.startswith("events.out.tfevents") for _, _, files in os.walk(logs) for name in files), model
+        assert (out / "logs" / f"{model}.log").stat().st_size > 0
+    readme = (out / "README.md").read_text()
+    assert (evaluation / "table.md").read_text().strip() in readme
+    assert "python -m colorization.reproduce" in readme and "comparison.png" in readme
+
+    exported = {m: (out / "models" / m / "colorizer.json").stat().st_mtime_ns for m in ("cnn", "gan", "diffusion")}
+    table = (evaluation / "table.md").read_text()
+    second = reproduce(out)
+    for step in ("cnn", "gan", "diffusion", "evaluation"):
+        assert f"{step}: finished earlier, skipped" in second.stdout
+    assert _commands(out) == commands  # nothing was run again
+    assert {m: (out / "models" / m / "colorizer.json").stat().st_mtime_ns for m in exported} == exported
+    assert (evaluation / "table.md").read_text() == table
+
+    # other settings are never mixed into a finished run
+    changed = reproduce(out, "--max_train_steps", "4", check=False)
+    assert changed.returncode == 1
+    assert "with other settings" in changed.stderr and "Traceback" not in changed.stderr
+
+
+def test_a_failing_model_run_fails_the_whole_command_and_a_fixed_rerun_continues(tmp_path):
+    out = tmp_path / "results"
+    # a learning rate of 1e30 makes the GAN's loss NaN at once: the training run stops with its one-line error
+    broken = reproduce(out, "--models", "cnn,gan", "--gan_args", "--base_channels 8 --learning_rate 1e30", check=False)
+    assert broken.returncode == 1
+    assert "error: the gan run failed (exit 1)" in broken.stderr
+    assert "loss became nan" in broken.stderr  # the training run's own one-line reason
+    assert "No table was written" in broken.stderr and "Traceback" not in broken.stderr
+    assert not (out / "evaluation").exists() and not (out / "README.md").exists()
+    with open(out / "reproduce.json") as handle:
+        steps = json.load(handle)["steps"]
+    assert steps["cnn"]["status"] == "finished" and steps["gan"]["status"] == "failed (exit 1)"
+    assert "evaluation" not in steps
+
+    # the same command again refuses to mix settings; with the GAN's folder removed it trains the GAN only
+    refused = reproduce(out, "--models", "cnn,gan", check=False)
+    assert refused.returncode == 1 and "delete" in refused.stderr
+    import shutil
+
+    shutil.rmtree(out / "models" / "gan")
+    fixed = reproduce(out, "--models", "cnn,gan")
+    assert "cnn: finished earlier, skipped" in fixed.stdout
+    with open(out / "evaluation" / "results.json") as handle:
+        assert set(json.load(handle)["summary"]) == {"CNN", "GAN", GRAY, TRUTH}
