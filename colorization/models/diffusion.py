@@ -34,7 +34,7 @@ SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMult
 # widths, layers per block, indices of the levels with self-attention
 PRESETS = {
     "small": ((32, 64, 64, 128), 1, ()),                  # ~3M parameters: 64x64 on a CPU
-    "base": ((64, 128, 256, 256, 512), 2, (4,)),          # ~45M: 256x256 on a GPU, attention at 16x16
+    "base": ((64, 128, 256, 256, 512), 2, (4,)),          # ~71M: 256x256 on a GPU, attention at 16x16
 }
 
 
@@ -46,7 +46,7 @@ def _parse_ints(text: Optional[str]) -> Optional[tuple]:
 
 @dataclass
 class DiffusionConfig:
-    unet_preset: str = field("base", "UNet size: small (~3M parameters, for 64x64 CPU runs) or base (~45M, for "
+    unet_preset: str = field("base", "UNet size: small (~3M parameters, for 64x64 CPU runs) or base (~71M, for "
                                      "256x256).", choices=tuple(PRESETS))
     block_out_channels: Optional[str] = field(None, "Override the preset's widths, e.g. 32,64,64,128.")
     layers_per_block: Optional[int] = field(None, "Override the preset's ResNet layers per level.")
