@@ -26,6 +26,7 @@ import datetime
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -196,6 +197,13 @@ class Reproduction:
             if folder is None or not os.path.exists(folder):
                 del self.state["steps"][step]
                 return False
+            if record["status"] != "finished" and not _has_checkpoint(folder):
+                # a run that failed before its first checkpoint left nothing to keep: start it with the new settings
+                print(f"[reproduce] {step}: the earlier attempt failed before its first checkpoint; "
+                      "starting anew with the new settings", flush=True)
+                shutil.rmtree(folder)
+                del self.state["steps"][step]
+                return False
             raise ColorizationError(
                 f"{folder} holds a {step} run ({record['status']}) with other settings:\n"
                 f"  before: {shlex.join(record['command'])}\n  now:    {shlex.join(command)}\n"
@@ -223,9 +231,12 @@ class Reproduction:
         record["status"] = "finished" if code == 0 else f"failed (exit {code})"
         self._save_state()
         if code != 0:
+            reason = _last_error(log_path)
+            if "--no-pretrained_backbone" in reason or "--lambda_perceptual 0" in reason:
+                reason += " (here: --no-pretrained skips every download of weights)"
             raise ColorizationError(
-                f"the {step} run failed (exit {code}): {_last_error(log_path)}\n  full output: {log_path}\n"
-                "No table was written. Fix the cause and run the same command again: finished models are kept "
+                f"the {step} run failed (exit {code}): {reason}\n  full output: {log_path}\n"
+                "No table was written. Fix the cause and run again: finished models are kept "
                 "and an interrupted run resumes from its last checkpoint.")
         return True
 
@@ -274,6 +285,11 @@ def _earlier_commits(steps: dict, commit: str) -> str:
     other = {step: r.get("commit") for step, r in steps.items() if r.get("commit") not in (None, commit)}
     return (" Steps run earlier with other code: " + ", ".join(f"{s} at `{c}`" for s, c in other.items()) + "."
             if other else "")
+
+
+def _has_checkpoint(folder: str) -> bool:
+    checkpoints = os.path.join(folder, "checkpoints")
+    return os.path.isdir(checkpoints) and any(name.startswith("checkpoint_") for name in os.listdir(checkpoints))
 
 
 def _gpu_count() -> int:
