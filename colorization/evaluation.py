@@ -15,10 +15,9 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from typing import Optional
-
-import time
 
 import numpy as np
 import torch
