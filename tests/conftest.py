@@ -42,6 +42,15 @@ def accelerate_launch(script, args, num_processes=1, env=None, check=True, timeo
     return run_command(launch + [str(script)] + [str(a) for a in args], env=env, check=check, timeout=timeout)
 
 
+def six_step_run(tmp_path_factory, script, model_args):
+    """Train ``script`` for 6 tiny steps (checkpoints and validation at 3 and 6) -> its output folder."""
+    output = tmp_path_factory.mktemp(script.removesuffix(".py"))
+    accelerate_launch(script, TINY_DATA + model_args + [
+        "--output_dir", output, "--max_train_steps", "6", "--checkpointing_steps", "3", "--validation_steps", "3",
+        "--logging_steps", "2"])
+    return output
+
+
 @pytest.fixture
 def afhq_dir():
     if not AFHQ_DIR.is_dir():

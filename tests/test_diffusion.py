@@ -13,7 +13,7 @@ from colorization.errors import ColorizationError
 from colorization.models.diffusion import (DiffusionConfig, DiffusionTask, LabColorizationPipeline,
                                            LabConditionedUNet, SCHEDULERS)
 from colorization.training import Trainer, TrainConfig
-from conftest import TINY_DATA, accelerate_launch
+from conftest import TINY_DATA, accelerate_launch, six_step_run
 
 # 16 px, two levels: a thousand DDPM steps take seconds
 TINY_UNET = dict(sample_size=16, block_out_channels=(16, 32), layers_per_block=1, attention_levels=(1,))
@@ -135,11 +135,7 @@ def test_every_scheduler_samples_and_the_output_keeps_the_input_lightness(schedu
 
 @pytest.fixture(scope="module")
 def diffusion_run(tmp_path_factory):
-    output = tmp_path_factory.mktemp("diffusion_run")
-    accelerate_launch("train_diffusion.py", TINY_DATA + TINY_DIFFUSION + [
-        "--output_dir", output, "--max_train_steps", "6", "--checkpointing_steps", "3", "--validation_steps", "3",
-        "--logging_steps", "2"])
-    return output
+    return six_step_run(tmp_path_factory, "train_diffusion.py", TINY_DIFFUSION)
 
 
 def test_diffusion_script_writes_ema_checkpoints_logs_and_a_pipeline(diffusion_run):

@@ -12,7 +12,7 @@ from colorization.errors import ColorizationError
 from colorization.models.gan import (GANConfig, GANTask, PatchDiscriminator, UNetGenerator,
                                      load_imagenet_vgg16_features)
 from colorization.training import Trainer, TrainConfig
-from conftest import TINY_DATA, accelerate_launch
+from conftest import TINY_DATA, accelerate_launch, six_step_run
 
 TINY_GAN = ["--lambda_perceptual", "0", "--base_channels", "16", "--train_batch_size", "8", "--eval_batch_size", "16"]
 
@@ -102,11 +102,7 @@ def test_offline_vgg_weights_fail_fast_naming_the_flag(monkeypatch):
 
 @pytest.fixture(scope="module")
 def gan_run(tmp_path_factory):
-    output = tmp_path_factory.mktemp("gan_run")
-    accelerate_launch("train_gan.py", TINY_DATA + TINY_GAN + [
-        "--output_dir", output, "--max_train_steps", "6", "--checkpointing_steps", "3", "--validation_steps", "3",
-        "--logging_steps", "2"])
-    return output
+    return six_step_run(tmp_path_factory, "train_gan.py", TINY_GAN)
 
 
 def test_gan_script_writes_both_networks_and_an_exported_generator(gan_run):
