@@ -1,7 +1,7 @@
 """Automatic image colorization: a CNN, a GAN and a diffusion model trained and compared on equal terms."""
 
-__version__ = "0.1.0"
-
-from colorization.inference import Colorizer, load_colorizer  # noqa: E402
+from colorization.colorizer import Colorizer
+from colorization.inference import load_colorizer
+from colorization.version import __version__
 
 __all__ = ["Colorizer", "load_colorizer", "__version__"]

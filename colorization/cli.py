@@ -14,11 +14,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from colorization.colorizer import default_device
 from colorization.errors import ColorizationError, cli_entry_point
-from colorization.inference import default_device, load_colorizer
+from colorization.images import UNREADABLE_IMAGE_ERRORS, open_image
+from colorization.inference import load_colorizer
 
 _SAVE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}}
 _FORMATS_WITHOUT_ALPHA = {"JPEG", "BMP"}
@@ -52,12 +53,6 @@ def output_path(source: Path, relative: Path, output_dir: Path, image_format: st
     return target
 
 
-def _open(path: Path) -> Image.Image:
-    image = Image.open(path)
-    image.load()
-    return image
-
-
 def run(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="colorize", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -66,9 +61,12 @@ def run(argv=None) -> int:
     parser.add_argument("--output_dir", default="colorized", help="where the colorized images are written")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: a GPU when there is one)")
     parser.add_argument("--batch_size", type=int, default=8, help="images per model batch")
-    parser.add_argument("--num_inference_steps", type=int, default=None, help="diffusion: sampling steps (default 50)")
-    parser.add_argument("--scheduler", choices=("ddpm", "ddim", "dpm"), default=None, help="diffusion: sampler (default ddim)")
-    parser.add_argument("--seed", type=int, default=0, help="diffusion: seed of the noise")
+    parser.add_argument("--num_inference_steps", type=int, default=None,
+                        help="diffusion: sampling steps (default: the model's, 20)")
+    parser.add_argument("--scheduler", choices=("ddpm", "ddim", "dpm"), default=None,
+                        help="diffusion: sampler (default: the model's, dpm)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="diffusion: seed of the noise (the same photo and seed give the same colors)")
     args = parser.parse_args(argv)
 
     inputs = collect_inputs(args.inputs)
@@ -81,8 +79,8 @@ def run(argv=None) -> int:
         batch = []
         for source, relative in inputs[start:start + args.batch_size]:
             try:
-                batch.append((source, relative, _open(source)))
-            except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
+                batch.append((source, relative, open_image(source)))
+            except UNREADABLE_IMAGE_ERRORS as error:
                 failures += 1
                 tqdm.write(f"error: {source}: not a readable image ({error})", file=sys.stderr)
                 bar.update(1)

@@ -48,10 +48,9 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, config_class, overr
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
             continue
         parse = _optional(kind) if optional else kind
-        group.add_argument(
-            flag, type=parse, default=default, choices=f.metadata.get("choices"), metavar=f.name.upper(),
-            help=f"{help_text} (default: {default})",
-        )
+        # the parsers use ArgumentDefaultsHelpFormatter, which adds "(default: ...)" to every help text
+        group.add_argument(flag, type=parse, default=default, choices=f.metadata.get("choices"),
+                           metavar=f.name.upper(), help=help_text)
 
 
 def build_dataclass(config_class, namespace: argparse.Namespace):

@@ -12,15 +12,17 @@ of the images (at least one), picked by a permutation seeded with ``--split_seed
 in every run and every process whatever ``--seed`` is, and only changes when the set of images changes.
 
 Images of any mode (L, LA, P, RGBA, CMYK, 16-bit, EXIF-rotated) become RGB; transparency is flattened
-onto white. Each image is resized (shorter side) and center-cropped to ``--resolution``; training images
+onto white. Each image is resized (shorter side) and center-cropped to ``--resolution``, once: the decoded
+uint8 pixels are cached by ``datasets`` (``--no-preprocess`` decodes at every epoch instead). Training images
 are flipped horizontally with probability 1/2, decided by (seed, epoch, index) so that a resumed run sees
-exactly the same flips. An unreadable image is skipped with a warning: the next readable image takes its
-place, so batches keep their size and processes stay in step, and each batch reports how many it skipped.
+exactly the same flips; the flip is applied on the accelerator. An unreadable training image is skipped
+with a warning: the next readable image takes its place, so batches keep their size and processes stay in
+step, and each batch reports how many it skipped. Evaluation drops an unreadable image and counts it.
 """
 
 from __future__ import annotations
 
-import io
+import hashlib
 import logging
 import os
 import socket
@@ -31,12 +33,11 @@ from typing import Optional
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
-from torchvision.transforms import functional as TF
 
 from colorization.config import field
 from colorization.errors import ColorizationError
+from colorization.images import UNREADABLE_IMAGE_ERRORS, decode_image, resize_and_crop, to_unit_float
 
 logger = logging.getLogger(__name__)
 
@@ -64,50 +65,69 @@ class DataConfig:
     max_validation_samples: Optional[int] = field(None, "Use only the first N validation images.")
     embedded_num_images: int = field(1200, "Number of images of the embedded data set.")
     dataloader_num_workers: int = field(2, "Worker processes that decode images.")
+    preprocess: bool = field(True, "Decode, resize and crop every image once into a uint8 cache (datasets' "
+                                   "cache folder), so that loading keeps up with the accelerator; "
+                                   "--no-preprocess decodes the files at every epoch instead.")
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Decoding
+# Samples
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL image -> RGB, with EXIF orientation applied and transparency flattened onto white."""
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        # 16-bit (or 32-bit integer) gray: PIL's own conversion clips at 255, so rescale to 8 bits.
-        pixels = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or pixels.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(pixels / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
-    elif image.mode == "F":
-        image = Image.fromarray(np.clip(np.asarray(image) * 255.0 + 0.5, 0, 255).astype(np.uint8))
-    if image.mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
-    return image.convert("RGB")
-
-
-def decode_image(value) -> Image.Image:
-    """A value of an image column (PIL image, or ``{"bytes", "path"}`` from an undecoded column) -> RGB."""
-    if isinstance(value, Image.Image):
-        return to_rgb(value)
+def image_hash(value) -> str:
+    """A 64-bit BLAKE2 hash of an image's file bytes (undecoded column value), to recognise the same image."""
     data, path = value.get("bytes"), value.get("path")
-    with Image.open(io.BytesIO(data) if data is not None else path) as image:
-        image.load()
-        return to_rgb(image)
+    if data is None:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
 
 
-def image_to_tensor(image: Image.Image, resolution: int) -> torch.Tensor:
-    """Resize the shorter side to ``resolution``, center-crop to a square -> float (3, R, R) in [0, 1]."""
-    image = TF.resize(image, resolution, interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
-    image = TF.center_crop(image, [resolution, resolution])
-    return TF.pil_to_tensor(image).float().div_(255.0).clamp_(0.0, 1.0)
+def _decode_batch(batch: dict, image_column: str, resolution: int) -> dict:
+    """datasets.map function of the decoded cache: each image resized and cropped once, as uint8."""
+    pixels, readable, hashes = [], [], []
+    for value in batch[image_column]:
+        try:
+            pixels.append(resize_and_crop(decode_image(value), resolution).numpy())
+            readable.append(True)
+        except UNREADABLE_IMAGE_ERRORS:
+            pixels.append(np.zeros((3, resolution, resolution), dtype=np.uint8))
+            readable.append(False)
+        hashes.append(image_hash(value))
+    return {"pixels": pixels, "readable": readable, "hash": hashes, "source": [_source(v) for v in batch[image_column]]}
+
+
+def _source(value) -> str:
+    return str(value.get("path") or "")
+
+
+def decode_split(split, image_column: str, resolution: int, num_proc: int = 0):
+    """The split with every image decoded, resized and center-cropped to ``resolution`` once, as a uint8
+    ``pixels`` column (plus ``readable``, ``hash`` and ``source``). ``datasets`` caches the result on disk
+    next to the source's cache (keyed by the images and this function), so later runs read arrays instead
+    of decoding JPEGs: loading then costs almost nothing next to a training step."""
+    import datasets
+
+    features = datasets.Features({"pixels": datasets.Array3D((3, resolution, resolution), "uint8"),
+                                  "readable": datasets.Value("bool"), "hash": datasets.Value("string"),
+                                  "source": datasets.Value("string")})
+    workers = num_proc if num_proc > 1 and len(split) >= 2000 else None
+    decoded = split.map(_decode_batch, batched=True, batch_size=64, fn_kwargs={"image_column": image_column,
+                                                                                "resolution": resolution},
+                        features=features, remove_columns=split.column_names, num_proc=workers,
+                        desc=f"decoding images at {resolution}px (once; cached)")
+    return decoded.with_format("numpy", dtype=np.uint8)  # one numpy array per column, as stored
 
 
 class ColorizationImages(Dataset):
-    """A ``datasets.Dataset`` of images -> ``{"rgb": (3, R, R), "index": i, "skipped": k}`` samples."""
+    """Images of a split -> ``{"pixels": uint8 (3, R, R), "flip", "index", "skipped", "readable"}`` samples.
+
+    The split is either undecoded (images decoded here, in the loader's workers) or a :func:`decode_split`
+    cache. Training samples (``train=True``) carry a horizontal flip decided by (seed, epoch, index), applied
+    by the harness on the accelerator; an unreadable training image is replaced by the next readable one
+    (and counted), so batches keep their size. Other samples of an unreadable image come back with
+    ``readable`` False, for evaluation to drop and count.
+    """
 
     def __init__(self, images, image_column: str, resolution: int, train: bool, seed: int = 0):
         self.images = images
@@ -115,37 +135,60 @@ class ColorizationImages(Dataset):
         self.resolution = resolution
         self.train = train
         self.seed = seed
+        self.decoded = "pixels" in images.column_names
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def _load(self, index: int) -> Image.Image:
-        return decode_image(self.images[index][self.image_column])
+    def _load(self, index: int) -> torch.Tensor:
+        if self.decoded:
+            row = self.images[index]
+            if not row["readable"]:
+                raise OSError("not a readable image (found when the data set was decoded)")
+            return torch.from_numpy(row["pixels"])
+        return resize_and_crop(decode_image(self.images[index][self.image_column]), self.resolution)
 
     def __getitem__(self, key) -> dict:
         """``key`` is an index, or ``(epoch, index)`` from :class:`EpochShuffleSampler` (the epoch seeds the flip)."""
         epoch, index = key if isinstance(key, tuple) else (0, key)
+        tries = min(_MAX_REPLACEMENT_TRIES, len(self)) if self.train else 1
         skipped = 0
-        for attempt in range(min(_MAX_REPLACEMENT_TRIES, len(self))):
+        for attempt in range(tries):
             current = (index + attempt) % len(self)
             try:
-                image = self._load(current)
+                pixels = self._load(current)
                 break
-            except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
+            except UNREADABLE_IMAGE_ERRORS as error:
                 skipped += 1
-                warnings.warn(f"skipping unreadable image #{current} ({_describe(self.images, current)}): {error}")
+                warnings.warn(f"skipping unreadable image #{current} ({describe_image(self.images, current)}): {error}")
         else:
-            raise ColorizationError(f"none of the {skipped} images tried from #{index} on could be read")
-        pixels = image_to_tensor(image, self.resolution)
-        if self.train and np.random.default_rng([self.seed, epoch, index]).random() < 0.5:
-            pixels = pixels.flip(-1)
-        return {"rgb": pixels, "index": index, "skipped": skipped}
+            if self.train:
+                raise ColorizationError(f"none of the {skipped} images tried from #{index} on could be read")
+            pixels = torch.zeros(3, self.resolution, self.resolution, dtype=torch.uint8)
+        return {"pixels": pixels, "flip": self._flip(epoch, index), "index": index, "skipped": skipped,
+                "readable": skipped == 0}
+
+    def __getitems__(self, keys: list) -> list[dict]:
+        """A whole batch at once (the DataLoader's fetcher calls this): one read of the decoded cache instead of
+        one per image, which is what lets loading outrun the training step."""
+        if not self.decoded:
+            return [self[key] for key in keys]
+        keys = [key if isinstance(key, tuple) else (0, key) for key in keys]
+        rows = self.images[[index for _, index in keys]]
+        return [{"pixels": torch.from_numpy(rows["pixels"][j]), "flip": self._flip(epoch, index), "index": index,
+                 "skipped": 0, "readable": True} if rows["readable"][j] else self[(epoch, index)]
+                for j, (epoch, index) in enumerate(keys)]
+
+    def _flip(self, epoch: int, index: int) -> bool:
+        return bool(self.train and np.random.default_rng([self.seed, epoch, index]).random() < 0.5)
 
 
-def _describe(images, index: int) -> str:
+def describe_image(images, index: int) -> str:
     """The file behind a sample, for messages (Hub images may have no path)."""
     try:
         value = images[index]
+        if isinstance(value.get("source"), str) and value["source"]:
+            return value["source"]
         for column_value in value.values():
             if isinstance(column_value, dict) and column_value.get("path"):
                 return str(column_value["path"])
@@ -157,7 +200,10 @@ def _describe(images, index: int) -> str:
 class EpochShuffleSampler(Sampler[tuple]):
     """A permutation of the data set per epoch, seeded by (seed, epoch): identical on every process (the
     accelerate data loader shards it) and independent of any global random state, so resume is exact.
-    It yields ``(epoch, index)`` so that workers need no per-epoch state and can persist."""
+    It yields ``(epoch, index)`` so that workers need no per-epoch state and can persist.
+
+    The harness sets the epoch on this object itself: after ``skip_first_batches`` on several processes the
+    sampler sits three wrappers deep, where accelerate's ``set_epoch`` does not reach."""
 
     def __init__(self, length: int, seed: int):
         self.length = length
@@ -177,10 +223,21 @@ class EpochShuffleSampler(Sampler[tuple]):
 
 def collate(samples: list[dict]) -> dict:
     return {
-        "rgb": torch.stack([s["rgb"] for s in samples]),
+        "pixels": torch.stack([s["pixels"] for s in samples]),
+        "flip": torch.tensor([s["flip"] for s in samples]),
         "index": torch.tensor([s["index"] for s in samples]),
         "skipped": torch.tensor(sum(s["skipped"] for s in samples)),
+        "readable": torch.tensor([s["readable"] for s in samples]),
     }
+
+
+def batch_to_rgb(batch: dict, device: torch.device) -> torch.Tensor:
+    """A collated batch -> float sRGB in [0, 1] on ``device``, training flips applied there (uint8 travels)."""
+    rgb = to_unit_float(batch["pixels"].to(device, non_blocking=True))
+    flip = batch["flip"].to(device, non_blocking=True)
+    if flip.any():
+        rgb = torch.where(flip.view(-1, 1, 1, 1), rgb.flip(-1), rgb)
+    return rgb
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -339,13 +396,26 @@ def _require_readable(split, config: DataConfig, probe: int = 32) -> None:
         try:
             decode_image(split[index][config.image_column])
             return
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
-            errors.append(f"#{index} ({_describe(split, index)}): {error}")
+        except UNREADABLE_IMAGE_ERRORS as error:
+            errors.append(f"#{index} ({describe_image(split, index)}): {error}")
     raise ColorizationError(f"none of the first {len(errors)} images of {describe_source(config)} can be read, "
                             f"e.g. {errors[0]}")
 
 
+def prepare_split(split, config: DataConfig, train: bool, seed: int = 0) -> ColorizationImages:
+    """An undecoded split -> samples at ``config.resolution`` (through the decoded cache unless --no-preprocess)."""
+    if config.preprocess:
+        split = decode_split(split, config.image_column, config.resolution, config.dataloader_num_workers)
+    return ColorizationImages(split, config.image_column, config.resolution, train=train, seed=seed)
+
+
 def build_datasets(config: DataConfig, seed: int) -> tuple[ColorizationImages, ColorizationImages]:
     train, validation = load_splits(config)
-    return (ColorizationImages(train, config.image_column, config.resolution, train=True, seed=seed),
-            ColorizationImages(validation, config.image_column, config.resolution, train=False, seed=seed))
+    return prepare_split(train, config, train=True, seed=seed), prepare_split(validation, config, train=False)
+
+
+def split_hashes(images: ColorizationImages) -> list[str]:
+    """The :func:`image_hash` of every image of a split, in order."""
+    if images.decoded:
+        return [str(h) for h in images.images["hash"]]
+    return [image_hash(images.images[i][images.image_column]) for i in range(len(images))]

@@ -1,20 +1,21 @@
-"""One honest comparison: every model, the gray baseline and the ground truth on the same images.
+"""``evaluate.py``: every model, the baselines and the ground truth, measured on the same images.
 
-All metrics are computed on sRGB in [0, 1] at the evaluation resolution. Ground truth and input go
-through the same resize and crop; each model colorizes at its own training resolution and its ab is
-brought to the evaluation resolution and joined with the input's own L, as at inference. Each value is
-reported as the mean over images with a 95% bootstrap interval.
+All metrics are computed on sRGB in [0, 1] at the evaluation resolution, through
+:func:`colorization.measure.measure` (the function validation uses): ground truth and input go through the
+same resize and crop; each model colorizes at its own training resolution in fp32 and its ab is brought to
+the evaluation resolution and joined with the input's own L, as at inference.
+
+Rows: each model (one per sampler for a diffusion model), the mean training ab of the models (each image's
+own L with the per-pixel average ab of the training images), gray (L with ab = 0) and the ground truth.
+Statistics (:func:`summarize`) are paired: every interval comes from the same bootstrap resamples of the
+images, so the difference of two rows has an interval of its own. Writing the table and files is
+:mod:`colorization.report`'s job.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
-import shutil
-import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from typing import Optional
@@ -22,22 +23,24 @@ from typing import Optional
 import numpy as np
 import torch
 from accelerate import Accelerator
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from colorization import color
+from colorization import report
+from colorization.report import GRAY, TRUTH
+from colorization.version import __version__
+from colorization.colorizer import read_export_config, read_mean_ab, read_training_images
 from colorization.config import add_dataclass_arguments, build_dataclass, field
-from colorization.data import DataConfig, ColorizationImages, collate, describe_source, load_splits
+from colorization.data import DataConfig, batch_to_rgb, collate, describe_source, load_splits, prepare_split, split_hashes
 from colorization.errors import ColorizationError, cli_entry_point
 from colorization.hardware import count_parameters, describe_hardware, use_all_cores
-from colorization.inference import load_colorizer, read_export_config
-from colorization.metrics import psnr_per_image, ssim_per_image
+from colorization.inference import load_colorizer
+from colorization.measure import gray_baseline, mean_ab_baseline, measure, truth_values
+from colorization.metrics import (bootstrap_mean, percentile_interval, resample_counts, sliced_wasserstein)
 from colorization.pretrained import load_pretrained
 
-METRICS = ("lpips", "psnr", "ssim", "colorfulness")
-HIGHER_IS_BETTER = {"lpips": False, "psnr": True, "ssim": True, "colorfulness": None, "colorfulness_gap": False}
-GRAY, TRUTH = "Gray (ab = 0)", "Ground truth"
-_BOOTSTRAP_SAMPLES = 1000
+METRICS = ("lpips", "psnr", "ssim", "colorfulness", "ab_distance")
+MEAN_AB = "Mean training ab"
 
 
 @dataclass
@@ -47,24 +50,21 @@ class EvaluationConfig:
     max_images: Optional[int] = field(None, "Evaluate only the first N images.")
     batch_size: int = field(16, "Images per batch and process.")
     seed: int = field(0, "Seed of the diffusion model's noise (per image) and of the bootstrap.")
-    metrics: str = field("lpips,psnr,ssim,colorfulness", "Comma-separated metrics.")
-    num_inference_steps: Optional[int] = field(None, "Diffusion sampling steps (default: the model's, 50).")
-    scheduler: Optional[str] = field(None, "Diffusion sampler: ddpm, ddim or dpm (default: the model's, ddim).")
+    metrics: str = field("lpips,psnr,ssim,colorfulness,ab_distance", "Comma-separated metrics.")
+    num_inference_steps: Optional[int] = field(None, "Diffusion sampling steps (default: the model's, 20).")
+    scheduler: Optional[str] = field(None, "Diffusion sampler: ddpm, ddim or dpm (default: the model's, dpm).")
     samplers: Optional[str] = field(None, "Compare diffusion samplers: comma-separated SCHEDULER:STEPS (e.g. "
-                                          "ddim:50,dpm:20); each diffusion model gets a row per sampler. "
+                                          "dpm:20,ddim:50); each diffusion model gets a row per sampler. "
                                           "Overrides --scheduler and --num_inference_steps.")
-    output_dir: str = field("results/evaluation", "Where the table, per-image values and grid are written.")
+    num_samples: int = field(1, "Stochastic models: also colorize each image K times and report the PSNR/SSIM "
+                                "of the mean of the K samples and their diversity.")
+    num_samples_images: Optional[int] = field(None, "The mean of K samples on the first N images only (none: all).")
+    allow_training_images: bool = field(False, "Score a model on images it was trained on (refused by default; "
+                                               "the table then says so).")
+    keep_selection_images: bool = field(False, "Keep the images a model's checkpoint was chosen on (left out of "
+                                               "every row by default).")
+    output_dir: str = field("results/evaluation", "Where the tables, per-image values and grid are written.")
     grid_images: int = field(8, "Images (rows) in the comparison grid.")
-
-
-def colorfulness(rgb: torch.Tensor) -> torch.Tensor:
-    """Hasler and Suesstrunk (2003) colorfulness of each image (sRGB in [0, 1], computed on 0..255)."""
-    rgb = rgb.float() * 255.0
-    rg = rgb[:, 0] - rgb[:, 1]
-    yb = 0.5 * (rgb[:, 0] + rgb[:, 1]) - rgb[:, 2]
-    spread = torch.sqrt(rg.flatten(1).var(dim=1, unbiased=False) + yb.flatten(1).var(dim=1, unbiased=False))
-    mean = torch.sqrt(rg.flatten(1).mean(dim=1) ** 2 + yb.flatten(1).mean(dim=1) ** 2)
-    return spread + 0.3 * mean
 
 
 def load_lpips(device: torch.device):
@@ -75,18 +75,8 @@ def load_lpips(device: torch.device):
 
     model = load_pretrained(lambda: lpips.LPIPS(net="alex", version="0.1", verbose=False),
                             AlexNet_Weights.IMAGENET1K_V1.url, "ImageNet AlexNet weights that LPIPS needs",
-                            "run without LPIPS: --metrics psnr,ssim,colorfulness")
+                            "run without LPIPS: --metrics psnr,ssim,colorfulness,ab_distance")
     return model.eval().requires_grad_(False).to(device)
-
-
-def bootstrap_interval(values: np.ndarray, seed: int) -> tuple[float, float]:
-    """95% percentile bootstrap interval of the mean."""
-    if len(values) < 2:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), (_BOOTSTRAP_SAMPLES, len(values)))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(low), float(high)
 
 
 class Evaluator:
@@ -99,23 +89,28 @@ class Evaluator:
             raise ColorizationError(f"unknown metrics {sorted(unknown)}; choose from {list(METRICS)}")
         if len(names) != len(checkpoints):
             raise ColorizationError(f"{len(names)} --names for {len(checkpoints)} --checkpoints")
-        if len(set(names)) != len(names) or {GRAY, TRUTH} & set(names):
-            raise ColorizationError(f"model names must be distinct and not {GRAY!r} or {TRUTH!r}")
-        exports = [read_export_config(path) for path in checkpoints]  # fail before any work on a non-model
+        if len(set(names)) != len(names) or {GRAY, TRUTH} & set(names) or any(n.startswith(MEAN_AB) for n in names):
+            raise ColorizationError(f"model names must be distinct and not {GRAY!r}, {TRUTH!r} or {MEAN_AB!r}")
+        if config.num_samples < 1:
+            raise ColorizationError("--num_samples must be at least 1")
+        self.exports = {name: read_export_config(path) for name, path in zip(names, checkpoints)}  # fail early
+        self.paths = dict(zip(names, checkpoints))
         self.accelerator = accelerator or Accelerator()
         use_all_cores(self.accelerator)
-        self.colorizers, self.checkpoints, self.trainings = {}, {}, {}
-        for name, path, export in zip(names, checkpoints, exports):
-            for sampling in self._samplings(export["model_type"]):
-                colorizer = load_colorizer(path, self.accelerator.device, seed=None, **sampling)
+        self.colorizers, self.checkpoints, self.trainings, self.models_of_rows = {}, {}, {}, {}
+        for name, path in self.paths.items():
+            for sampling in self._samplings(self.exports[name]["model_type"]):
+                colorizer = load_colorizer(path, self.accelerator.device, **sampling)
                 row = f"{name} ({colorizer.describe_sampling()})" if config.samplers and sampling else name
                 if row in self.colorizers:
                     raise ColorizationError(f"two rows would be named {row!r}: give distinct --names")
-                self.colorizers[row], self.checkpoints[row] = colorizer, path
-                self.trainings[row] = export.get("training", {})
+                self.colorizers[row], self.checkpoints[row], self.models_of_rows[row] = colorizer, path, name
+                self.trainings[row] = self.exports[name].get("training", {})
+        self.mean_abs = self._mean_ab_rows()
         self.seconds = {row: 0.0 for row in self.colorizers}  # inference time on this process
         self.lpips = lpips_model if lpips_model is not None or "lpips" not in self.metrics \
             else load_lpips(self.accelerator.device)
+        self.notes: list[str] = []
 
     def _samplings(self, model_type: str) -> list[dict]:
         """The sampling settings to evaluate a model with: one per --samplers entry for diffusion."""
@@ -128,11 +123,25 @@ class Evaluator:
         for entry in self.config.samplers.split(","):
             scheduler, _, steps = entry.strip().partition(":")
             if not steps.isdigit() or int(steps) < 1:
-                raise ColorizationError(f"--samplers entry {entry!r} is not SCHEDULER:STEPS (e.g. ddim:50)")
+                raise ColorizationError(f"--samplers entry {entry!r} is not SCHEDULER:STEPS (e.g. dpm:20)")
             samplings.append({"scheduler": scheduler, "num_inference_steps": int(steps)})
         return samplings
 
-    def _images(self) -> ColorizationImages:
+    def _mean_ab_rows(self) -> dict[str, torch.Tensor]:
+        """One mean-ab baseline row per distinct map among the models' exports."""
+        maps = {name: m for name in self.paths if (m := read_mean_ab(self.paths[name])) is not None}
+        rows: dict[str, torch.Tensor] = {}
+        for name, mean_ab in maps.items():
+            if any(m.shape == mean_ab.shape and torch.equal(m, mean_ab) for m in rows.values()):
+                continue
+            rows[name] = mean_ab
+        if len(rows) == 1:
+            return {MEAN_AB: next(iter(rows.values()))}
+        return {f"{MEAN_AB} ({name})": mean_ab for name, mean_ab in rows.items()}
+
+    # ----- which images -----
+
+    def _images(self):
         train, validation = load_splits(self.data)
         if self.config.split == "all":
             import datasets
@@ -142,45 +151,130 @@ class Evaluator:
             images = validation
         if self.config.max_images is not None:
             images = images.select(range(min(self.config.max_images, len(images))))
-        return ColorizationImages(images, self.data.image_column, self.data.resolution, train=False)
+        with self.accelerator.main_process_first():  # the decoded cache is written once per machine
+            dataset = prepare_split(images, self.data, train=False)
+        hashes = split_hashes(dataset)
+        keep = self._check_overlap(hashes)
+        if not keep:
+            raise ColorizationError(f"none of the {len(hashes)} images is left to evaluate: a model's exported step "
+                                    "was chosen on all of them. Evaluate on other images, or add "
+                                    "--keep_selection_images.")
+        return (dataset if len(keep) == len(dataset) else Subset(dataset, keep)), hashes
 
-    def _colorize(self, name: str, lightness: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        colorizer = self.colorizers[name]
-        if colorizer.model_type == "diffusion":  # noise seeded per image: the same with any batching or sharding
-            colorizer.generator = [torch.Generator(colorizer.device).manual_seed(self.config.seed * 1_000_003 + int(i))
-                                   for i in indices]
-        ab = colorizer.colorize_lightness(lightness)
-        return color.normalized_lab_to_rgb(lightness, ab)
+    def _check_overlap(self, hashes: list[str]) -> list[int]:
+        """Refuse a model's own training images; leave out the images a model's checkpoint was chosen on
+        -> the positions of the images to evaluate."""
+        positions = {h: i for i, h in enumerate(hashes)}
+        dropped: set[int] = set()
+        for name, path in self.paths.items():
+            record = read_training_images(path)
+            if record is None:
+                self.notes.append(f"{name} carries no record of its training images: this evaluation could not "
+                                  "check that none of these images was trained on.")
+                continue
+            overlap = [positions[h] for h in record.get("images", []) if h in positions]
+            if overlap and not self.config.allow_training_images:
+                raise ColorizationError(
+                    f"{len(overlap)} of the {len(hashes)} images to evaluate are among {name}'s training images "
+                    f"(e.g. image #{overlap[0]}): a model is not scored on what it was trained on. Evaluate on "
+                    "its held-out images (--split validation with its data options), or add "
+                    "--allow_training_images to do it anyway (the table then says so).")
+            if overlap:
+                self.notes.append(f"{len(overlap)} of these images were among {name}'s TRAINING images "
+                                  "(--allow_training_images).")
+            selection = self.exports[name].get("selection", {}).get("images", [])
+            chosen_on = [positions[h] for h in selection if h in positions]
+            if chosen_on and not self.config.keep_selection_images:
+                dropped.update(chosen_on)
+                self.notes.append(f"{len(chosen_on)} images that {name}'s exported step was chosen on "
+                                  "(--model_selection best) are left out of every row.")
+            elif chosen_on:
+                self.notes.append(f"{len(chosen_on)} of these images chose {name}'s exported step "
+                                  "(--keep_selection_images).")
+        return [i for i in range(len(hashes)) if i not in dropped]
 
-    def _measure(self, prediction: torch.Tensor, truth: torch.Tensor) -> dict[str, torch.Tensor]:
-        values = {}
-        if "lpips" in self.metrics:
-            values["lpips"] = self.lpips(prediction, truth, normalize=True).flatten()  # [0, 1] -> [-1, 1] inside
-        if "psnr" in self.metrics:
-            values["psnr"] = psnr_per_image(prediction, truth)
-        if "ssim" in self.metrics:
-            values["ssim"] = ssim_per_image(prediction, truth)
-        if "colorfulness" in self.metrics:
-            values["colorfulness"] = colorfulness(prediction)
-            values["colorfulness_gap"] = (values["colorfulness"] - colorfulness(truth)).abs()
-        return values
+    # ----- measuring -----
 
-    def _outputs(self, truth: torch.Tensor, indices: torch.Tensor, timed: bool = False) -> dict[str, torch.Tensor]:
-        lightness, _ = color.rgb_to_normalized_lab(truth)
-        outputs = {}
-        for name in self.colorizers:
+    def _rows(self, truth: torch.Tensor, indices: torch.Tensor, timed: bool) -> dict[str, tuple[dict, torch.Tensor]]:
+        """Every row's per-image values and sRGB output for one batch."""
+        metrics = [m for m in self.metrics if m != "ab_distance"] + (["ab_histogram"] if "ab_distance" in self.metrics else [])
+        rows = {}
+        for row, colorizer in self.colorizers.items():
             started = self._now()
-            outputs[name] = self._colorize(name, lightness, indices)
+            values, prediction, _ = measure(colorizer, truth, indices, self.config.seed, metrics, self.lpips)
             if timed:
-                self.seconds[name] += self._now() - started
-        outputs[GRAY] = color.gray_rgb(lightness)
-        outputs[TRUTH] = truth
-        return outputs
+                self.seconds[row] += self._now() - started
+            rows[row] = (values, prediction)
+        for row, mean_ab in self.mean_abs.items():
+            rows[row] = mean_ab_baseline(truth, mean_ab, metrics, self.lpips)
+        rows[GRAY] = gray_baseline(truth, metrics, self.lpips)
+        rows[TRUTH] = (truth_values(truth, metrics), truth)
+        return rows
 
     def _now(self) -> float:
         if self.accelerator.device.type == "cuda":
             torch.cuda.synchronize(self.accelerator.device)
         return time.perf_counter()
+
+    def _loader(self, dataset) -> DataLoader:
+        return self.accelerator.prepare(DataLoader(dataset, batch_size=self.config.batch_size, shuffle=False,
+                                                   num_workers=self.data.dataloader_num_workers, collate_fn=collate))
+
+    def _gather(self, per_image: dict, values: dict, readable: torch.Tensor) -> None:
+        gathered = self.accelerator.gather_for_metrics({**{k: v.float() for k, v in values.items()},
+                                                        "_readable": readable.float()})
+        for key, value in gathered.items():
+            per_image.setdefault(key, []).append(value.cpu())
+
+    @torch.no_grad()
+    def run(self) -> dict:
+        accelerator, config = self.accelerator, self.config
+        dataset, hashes = self._images()
+        loader = self._loader(dataset)
+        per_image: dict[str, dict[str, list]] = {}
+        bar = tqdm(total=len(dataset), desc="evaluating", unit="image", disable=not accelerator.is_local_main_process)
+        for batch in loader:
+            truth = batch_to_rgb(batch, accelerator.device)
+            for row, (values, _) in self._rows(truth, batch["index"], timed=True).items():
+                self._gather(per_image.setdefault(row, {}), {**values, "index": batch["index"]}, batch["readable"])
+            bar.update(len(batch["index"]) * accelerator.num_processes)
+        bar.close()
+        values = {row: _in_order(chunks) for row, chunks in per_image.items()}
+        unreadable = int((~values[TRUTH]["_readable"].astype(bool)).sum())
+        if unreadable:
+            self.notes.append(f"{unreadable} unreadable image(s) were left out (see the warnings above).")
+        values = _readable_only(values)
+        if len(values[TRUTH]["index"]) == 0:
+            raise ColorizationError("none of the images to evaluate could be read")
+        samples = self._samples(dataset) if config.num_samples > 1 else None
+        grid = self._grid(dataset) if accelerator.is_main_process else None
+        return {"values": values, "samples": samples, "grid": grid, "num_images": len(values[TRUTH]["index"]),
+                "costs": self.costs(len(values[TRUTH]["index"])), "unreadable": unreadable,
+                "hashes_checked": len(hashes)}
+
+    def _samples(self, dataset) -> dict:
+        """The mean of K samples of each stochastic row, and their diversity, on the first images."""
+        count = min(self.config.num_samples_images or len(dataset), len(dataset))
+        loader = self._loader(Subset(dataset, range(count)))
+        per_image: dict[str, dict[str, list]] = {}
+        stochastic = {row: c for row, c in self.colorizers.items() if c.stochastic}
+        if not stochastic:
+            return {}
+        for batch in tqdm(loader, desc=f"{self.config.num_samples} samples per image", unit="batch",
+                          disable=not self.accelerator.is_local_main_process):
+            truth = batch_to_rgb(batch, self.accelerator.device)
+            for row, colorizer in stochastic.items():
+                values, _, _ = measure(colorizer, truth, batch["index"], self.config.seed, ("psnr", "ssim"),
+                                       num_samples=self.config.num_samples)
+                self._gather(per_image.setdefault(row, {}), {**values, "index": batch["index"]}, batch["readable"])
+        return _readable_only({row: _in_order(chunks) for row, chunks in per_image.items()})
+
+    def _grid(self, dataset) -> dict[str, torch.Tensor]:
+        """The first images, colorized again by every row with the same per-image seeds."""
+        count = min(self.config.grid_images, len(dataset))
+        samples = collate([dataset[i] for i in range(count)])
+        truth = batch_to_rgb(samples, self.accelerator.device)
+        return {row: output for row, (_, output) in self._rows(truth, samples["index"], timed=False).items()}
 
     def costs(self, num_images: int) -> dict:
         """Per model row: parameters, inference milliseconds per image (mean over processes), training costs."""
@@ -192,177 +286,93 @@ class Evaluator:
                       "training": self.trainings[row]}
                 for i, (row, colorizer) in enumerate(self.colorizers.items())}
 
-    @torch.no_grad()
-    def run(self) -> dict:
-        accelerator, config = self.accelerator, self.config
-        dataset = self._images()
-        loader = accelerator.prepare(DataLoader(dataset, batch_size=config.batch_size, shuffle=False,
-                                                num_workers=self.data.dataloader_num_workers, collate_fn=collate))
-        per_image: dict[str, dict[str, list]] = {row: {} for row in [*self.colorizers, GRAY, TRUTH]}
-        indices = []
-        bar = tqdm(total=len(dataset), desc="evaluating", unit="image", disable=not accelerator.is_local_main_process)
-        for batch in loader:
-            truth = batch["rgb"].float()
-            for row, image in self._outputs(truth, batch["index"], timed=True).items():
-                for key, value in accelerator.gather_for_metrics(self._measure(image, truth)).items():
-                    per_image[row].setdefault(key, []).append(value.float().cpu())
-            indices.append(accelerator.gather_for_metrics(batch["index"]).cpu())
-            bar.update(len(indices[-1]))
-        bar.close()
-        index = torch.cat(indices)
-        order = index.argsort()  # back to the data set's order, whatever the sharding
-        values = {row: {k: torch.cat(v)[order].numpy() for k, v in metrics.items()} for row, metrics in per_image.items()}
-        grid = None
-        if accelerator.is_main_process:  # the first images, colorized again with the same per-image seeds
-            count = min(config.grid_images, len(dataset))
-            samples = [dataset[i] for i in range(count)]
-            grid = self._outputs(torch.stack([s["rgb"] for s in samples]).to(accelerator.device),
-                                 torch.tensor([s["index"] for s in samples]))
-        return {"values": values, "index": index[order].numpy(), "grid": grid, "num_images": len(index),
-                "costs": self.costs(len(index))}
+
+def _in_order(chunks: dict[str, list]) -> dict[str, np.ndarray]:
+    """Concatenated per-image values, sorted by image index (whatever the sharding)."""
+    joined = {k: torch.cat(v).numpy() for k, v in chunks.items()}
+    order = joined["index"].argsort(kind="stable")
+    return {k: v[order] for k, v in joined.items()}
 
 
-def summarize(values: dict, seed: int) -> dict:
-    """Per row and metric: mean and 95% bootstrap interval."""
-    return {row: {metric: {"mean": float(v.mean()), "ci95": bootstrap_interval(v, seed)} for metric, v in metrics.items()}
-            for row, metrics in values.items()}
+def _readable_only(rows: dict) -> dict:
+    """Drop the images that could not be read (each row carries the same ``_readable`` flags)."""
+    return {row: {k: v[metrics["_readable"].astype(bool)] for k, v in metrics.items() if k != "_readable"}
+            for row, metrics in rows.items()}
 
 
-_COLUMN_TITLES = {"lpips": "LPIPS ↓", "psnr": "PSNR (dB) ↑", "ssim": "SSIM ↑", "colorfulness": "Colorfulness",
-                  "colorfulness_gap": "Colorfulness gap ↓"}
+# ----- statistics -----
 
 
-def _format(stat: dict, digits: int) -> str:
-    low, high = stat["ci95"]
-    interval = f" [{low:.{digits}f}, {high:.{digits}f}]" if not np.isnan(low) else ""
-    return f"{stat['mean']:.{digits}f}{interval}"
+def summarize(values: dict, seed: int, samples: Optional[dict] = None) -> dict:
+    """Means and paired 95% bootstrap intervals of every row (the same resampled images for all rows).
+
+    Per row: each per-image metric; ``psnr_vs_gray``/``ssim_vs_gray``/``lpips_vs_gray``: the mean paired
+    difference to the gray row; ``colorfulness_gap``: |mean colorfulness - the truth's| over the data set;
+    ``colorfulness_gap_per_image``: the mean per-image |difference|; ``ab_distance``: the sliced Wasserstein
+    distance between the row's ab distribution over all pixels and the truth's (Lab units).
+    """
+    counts = resample_counts(len(values[TRUTH]["index"]), seed)
+    truth = values[TRUTH]
+    summary = {}
+    for row, metrics in values.items():
+        stats = {}
+        for metric in ("lpips", "psnr", "ssim", "colorfulness"):
+            if metric in metrics and not (row == TRUTH and metric != "colorfulness"):
+                stats[metric] = _stat(metrics[metric], counts)
+        if row not in (GRAY, TRUTH):
+            for metric in ("psnr", "ssim", "lpips"):
+                if metric in metrics:
+                    stats[f"{metric}_vs_gray"] = _stat(metrics[metric] - values[GRAY][metric], counts)
+        if row != TRUTH and "colorfulness" in metrics:
+            ours, theirs = metrics["colorfulness"], truth["colorfulness"]
+            n = len(ours)
+            gap = abs(ours.mean() - theirs.mean())
+            stats["colorfulness_gap"] = {"mean": float(gap), "ci95": percentile_interval(
+                np.abs(counts @ ours / n - counts @ theirs / n))}
+            stats["colorfulness_gap_per_image"] = _stat(np.abs(ours - theirs), counts)
+        if row != TRUTH and "ab_histogram" in metrics:
+            mine, reference = metrics["ab_histogram"].astype(np.float64), truth["ab_histogram"].astype(np.float64)
+            distance = float(sliced_wasserstein(mine.sum(0), reference.sum(0)))
+            # the same resamples: reweight the images' histograms by how often each was drawn
+            replicates = sliced_wasserstein(counts @ mine, counts @ reference)
+            stats["ab_distance"] = {"mean": distance, "ci95": percentile_interval(replicates)}
+        summary[row] = stats
+    if samples:
+        summary["samples"] = _summarize_samples(values, samples, seed)
+    return summary
 
 
-def _describe_sampling(sampling) -> str:
-    if not isinstance(sampling, dict):
-        return str(sampling)
-    return "; ".join(f"{name}: {s['scheduler']}, {s['num_inference_steps']} steps, seed per image"
-                     for name, s in sampling.items())
+def _summarize_samples(values: dict, samples: dict, seed: int) -> dict:
+    """The mean-of-K table: every row on the images that have K samples, paired with gray."""
+    indices = next(iter(samples.values()))["index"]
+    positions = np.searchsorted(values[TRUTH]["index"], indices)
+    counts = resample_counts(len(indices), seed)
+    gray = values[GRAY]
+    result = {"num_images": len(indices)}
+    for row, metrics in values.items():
+        if row == TRUTH or "psnr" not in metrics:
+            continue
+        entry = {"psnr": _stat(metrics["psnr"][positions], counts),
+                 "psnr_vs_gray": _stat(metrics["psnr"][positions] - gray["psnr"][positions], counts)}
+        if row in samples:
+            mean_of_k = samples[row]
+            entry.update(psnr_mean=_stat(mean_of_k["psnr_mean"], counts), ssim_mean=_stat(mean_of_k["ssim_mean"], counts),
+                         psnr_mean_vs_gray=_stat(mean_of_k["psnr_mean"] - gray["psnr"][positions], counts),
+                         diversity=_stat(mean_of_k["diversity"], counts))
+        result[row] = entry
+    return result
 
 
-def _count(value: int) -> str:
-    return f"{value / 1e6:.1f}M" if value >= 1e5 else f"{value / 1e3:.1f}k" if value >= 1e3 else str(value)
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds / 3600:.2f} h" if seconds >= 5400 else f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
-
-
-_COST_TITLES = ("Params", "Train images", "Train img/s", "Train time", "Inference ms/image")
-
-
-def cost_cells(cost: Optional[dict]) -> list[str]:
-    """Parameters of the inference network; images seen in training, training images/s (training steps
-    only) and training wall-clock (with validation and checkpoints) from the run; measured inference time."""
-    if cost is None:
-        return ["—"] * len(_COST_TITLES)
-    training = cost.get("training") or {}
-    rate = training.get("images_per_second")
-    return [_count(cost["parameters"]),
-            _count(training["images_seen"]) if "images_seen" in training else "?",
-            f"{rate:.1f}" if rate else "?",
-            _duration(training["wall_seconds"]) if "wall_seconds" in training else "?",
-            f"{cost['ms_per_image']:.1f}"]
-
-
-def _describe_hardware(settings: dict) -> str:
-    costs = settings.get("costs", {})
-    trained = {}
-    for row, cost in costs.items():
-        training = cost.get("training") or {}
-        where = training.get("hardware", "unknown hardware")
-        if training.get("mixed_precision"):
-            where += f", mixed precision {training['mixed_precision']}"
-        trained.setdefault(where, []).append(row)
-    parts = [f"{', '.join(rows)} trained on {where}" for where, rows in trained.items()]
-    parts.append(f"inference measured on {settings.get('hardware', 'unknown hardware')}, batch "
-                 f"{settings['evaluation']['batch_size']}, fp32, at each model's own resolution")
-    return "; ".join(parts)
-
-
-def markdown_table(summary: dict, settings: dict) -> str:
-    columns = [m for m in _COLUMN_TITLES if any(m in row for row in summary.values())]
-    digits = {"lpips": 4, "psnr": 2, "ssim": 4, "colorfulness": 2, "colorfulness_gap": 2}
-    costs = settings.get("costs")
-    cost_titles = list(_COST_TITLES) if costs else []
-    lines = ["| Model | " + " | ".join([_COLUMN_TITLES[c] for c in columns] + cost_titles) + " |",
-             "|---|" + "---|" * (len(columns) + len(cost_titles))]
-    for row, metrics in summary.items():
-        cells = [_format(metrics[c], digits[c]) if c in metrics and not (row == TRUTH and c != "colorfulness")
-                 else "—" for c in columns]
-        if costs:
-            cells += cost_cells(costs.get(row))
-        lines.append(f"| {row} | " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append(f"Mean [95% bootstrap interval] over {settings['num_images']} images ({settings['data']}, "
-                 f"split {settings['split']}) at {settings['resolution']}x{settings['resolution']}; "
-                 f"diffusion sampling: {_describe_sampling(settings['sampling'])}.")
-    if costs:
-        lines.append(f"Costs: {_describe_hardware(settings)}. Train img/s counts training steps only; train time "
-                     "is the run's wall-clock with validation and checkpoints (start-up excluded).")
-    return "\n".join(lines)
-
-
-def write_outputs(result: dict, summary: dict, settings: dict, output_dir: str) -> str:
-    """Write every file into a temporary folder, then move it into place: a failure leaves no partial files."""
-    from torchvision.utils import make_grid, save_image
-
-    parent = os.path.dirname(os.path.abspath(output_dir)) or "."
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".evaluation-", dir=parent)
-    try:
-        table = markdown_table(summary, settings)
-        with open(os.path.join(staging, "table.md"), "w") as handle:
-            handle.write(table + "\n")
-        metrics = sorted({m for row in summary.values() for m in row})
-        cost_keys = ("parameters", "ms_per_image")
-        training_keys = ("images_seen", "images_per_second", "train_seconds", "wall_seconds", "hardware")
-        costs = settings.get("costs", {})
-        with open(os.path.join(staging, "table.csv"), "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["model"] + [f"{m}_{part}" for m in metrics for part in ("mean", "ci95_low", "ci95_high")]
-                            + list(cost_keys) + [f"train_{k}" for k in training_keys])
-            for row, stats in summary.items():
-                cost = costs.get(row, {})
-                training = cost.get("training") or {}
-                writer.writerow([row] + [x for m in metrics for x in ((stats[m]["mean"], *stats[m]["ci95"])
-                                                                       if m in stats else ("", "", ""))]
-                                + [cost.get(k, "") for k in cost_keys] + [training.get(k, "") for k in training_keys])
-        with open(os.path.join(staging, "per_image.csv"), "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["image_index", "model"] + metrics)
-            for position, image_index in enumerate(result["index"]):
-                for row, values in result["values"].items():
-                    writer.writerow([int(image_index), row] + [float(values[m][position]) if m in values else ""
-                                                               for m in metrics])
-        with open(os.path.join(staging, "results.json"), "w") as handle:
-            json.dump({"settings": settings, "summary": summary}, handle, indent=2)
-        # rows = images; columns = gray input, each model, ground truth
-        order = [GRAY] + [r for r in result["grid"] if r not in (GRAY, TRUTH)] + [TRUTH]
-        grid = torch.stack([result["grid"][row].cpu() for row in order], dim=1).flatten(0, 1)
-        save_image(make_grid(grid, nrow=len(order), padding=2), os.path.join(staging, "comparison.png"))
-        with open(os.path.join(staging, "comparison_columns.txt"), "w") as handle:
-            handle.write(" | ".join(order) + "\n")
-        if os.path.isdir(output_dir):
-            shutil.rmtree(output_dir)
-        os.replace(staging, output_dir)
-        return table
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+def _stat(values: np.ndarray, counts: np.ndarray) -> dict:
+    return {"mean": float(np.mean(values)), "ci95": bootstrap_mean(values, counts)}
 
 
 def _versions() -> dict:
+    import sys
+
     import accelerate
     import diffusers
     import torchmetrics
-
-    from colorization import __version__
 
     return {"colorization": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
             "accelerate": accelerate.__version__, "torchmetrics": torchmetrics.__version__, "python": sys.version.split()[0]}
@@ -375,21 +385,23 @@ def evaluate(checkpoints: list[str], names: Optional[list[str]], config: Evaluat
     result = evaluator.run()
     if not evaluator.accelerator.is_main_process:
         return None
-    summary = summarize(result["values"], config.seed)
-    sampling = {name: {"scheduler": type(c.pipeline.scheduler).__name__, "num_inference_steps": c.num_inference_steps}
-                for name, c in evaluator.colorizers.items() if c.model_type == "diffusion"}
+    summary = summarize(result["values"], config.seed, result["samples"])
+    sampling = {row: c.describe_sampling() + ", seed per image" for row, c in evaluator.colorizers.items() if c.stochastic}
     device = evaluator.accelerator.device
     settings = {"num_images": result["num_images"], "resolution": data.resolution, "split": config.split,
                 "data": describe_source(data), "metrics": evaluator.metrics, "seed": config.seed,
-                "sampling": sampling or "none (no diffusion model)",
-                "checkpoints": {name: os.path.abspath(path) for name, path in evaluator.checkpoints.items()},
+                "sampling": sampling or "none (no stochastic model)", "num_samples": config.num_samples,
+                "notes": evaluator.notes, "unreadable_images": result["unreadable"],
+                "checkpoints": {name: os.path.relpath(path) for name, path in evaluator.checkpoints.items()},
                 "model_types": {name: c.model_type for name, c in evaluator.colorizers.items()},
                 "model_resolutions": {name: c.resolution for name, c in evaluator.colorizers.items()},
+                "selections": {name: export["selection"] for name, export in evaluator.exports.items()
+                               if "selection" in export},
                 "evaluation": asdict(config), "data_config": asdict(data), "versions": _versions(),
                 "costs": result["costs"], "hardware": describe_hardware(device, evaluator.accelerator.num_processes)}
-    table = write_outputs(result, summary, settings, config.output_dir)
+    table = report.write_outputs(result, summary, settings, config.output_dir)
     print(table, flush=True)
-    return {"summary": summary, "settings": settings, "values": result["values"], "index": result["index"]}
+    return {"summary": summary, "settings": settings, "values": result["values"], "samples": result["samples"]}
 
 
 def parse_args(argv=None):

@@ -1,229 +1,35 @@
-"""Exported models: one format, one loader (``load_colorizer``) for every model type.
+"""``load_colorizer``: any exported model (CNN, GAN, diffusion) -> a :class:`~colorization.colorizer.Colorizer`.
 
-An exported model is a folder with ``model.safetensors`` (the weights) and ``colorizer.json`` (which
-model type it is, the arguments that rebuild its network, its training resolution, and the version of
-this package that wrote it), so evaluation and inference need nothing but its path.
+Only the family of the loaded model is imported, so colorizing with a CNN or a GAN imports neither
+diffusers nor anything of training (accelerate, datasets, the harness).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from typing import Optional, Sequence, Union
-
-import numpy as np
+import importlib
+from typing import Union
 
 import torch
-import torch.nn.functional as F
-from PIL import Image
-from safetensors.torch import load_file, save_file
-from torchvision.transforms.functional import pil_to_tensor
 
-from colorization import color
-from colorization.data import to_rgb
+from colorization.colorizer import Colorizer, default_device, read_export_config
 from colorization.errors import ColorizationError
 
-CONFIG_NAME = "colorizer.json"
-WEIGHTS_NAME = "model.safetensors"
-FORMAT_NAME = "colorization-model"
-FORMAT_VERSION = 1
-
-
-def _atomic_write(path: str, write) -> None:
-    """Write through a temporary file in the same folder, so a crash never leaves half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
-def save_export_config(output_dir: str, model_type: str, architecture: dict, resolution: int,
-                       extra: dict | None = None) -> None:
-    """Write ``colorizer.json``: what the model is, how to rebuild it, at what resolution it was trained."""
-    from colorization import __version__
-
-    config = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "model_type": model_type,
-              "architecture": architecture, "resolution": resolution, "package_version": __version__,
-              **(extra or {})}
-    os.makedirs(output_dir, exist_ok=True)
-    _atomic_write(os.path.join(output_dir, CONFIG_NAME), lambda p: _write_json(p, config))
-
-
-def save_exported_model(output_dir: str, model_type: str, module: torch.nn.Module, architecture: dict,
-                        resolution: int, extra: dict | None = None) -> None:
-    """Write ``module``'s weights and the config that rebuilds it into ``output_dir``."""
-    os.makedirs(output_dir, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    _atomic_write(os.path.join(output_dir, WEIGHTS_NAME), lambda p: save_file(state, p, metadata={"model_type": model_type}))
-    save_export_config(output_dir, model_type, architecture, resolution, extra)
-
-
-def _write_json(path: str, data: dict) -> None:
-    with open(path, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-class Colorizer:
-    """Colorizes images with a trained model, keeping each input's own full-resolution lightness.
-
-    The network sees the L channel resized to its training resolution; its ab is upsampled back to the
-    input's size and joined with the input's L (the approach of Zhang et al.), so the output has the
-    input's size, aspect ratio, detail and exact luminance.
-    """
-
-    def __init__(self, model_type: str, resolution: int, device: torch.device):
-        self.model_type = model_type
-        self.resolution = resolution
-        self.device = device
-
-    @property
-    def network(self) -> torch.nn.Module:
-        """The network that runs at inference (for its size)."""
-        raise NotImplementedError
-
-    def describe_sampling(self) -> str:
-        """How outputs are sampled ('' for one-pass models), e.g. 'DDIM-50'."""
-        return ""
-
-    @torch.no_grad()
-    def predict_ab(self, lightness: torch.Tensor) -> torch.Tensor:
-        """Normalized L (N, 1, R, R) on ``self.device`` -> normalized ab (N, 2, R, R)."""
-        raise NotImplementedError
-
-    def _to_model_size(self, lightness: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(lightness, size=(self.resolution, self.resolution), mode="bilinear", antialias=True,
-                             align_corners=False)
-
-    @torch.no_grad()
-    def colorize_lightness(self, lightness: torch.Tensor) -> torch.Tensor:
-        """Normalized L of any size (N, 1, H, W) -> ab (N, 2, H, W), predicted at the model's resolution."""
-        ab = self.predict_ab(self._to_model_size(lightness).to(self.device)).float()
-        return F.interpolate(ab, size=lightness.shape[-2:], mode="bilinear", align_corners=False).to(lightness.device)
-
-    def colorize(self, images: Union[Image.Image, Sequence[Image.Image]], batch_size: int = 8):
-        """A PIL image -> a colorized PIL image of the same size; a list of images -> a list (any sizes).
-
-        Any mode is accepted (16-bit, CMYK, palette...); EXIF orientation is applied; an alpha channel is
-        kept. Only the model's input is downscaled; the output is joined with the full-resolution L in
-        tiles of rows, so very large images need little memory.
-        """
-        single = isinstance(images, Image.Image)
-        items = [images] if single else list(images)
-        results = []
-        for start in range(0, len(items), batch_size):
-            prepared = [_split_alpha(image) for image in items[start:start + batch_size]]
-            small = torch.cat([self._model_input(rgb) for rgb, _ in prepared])
-            ab_small = self.predict_ab(small.to(self.device)).float().cpu()
-            results.extend(self._join(rgb, ab, alpha) for (rgb, alpha), ab in zip(prepared, ab_small))
-        return results[0] if single else results
-
-    def _model_input(self, rgb: Image.Image) -> torch.Tensor:
-        """Normalized L (1, 1, R, R) of the image resized to the model's resolution, as in training."""
-        small = rgb.resize((self.resolution, self.resolution), Image.BICUBIC, reducing_gap=3.0)
-        return color.rgb_to_normalized_lab(pil_to_tensor(small)[None].float().div(255.0))[0]
-
-    def _join(self, rgb: Image.Image, ab_small: torch.Tensor, alpha: Optional[Image.Image]) -> Image.Image:
-        width, height = rgb.size
-        ab = F.interpolate(ab_small[None], size=(height, width), mode="bilinear", align_corners=False)
-        pixels = np.array(rgb)  # writable, as torch.from_numpy expects
-        output = np.empty_like(pixels)
-        rows = max(1, _TILE_PIXELS // width)
-        for top in range(0, height, rows):
-            tile = torch.from_numpy(pixels[top:top + rows]).permute(2, 0, 1)[None].float().div(255.0)
-            lightness = color.rgb_to_normalized_lab(tile)[0]
-            joined = color.normalized_lab_to_rgb(lightness, ab[..., top:top + rows, :])[0]
-            output[top:top + rows] = (joined.permute(1, 2, 0) * 255.0).round().byte().numpy()
-        result = Image.fromarray(output)
-        if alpha is not None:
-            result.putalpha(alpha)
-        return result
-
-
-_TILE_PIXELS = 1 << 21  # about 2 megapixels per tile when joining L and ab
-
-
-def _split_alpha(image: Image.Image) -> tuple[Image.Image, Optional[Image.Image]]:
-    """-> (RGB image, its alpha channel or None), with EXIF orientation applied."""
-    from PIL import ImageOps
-
-    image = ImageOps.exif_transpose(image)
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (image.mode == "P" and "transparency" in image.info)
-    alpha = image.convert("RGBA").getchannel("A") if has_alpha else None
-    return to_rgb(image), alpha
-
-
-class FeedForwardColorizer(Colorizer):
-    """A network whose ``predict_ab`` maps normalized L to normalized ab in one pass (CNN, GAN generator)."""
-
-    def __init__(self, model_type: str, module: torch.nn.Module, resolution: int, device: torch.device):
-        super().__init__(model_type, resolution, device)
-        self.module = module.to(device).eval()
-
-    @property
-    def network(self) -> torch.nn.Module:
-        return self.module
-
-    @torch.no_grad()
-    def predict_ab(self, lightness: torch.Tensor) -> torch.Tensor:
-        return self.module.predict_ab(lightness)
-
-
-def read_export_config(path: str) -> dict:
-    if not os.path.exists(path):
-        raise ColorizationError(f"model path {path!r} does not exist")
-    config_path = os.path.join(path, CONFIG_NAME)
-    if not os.path.isdir(path) or not os.path.isfile(config_path):
-        hint = (" It looks like a training checkpoint; load the run's output folder, where the trained model "
-                "is exported when training ends." if os.path.isfile(os.path.join(path, "model.safetensors")) else "")
-        raise ColorizationError(f"{path!r} is not an exported colorization model (no {CONFIG_NAME}).{hint}")
-    try:
-        with open(config_path) as handle:
-            config = json.load(handle)
-    except (OSError, json.JSONDecodeError) as error:
-        raise ColorizationError(f"cannot read {config_path}: {error}") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
-        raise ColorizationError(f"{config_path} is not a colorization model config")
-    if config.get("format_version", 0) > FORMAT_VERSION:
-        raise ColorizationError(
-            f"{path!r} was written by colorization {config.get('package_version')} in model format "
-            f"{config.get('format_version')}; this installation reads format {FORMAT_VERSION}. Upgrade the package.")
-    return config
-
-
-def load_feed_forward_colorizer(path: str, config: dict, device: torch.device, build) -> Colorizer:
-    """Rebuild a one-pass network with ``build(**architecture)`` and load its safetensors weights."""
-    try:
-        module = build(**config["architecture"])
-        module.load_state_dict(load_file(os.path.join(path, WEIGHTS_NAME)), strict=True)
-    except (OSError, RuntimeError, TypeError, KeyError) as error:
-        raise ColorizationError(f"cannot load the {config['model_type']} model in {path!r}: "
-                                f"{str(error).splitlines()[0]}") from None
-    return FeedForwardColorizer(config["model_type"], module, int(config["resolution"]), device)
+# model type -> the module of its inference half, which defines load_colorizer(path, config, device, **sampling)
+FAMILIES = {"cnn": "colorization.models.cnn", "gan": "colorization.models.gan",
+            "diffusion": "colorization.models.diffusion"}
 
 
 def load_colorizer(path: str, device: Union[str, torch.device, None] = None, **sampling) -> Colorizer:
-    """Load any exported model (CNN, GAN, diffusion) -> a :class:`Colorizer`.
+    """Load any exported model -> a :class:`Colorizer`.
 
     ``sampling`` options apply to the diffusion model (``scheduler`` in ddpm/ddim/dpm,
     ``num_inference_steps``, ``seed``); the one-pass models have none and ignore them.
     """
-    from colorization.models import COLORIZER_LOADERS
-
     config = read_export_config(path)
     model_type = config.get("model_type")
-    if model_type not in COLORIZER_LOADERS:
+    if model_type not in FAMILIES:
         raise ColorizationError(f"{path!r} holds a model of unknown type {model_type!r} "
-                                f"(this installation knows {sorted(COLORIZER_LOADERS)})")
+                                f"(this installation knows {sorted(FAMILIES)})")
+    family = importlib.import_module(FAMILIES[model_type])
     device = torch.device(device) if device is not None else default_device()
-    return COLORIZER_LOADERS[model_type](path, config, device, **sampling)
+    return family.load_colorizer(path, config, device, **sampling)

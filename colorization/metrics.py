@@ -1,11 +1,27 @@
-"""Per-image quality metrics on sRGB in [0, 1] (torchmetrics), shared by validation and evaluation."""
+"""What a colorization is measured by, shared by validation and evaluation.
+
+Per image, on sRGB in [0, 1]: PSNR and SSIM (torchmetrics), Hasler-Suesstrunk colorfulness, and the 2-D
+histogram of the image's Lab ab. Over a set of images: the sliced Wasserstein distance between two ab
+distributions, and paired bootstrap intervals (the same resampled images for every row).
+"""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
+from colorization import color
+
 PSNR_CAP_DB = 100.0  # identical images have infinite PSNR; capping keeps means finite (documented)
+
+# ab histograms: bins 2 Lab units wide, centred on even values (so the gray axis a = b = 0 is a bin centre),
+# covering [-111, 111), which holds the whole sRGB gamut (a in -86..98, b in -108..95).
+AB_BIN_WIDTH = 2.0
+AB_LIMIT = 111.0
+AB_BINS = int(2 * AB_LIMIT / AB_BIN_WIDTH)  # per axis
+BOOTSTRAP_SAMPLES = 1000
+SLICED_DIRECTIONS = 32
 
 
 def _check(prediction: torch.Tensor, target: torch.Tensor) -> None:
@@ -24,3 +40,85 @@ def ssim_per_image(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tens
     """SSIM of each image: 11x11 Gaussian window (sigma 1.5), data range 1, averaged over channels."""
     _check(prediction, target)
     return structural_similarity_index_measure(prediction.float(), target.float(), data_range=1.0, reduction="none")
+
+
+def colorfulness(rgb: torch.Tensor) -> torch.Tensor:
+    """Hasler and Suesstrunk (2003) colorfulness of each image (sRGB in [0, 1], computed on 0..255)."""
+    rgb = rgb.float() * 255.0
+    rg = rgb[:, 0] - rgb[:, 1]
+    yb = 0.5 * (rgb[:, 0] + rgb[:, 1]) - rgb[:, 2]
+    spread = torch.sqrt(rg.flatten(1).var(dim=1, unbiased=False) + yb.flatten(1).var(dim=1, unbiased=False))
+    mean = torch.sqrt(rg.flatten(1).mean(dim=1) ** 2 + yb.flatten(1).mean(dim=1) ** 2)
+    return spread + 0.3 * mean
+
+
+def ab_histogram(rgb: torch.Tensor) -> torch.Tensor:
+    """Pixel counts of each image's Lab ab on the fixed ``AB_BINS`` x ``AB_BINS`` grid -> (N, AB_BINS**2) float32."""
+    ab = color.rgb_to_lab(rgb)[:, 1:]
+    cells = ((ab + AB_LIMIT) / AB_BIN_WIDTH).floor().long().clamp_(0, AB_BINS - 1)
+    flat = (cells[:, 0] * AB_BINS + cells[:, 1]).flatten(1)
+    counts = torch.zeros(flat.shape[0], AB_BINS * AB_BINS, dtype=torch.float32, device=flat.device)
+    return counts.scatter_add_(1, flat, torch.ones_like(flat, dtype=torch.float32))
+
+
+def ab_bin_centres() -> np.ndarray:
+    """(AB_BINS**2, 2) (a, b) of each histogram bin, in the order of :func:`ab_histogram`."""
+    centres = -AB_LIMIT + AB_BIN_WIDTH * (np.arange(AB_BINS) + 0.5)
+    a, b = np.meshgrid(centres, centres, indexing="ij")
+    return np.stack((a.ravel(), b.ravel()), axis=1)
+
+
+def sliced_wasserstein(p: np.ndarray, q: np.ndarray, points: np.ndarray | None = None,
+                       directions: int = SLICED_DIRECTIONS) -> np.ndarray:
+    """Sliced Wasserstein-1 distance between weighted point sets, in the points' units (Lab ab units here).
+
+    ``p`` and ``q`` are non-negative weights on the same ``points`` (default: the ab bin centres), of shape
+    (..., P); each is normalised to sum 1. The distance is the mean over ``directions`` angles evenly spaced on
+    the half circle of the exact 1-D Wasserstein-1 distance between the two projected distributions. It is a
+    metric, it grows with how far color has to move (unlike a divergence between histograms, which is the same
+    for every pair of disjoint ones), and for two copies of one distribution shifted by d it equals 2|d|/pi.
+    """
+    points = ab_bin_centres() if points is None else np.asarray(points, dtype=np.float64)
+    p, q = np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)
+    support = ((p.reshape(-1, p.shape[-1]) > 0).any(axis=0) | (q.reshape(-1, q.shape[-1]) > 0).any(axis=0))
+    p, q, points = p[..., support], q[..., support], points[support]
+    difference = p / p.sum(axis=-1, keepdims=True) - q / q.sum(axis=-1, keepdims=True)
+    angles = np.pi * np.arange(directions) / directions
+    total = np.zeros(difference.shape[:-1])
+    for angle in angles:
+        projected = points @ np.array([np.cos(angle), np.sin(angle)])
+        order = np.argsort(projected, kind="stable")
+        gaps = np.diff(projected[order])
+        cumulative = np.cumsum(difference[..., order], axis=-1)[..., :-1]
+        total += np.abs(cumulative) @ gaps
+    return total / directions
+
+
+# ----- intervals over images -----
+
+
+def resample_counts(num_images: int, seed: int, samples: int = BOOTSTRAP_SAMPLES) -> np.ndarray:
+    """How often each image is drawn in each bootstrap resample -> (samples, num_images) float64.
+
+    Every statistic of one table uses the same resamples, so differences between rows are paired."""
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, num_images, (samples, num_images))
+    return np.stack([np.bincount(row, minlength=num_images) for row in draws]).astype(np.float64)
+
+
+def percentile_interval(replicates: np.ndarray) -> tuple[float, float]:
+    """The 95% percentile interval of bootstrap replicates."""
+    low, high = np.percentile(replicates, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def bootstrap_mean(values: np.ndarray, counts: np.ndarray) -> tuple[float, float]:
+    """95% bootstrap interval of the mean of per-image ``values`` (NaN, NaN for fewer than 2 images)."""
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    return percentile_interval(counts @ np.asarray(values, dtype=np.float64) / len(values))
+
+
+def bootstrap_interval(values: np.ndarray, seed: int) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean of ``values``."""
+    return bootstrap_mean(values, resample_counts(len(values), seed))

@@ -41,7 +41,7 @@ DISPLAY_NAMES = {"cnn": "CNN", "gan": "GAN", "diffusion": "Diffusion"}
 STATE_NAME = "reproduce.json"
 # Weights that are downloaded once; --no-pretrained trains and evaluates without any of them.
 WITHOUT_PRETRAINED = {"cnn": ["--no-pretrained_backbone"], "gan": ["--lambda_perceptual", "0"]}
-METRICS_WITHOUT_PRETRAINED = "psnr,ssim,colorfulness"
+METRICS_WITHOUT_PRETRAINED = "psnr,ssim,colorfulness,ab_distance"
 
 
 @dataclass
@@ -51,9 +51,13 @@ class Preset:
     epochs: int
     train_batch_size: int
     mixed_precision: str
-    samplers: str  # the diffusion samplers compared in the table
+    samplers: str  # the diffusion samplers compared in the table; the first one also validates during training
     model_args: dict = dataclass_field(default_factory=dict)  # per model, after the shared flags
     eval_batch_size: int = 32
+    num_samples: int = 1  # the diffusion model's mean of K samples ...
+    num_samples_images: Optional[int] = None  # ... on the first N held-out images
+    slow_samplers: Optional[str] = None  # samplers too slow for every image: a second table ...
+    slow_sampler_images: int = 64  # ... on the first N held-out images
 
 
 PRESETS = {
@@ -93,8 +97,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     budget.add_argument("--max_train_steps", type=int, help="optimizer steps instead of epochs")
     budget.add_argument("--train_batch_size", type=int, help="per process")
     budget.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"))
-    budget.add_argument("--samplers", help="diffusion samplers in the table, e.g. dpm:20,ddim:50")
+    budget.add_argument("--samplers", help="diffusion samplers in the table, e.g. dpm:20,ddim:50 (the first one "
+                                           "also validates during training)")
     budget.add_argument("--max_eval_images", type=int, help="evaluate on the first N held-out images only")
+    budget.add_argument("--num_samples", type=int, help="the diffusion model's mean of K samples (1: none)")
+    budget.add_argument("--num_samples_images", type=int, help="... on the first N held-out images")
+    budget.add_argument("--slow_samplers", help="samplers evaluated in a second table on a subset, e.g. ddpm:1000 "
+                                                "('none': no second table)")
+    budget.add_argument("--slow_sampler_images", type=int, help="... on the first N held-out images")
     extra = parser.add_argument_group("extra flags, appended to the commands (they win over the preset)")
     extra.add_argument("--data_args", default="", help="for every command, e.g. '--dataloader_num_workers 0'")
     for model in MODELS:
@@ -150,20 +160,37 @@ class Reproduction:
                    "--seed", str(args.seed), "--output_dir", self.model_dir(model),
                    # an interrupted run continues from its last checkpoint (a fresh run when there is none)
                    "--resume_from_checkpoint", "latest", *preset.model_args.get(model, [])]
+        if model == "diffusion":  # validation samples as the table's first sampler does
+            scheduler, steps = self.samplers().split(",")[0].split(":")
+            command += ["--validation_sampler", scheduler, "--validation_inference_steps", steps]
         if not args.pretrained:
             command += WITHOUT_PRETRAINED.get(model, [])
         return command + shlex.split(getattr(args, f"{model}_args"))
 
-    def evaluation_command(self) -> list[str]:
-        args = self.args
+    def samplers(self) -> str:
+        return self.args.samplers or self.preset.samplers
+
+    def slow_samplers(self) -> Optional[str]:
+        slow = self.args.slow_samplers or self.preset.slow_samplers
+        return None if slow in (None, "none") or "diffusion" not in self.models else slow
+
+    def evaluation_command(self, slow: bool = False) -> list[str]:
+        """evaluate.py on the held-out images; ``slow``: the slow samplers' table, on the first images only."""
+        args, preset = self.args, self.preset
         command = [*self._launcher(), os.path.join(ROOT, "evaluate.py"),
                    "--checkpoints", *[self.model_dir(m) for m in self.models],
                    "--names", *[DISPLAY_NAMES[m] for m in self.models], *self._data_args(),
-                   "--batch_size", str(self.preset.eval_batch_size), "--seed", str(args.seed),
-                   "--samplers", args.samplers or self.preset.samplers,
-                   "--output_dir", os.path.join(self.output_dir, "evaluation")]
-        if args.max_eval_images:
-            command += ["--max_images", str(args.max_eval_images)]
+                   "--batch_size", str(preset.eval_batch_size), "--seed", str(args.seed),
+                   "--samplers", self.slow_samplers() if slow else self.samplers(),
+                   "--output_dir", os.path.join(self.output_dir, "evaluation_slow" if slow else "evaluation")]
+        images = args.slow_sampler_images or preset.slow_sampler_images if slow else args.max_eval_images
+        if images:
+            command += ["--max_images", str(images)]
+        num_samples = args.num_samples or preset.num_samples
+        if num_samples > 1 and not slow:
+            command += ["--num_samples", str(num_samples)]
+            if args.num_samples_images or preset.num_samples_images:
+                command += ["--num_samples_images", str(args.num_samples_images or preset.num_samples_images)]
         if not args.pretrained:
             command += ["--metrics", METRICS_WITHOUT_PRETRAINED]
         return command + shlex.split(args.eval_args)
@@ -248,9 +275,14 @@ class Reproduction:
         for model in self.models:
             folder = self.model_dir(model)
             if self._run(model, self.training_command(model), [os.path.join(folder, "colorizer.json")], folder):
-                self.state["steps"].pop("evaluation", None)  # a model changed: its table is out of date
+                # a model changed: its tables are out of date
+                self.state["steps"].pop("evaluation", None)
+                self.state["steps"].pop("evaluation_slow", None)
         outputs = [os.path.join(self.output_dir, "evaluation", name) for name in ("table.md", "results.json")]
         self._run("evaluation", self.evaluation_command(), outputs)
+        if self.slow_samplers():
+            outputs = [os.path.join(self.output_dir, "evaluation_slow", name) for name in ("table.md", "results.json")]
+            self._run("evaluation_slow", self.evaluation_command(slow=True), outputs)
         self._write_readme()
         print(f"[reproduce] done: {os.path.join(self.output_dir, 'README.md')}", flush=True)
 
@@ -272,10 +304,15 @@ class Reproduction:
                  f"- Evaluated on: {settings.get('hardware')}; software: "
                  + ", ".join(f"{k} {v}" for k, v in settings.get("versions", {}).items()) + ".",
                  "- Wall-clock of each command (with start-up): "
-                 + ", ".join(f"{step} {steps[step]['seconds'] / 60:.1f} min" for step in [*self.models, "evaluation"]),
-                 f"- Exact commands: `commands.sh`; TensorBoard: `tensorboard --logdir {os.path.join(self.output_dir, 'models')}`.",
+                 + ", ".join(f"{step} {steps[step]['seconds'] / 60:.1f} min" for step in steps),
+                 "- Exact commands: `commands.sh`; TensorBoard: `tensorboard --logdir models`.",
                  "", table, "", "![comparison](evaluation/comparison.png)", "",
                  "Columns of `evaluation/comparison.png`: " + columns, ""]
+        slow = os.path.join(self.output_dir, "evaluation_slow", "table.md")
+        if self.slow_samplers() and os.path.isfile(slow):
+            with open(slow) as handle:
+                lines += [f"## Slow samplers ({self.slow_samplers()}) on a subset of the images", "",
+                          handle.read().strip(), ""]
         with open(os.path.join(self.output_dir, "README.md"), "w") as handle:
             handle.write("\n".join(lines))
 

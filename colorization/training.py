@@ -1,48 +1,62 @@
 """The one training harness shared by every model, built on Hugging Face Accelerate.
 
-A model family supplies a :class:`TrainingTask`: its networks and optimizers (by name: the GAN has two),
-one training step, a prediction for validation, and its export. Everything else lives here once: flags,
-data loaders, mixed precision, gradient accumulation, several processes, learning-rate schedules,
-TensorBoard, validation metrics and image grids, checkpoints, exact resume, and export.
+A model family supplies a :class:`TrainingTask` (in :mod:`colorization.tasks`): its networks and optimizers
+(by name: the GAN has two), one training step, a :class:`~colorization.colorizer.Colorizer` over its live
+networks for validation, and its export. Everything else lives here once: flags, data loaders, mixed
+precision, gradient accumulation, several processes, learning-rate schedules, TensorBoard, validation (through
+:func:`colorization.measure.measure`, the function ``evaluate.py`` uses), checkpoints, exact resume, model
+selection, and export.
 
-Exact resume: ``save_state`` stores models, optimizers, schedulers, every process's RNG states and a
-:class:`TrainingProgress` (step, epoch, position in the epoch). The data order and the flips are functions of
-(seed, epoch, index) and the data loaders own their generators, so a run resumed at step k sees the same
-batches and random numbers as one that never stopped.
+Exact resume: a checkpoint holds the models, optimizers, schedulers and every process's RNG states
+(accelerate's ``save_state``) plus, as safetensors and JSON (never pickles), the task's own state (e.g. the
+EMA weights), the training progress (step, epoch, position in the epoch) and the statistics of the training
+data. The data order and the flips are functions of (seed, epoch, index), so a run resumed at step k sees the
+same batches and random numbers as one that never stopped, on any number of processes.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Optional
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
-from torch.utils.data import DataLoader
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from colorization import color
+from colorization import checkpoints, color
+from colorization.colorizer import (CONFIG_NAME, MEAN_AB_NAME, TRAINING_IMAGES_NAME, WEIGHTS_NAME, Colorizer,
+                                    save_export_config, save_module_weights, save_training_data_record, write_json)
 from colorization.config import add_dataclass_arguments, build_dataclass, field
-from colorization.data import DataConfig, EpochShuffleSampler, build_datasets, collate, describe_source
+from colorization.data import (DataConfig, EpochShuffleSampler, batch_to_rgb, build_datasets, collate,
+                               describe_source, split_hashes)
 from colorization.errors import ColorizationError, cli_entry_point
 from colorization.hardware import count_parameters, describe_hardware, use_all_cores
-from colorization.inference import save_exported_model
-from colorization.metrics import psnr_per_image, ssim_per_image
+from colorization.measure import gray_baseline, measure, truth_values
 
 logger = logging.getLogger("colorization")
 
-CHECKPOINTS_DIR = "checkpoints"
-RUN_CONFIG_NAME = "run_config.json"
 METRICS_NAME = "validation_metrics.json"
+SELECTED_DIR = "selected_model"
+PROGRESS_NAME = "training_progress.json"
+TASK_STATE_NAME = "task_state.json"
+STATISTICS_NAME = "data_statistics.safetensors"
+VALIDATION_SEED = 0  # the noise of validation samples: evaluate.py's default --seed, seeded per image alike
+VALIDATION_METRICS = ("psnr", "ssim", "colorfulness")
+MIN_VALIDATIONS_FOR_SELECTION = 10
 
 
 @dataclass
@@ -55,8 +69,10 @@ class TrainConfig:
     max_train_steps: Optional[int] = field(None, "Total optimizer steps; overrides --num_train_epochs.")
     gradient_accumulation_steps: int = field(1, "Batches accumulated per optimizer step.")
     learning_rate: float = field(1e-4, "Peak learning rate.")
-    lr_scheduler: str = field("cosine", "Learning-rate schedule (diffusers.optimization.get_scheduler).",
-                              choices=("constant", "constant_with_warmup", "linear", "cosine"))
+    lr_scheduler: str = field("cosine", "Learning-rate schedule: diffusers' constant, constant_with_warmup, linear "
+                                        "or cosine, or constant_then_linear (pix2pix: constant for the first half, "
+                                        "then linear decay to zero).",
+                              choices=("constant", "constant_with_warmup", "linear", "cosine", "constant_then_linear"))
     lr_warmup_steps: int = field(0, "Linear warm-up steps.")
     adam_beta1: float = field(0.9, "Adam beta1.")
     adam_beta2: float = field(0.999, "Adam beta2.")
@@ -66,14 +82,26 @@ class TrainConfig:
                                            choices=(None, "no", "fp16", "bf16"))
     logging_steps: int = field(10, "Log training scalars every N steps.")
     validation_steps: int = field(500, "Validate (metrics and image grid) every N steps, and at the end.")
+    validation_images: Optional[int] = field(64, "Validate on the first N held-out images (the same every time; "
+                                                 "none: all of them).")
     initial_validation: bool = field(True, "Also validate before the first step (the untrained baseline).")
     num_grid_images: int = field(8, "Validation images shown in the gray | prediction | truth grid.")
+    model_selection: str = field("last", "Which step is exported: last, or best (the best validation PSNR among "
+                                         "the validated steps whose colorfulness is not above the ground truth's).",
+                                 choices=("last", "best"))
     checkpointing_steps: int = field(500, "Save a resumable checkpoint every N steps, and at the end.")
-    checkpoints_total_limit: Optional[int] = field(3, "Keep at most N checkpoints (oldest pruned).")
+    checkpoints_total_limit: Optional[int] = field(3, "Keep at most N complete checkpoints (oldest pruned once a "
+                                                      "newer one is complete).")
     resume_from_checkpoint: Optional[str] = field(None, "latest, or a checkpoint folder, to continue a run.")
+    overwrite_output_dir: bool = field(False, "Start over in an --output_dir that holds an earlier run, deleting "
+                                              "its checkpoints, logs and exported model.")
+    allow_changed_settings: bool = field(False, "Resume even where settings that change the trained weights "
+                                                "differ from the checkpoint's (recorded in run_config.json).")
     report_to: str = field("tensorboard", "Where to log.", choices=("tensorboard", "none"))
     cpu_threads: Optional[int] = field(None, "On a CPU: threads per process; none: the machine's cores shared "
                                              "among the processes on it (accelerate launch alone would use 1).")
+    torch_compile: bool = field(False, "Compile the trained networks with torch.compile (inductor).")
+    channels_last: bool = field(False, "Keep convolution inputs and weights in channels-last memory format.")
 
 
 class TrainingTask:
@@ -82,6 +110,8 @@ class TrainingTask:
     model_type: str = ""
     config_class: type = None  # dataclass of the family's own flags
     flag_defaults: dict = {}  # overrides of shared flag defaults (TrainConfig, DataConfig), e.g. learning rate
+    exported_model_name = "model"  # the network that is exported
+    exported_files: tuple = (WEIGHTS_NAME, CONFIG_NAME, MEAN_AB_NAME, TRAINING_IMAGES_NAME)  # what an export writes
 
     def __init__(self, config, resolution: int):
         self.config = config
@@ -91,17 +121,15 @@ class TrainingTask:
         self.accelerator: Optional[Accelerator] = None  # set by the harness before build()
 
     def unwrapped(self, name: str) -> torch.nn.Module:
-        """Model ``name`` without its distributed wrapper (mixed-precision forward kept)."""
-        return self.accelerator.unwrap_model(self.models[name])
+        """Model ``name`` without its distributed or compiled wrapper."""
+        return self.accelerator.unwrap_model(self.models[name], keep_torch_compile=False)
 
     def check_resolution(self, resolution: int) -> None:
         """Raise ColorizationError for a resolution the networks cannot handle."""
 
-    def inspect_data(self, train_set) -> None:
-        """Look at the training images before build() (the diffusion model measures its ab scale)."""
-
-    def build(self, train_config: TrainConfig) -> None:
-        """Create ``self.models`` and ``self.optimizers`` (one per model name that is trained)."""
+    def build(self, train_config: TrainConfig, statistics: dict) -> None:
+        """Create ``self.models`` and ``self.optimizers`` (one per trained model name). ``statistics`` holds
+        the training data's ``mean_ab`` (Lab units, (2, R, R)) and ``ab_std`` (of the normalized ab)."""
         raise NotImplementedError
 
     def training_step(self, trainer: "Trainer", lightness: torch.Tensor, ab: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -110,56 +138,59 @@ class TrainingTask:
         Returns scalar tensors to log (detached): the same keys at every step, NaN where a value is absent."""
         raise NotImplementedError
 
-    def predict_ab(self, lightness: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Normalized L -> normalized ab, in eval mode (for validation)."""
+    def colorizer(self) -> Colorizer:
+        """The exported kind of :class:`Colorizer` over the live networks (already in eval mode, with the
+        weights of :meth:`evaluation_weights`): validation measures exactly what the export will do."""
         raise NotImplementedError
 
     def validation_losses(self, lightness, ab, predicted_ab) -> dict[str, torch.Tensor]:
-        """Per-image validation losses (N,), named as in training."""
+        """Per-image validation losses (N,) of the colorizer's predicted normalized ab, named as in training."""
         return {"loss": torch.nn.functional.mse_loss(predicted_ab.float(), ab, reduction="none").mean(dim=(1, 2, 3))}
 
-    def checkpoint_objects(self) -> list:
-        """Extra stateful objects (e.g. EMA) to save and restore with every checkpoint."""
-        return []
-
     def evaluation_weights(self):
-        """Context in which validation runs (the diffusion model swaps its EMA weights in)."""
+        """Context in which validation and export run (the diffusion model swaps its EMA weights in)."""
         return contextlib.nullcontext()
+
+    def state_dict(self) -> dict:
+        """The task's own resumable state beyond models and optimizers: JSON values, tensors under 'tensors'."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
     def architecture(self) -> dict:
         """Keyword arguments that rebuild the exported network."""
         raise NotImplementedError
 
-    def export(self, accelerator: Accelerator, output_dir: str, extra: dict) -> None:
+    def export(self, output_dir: str, extra: dict) -> None:
         """Write the trained model where ``load_colorizer`` finds it (main process only)."""
-        module = self.unwrapped(self.exported_model_name)
-        save_exported_model(output_dir, self.model_type, module, self.architecture(), self.resolution, extra)
+        save_module_weights(output_dir, self.unwrapped(self.exported_model_name), self.model_type)
+        save_export_config(output_dir, self.model_type, self.architecture(), self.resolution, extra)
 
-    exported_model_name = "model"
+
+def make_optimizer(parameters, config: TrainConfig, learning_rate: Optional[float] = None) -> torch.optim.Optimizer:
+    """Adam (AdamW with weight decay) from the shared flags; the fused kernel on a GPU."""
+    optimizer = torch.optim.AdamW if config.adam_weight_decay else torch.optim.Adam
+    return optimizer(parameters, lr=learning_rate or config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+                     weight_decay=config.adam_weight_decay, fused=torch.cuda.is_available() or None)
 
 
 class NonFiniteLossError(ColorizationError):
     pass
 
 
+@dataclass
 class TrainingProgress:
-    """Where the run is; saved with every checkpoint (accelerate's custom state)."""
+    """Where the run is and what it has cost; saved as JSON with every checkpoint."""
 
-    def __init__(self):
-        self.global_step = 0
-        self.epoch = 0
-        self.batches_in_epoch = 0
-        self.images_skipped = 0
-        # what the run has cost so far, summed over resumed runs (a finished run reports them)
-        self.images_seen = 0
-        self.wall_seconds = 0.0  # training loop, validation and checkpoints (not start-up)
-        self.overhead_seconds = 0.0  # validation and checkpoints within wall_seconds
-
-    def state_dict(self) -> dict:
-        return dict(vars(self))
-
-    def load_state_dict(self, state: dict) -> None:
-        vars(self).update(state)
+    global_step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    images_skipped: int = 0
+    images_seen: int = 0  # summed over resumed runs, like the times
+    wall_seconds: float = 0.0  # training loop, validation and checkpoints (not start-up)
+    overhead_seconds: float = 0.0  # validation and checkpoints within wall_seconds
+    selection: Optional[dict] = None  # --model_selection best: the chosen step and why
 
 
 def _plain(value):
@@ -175,104 +206,269 @@ class Trainer:
         self.accelerator = accelerator or make_accelerator(train_config)
         self.progress = TrainingProgress()
         self.schedulers: dict[str, object] = {}
-        self.grad_norms: dict[str, float] = {}
-        self.gray_metrics: Optional[dict] = None
+        self.scalers: dict[str, torch.amp.GradScaler] = {}
+        self.grad_norms: dict[str, torch.Tensor] = {}
+        self.reference: Optional[dict] = None  # gray baseline and truth's colorfulness on the validation images
         self.last_checkpoint: Optional[str] = None
+        self.statistics: dict = {}
+        self.changed_settings: list[str] = []
+        self.max_steps = 0
+        self._first_nonfinite: Optional[torch.Tensor] = None
+        self._log_due = False
 
     # ----- steps the task calls -----
 
     def optimize(self, name: str, loss: torch.Tensor) -> None:
-        """Backward ``loss`` into model ``name`` and, on a synchronizing micro-step, clip and step."""
+        """Backward ``loss`` into model ``name`` and, on a synchronizing micro-step, clip and step its optimizer."""
         accelerator = self.accelerator
-        # The same reduced value on every process, so all of them stop together.
-        total = accelerator.reduce(loss.detach().float().reshape(1), reduction="sum")
-        if not torch.isfinite(total).all():
+        self._watch(loss)
+        self._backward(name, loss)
+        optimizer = self.task.optimizers[name]
+        if accelerator.sync_gradients:
+            scaler = self.scalers.get(name)
+            if scaler is not None:  # unscale this optimizer's gradients exactly once, before clipping
+                scaler.unscale_(optimizer.optimizer)
+            parameters = self.task.models[name].parameters()
+            if self.config.max_grad_norm:
+                self.grad_norms[name] = torch.nn.utils.clip_grad_norm_(parameters, self.config.max_grad_norm)
+            elif self._log_due:  # no clipping: the norm is only computed when it is logged
+                self.grad_norms[name] = torch.nn.utils.clip_grad_norm_(parameters, float("inf"))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def _backward(self, name: str, loss: torch.Tensor) -> None:
+        scaler = self.scalers.get(name)
+        if scaler is None:
+            self.accelerator.backward(loss)
+            return
+        # fp16 with several optimizers: each network's loss is scaled by that network's own scaler (each loss
+        # reaches one network only), so one network's overflow never rescales the other's accumulated gradients.
+        shared, self.accelerator.scaler = self.accelerator.scaler, scaler
+        try:
+            self.accelerator.backward(loss)
+        finally:
+            self.accelerator.scaler = shared
+
+    def _watch(self, loss: torch.Tensor) -> None:
+        """Remember the first step whose loss is not finite, on the device (no host sync every step); the
+        harness checks it before every log, checkpoint, validation and export."""
+        bad = ~torch.isfinite(loss.detach().float())
+        step = torch.full_like(self._first_nonfinite, self.progress.global_step + 1)
+        first = self._first_nonfinite
+        self._first_nonfinite = torch.where(bad & (first < 0), step, first)
+
+    def _check_finite(self) -> None:
+        # the same reduced value on every process, so that all of them stop together
+        worst = self.accelerator.reduce(self._first_nonfinite.clone(), reduction="max")
+        if worst.item() >= 0:
             where = f"; the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else ""
             raise NonFiniteLossError(
-                f"the {name} loss became {total.item()} at step {self.progress.global_step + 1}{where}. "
-                "Lower --learning_rate, keep --max_grad_norm, or try --mixed_precision no, then resume with "
-                "--resume_from_checkpoint latest.")
-        accelerator.backward(loss)
-        if accelerator.sync_gradients:
-            max_norm = self.config.max_grad_norm if self.config.max_grad_norm else float("inf")
-            norm = accelerator.clip_grad_norm_(self.task.models[name].parameters(), max_norm)
-            self.grad_norms[name] = float(norm)
-        optimizer = self.task.optimizers[name]
-        optimizer.step()
-        self.schedulers[name].step()
-        optimizer.zero_grad(set_to_none=True)
+                f"the loss became nan or infinite at step {int(worst.item())}{where}. Lower --learning_rate, keep "
+                "--max_grad_norm, or try --mixed_precision no, then resume with --resume_from_checkpoint latest.")
 
     # ----- set-up -----
 
     def _data_loaders(self):
         config, data = self.config, self.data_config
-        with self.accelerator.main_process_first():
+        with self.accelerator.main_process_first():  # the decoded cache is written once per machine
             train_set, validation_set = build_datasets(data, config.seed)
         self.train_set, self.validation_set = train_set, validation_set
+        if config.validation_images is not None:
+            validation_set = Subset(validation_set, range(min(config.validation_images, len(validation_set))))
         # Own generators: creating an iterator must not draw from the global RNG (exact resume).
         common = dict(num_workers=data.dataloader_num_workers, collate_fn=collate, pin_memory=torch.cuda.is_available(),
                       persistent_workers=data.dataloader_num_workers > 0)
-        train_loader = DataLoader(train_set, batch_size=config.train_batch_size,
-                                  sampler=EpochShuffleSampler(len(train_set), config.seed), drop_last=True,
-                                  generator=torch.Generator().manual_seed(config.seed), **common)
+        self.train_sampler = EpochShuffleSampler(len(train_set), config.seed)
+        train_loader = DataLoader(train_set, batch_size=config.train_batch_size, sampler=self.train_sampler,
+                                  drop_last=True, generator=torch.Generator().manual_seed(config.seed), **common)
         validation_loader = DataLoader(validation_set, batch_size=config.eval_batch_size, shuffle=False,
                                        generator=torch.Generator().manual_seed(config.seed), **common)
         return self.accelerator.prepare(train_loader, validation_loader)
+
+    def _data_statistics(self) -> dict:
+        """The training images' per-pixel mean ab (Lab units, averaged with its mirror image, since training
+        flips half the images) and the standard deviation of their normalized ab, from one pass over them."""
+        loader = DataLoader(self.train_set, batch_size=64, shuffle=False, collate_fn=collate,
+                            num_workers=self.data_config.dataloader_num_workers)
+        total = total_sq = None
+        count = 0
+        for batch in loader:  # flips change neither statistic (the mean is averaged with its mirror image)
+            _, ab = color.rgb_to_normalized_lab(batch_to_rgb(batch, torch.device("cpu")))
+            ab = ab.double()
+            total = ab.sum(dim=0) if total is None else total + ab.sum(dim=0)
+            total_sq = ab.pow(2).sum() if total_sq is None else total_sq + ab.pow(2).sum()
+            count += len(ab)
+        mean = total / count
+        ab_std = math.sqrt(max(float(total_sq / (count * mean.numel())) - float(mean.mean()) ** 2, 0.0))
+        mean_ab = color.denormalize_ab(0.5 * (mean + mean.flip(-1))).float()
+        return {"mean_ab": mean_ab, "ab_std": torch.tensor(ab_std)}
 
     def _schedule(self, num_update_steps: int):
         from diffusers.optimization import get_scheduler
 
         # A prepared scheduler steps once per process per optimizer step, so lengths scale with processes.
         scale = self.accelerator.num_processes
-        return {name: get_scheduler(self.config.lr_scheduler, optimizer, num_warmup_steps=self.config.lr_warmup_steps * scale,
-                                    num_training_steps=num_update_steps * scale)
-                for name, optimizer in self.task.optimizers.items()}
+        warmup, total = self.config.lr_warmup_steps * scale, num_update_steps * scale
+        schedules = {}
+        for name, optimizer in self.task.optimizers.items():
+            if self.config.lr_scheduler == "constant_then_linear":
+                schedules[name] = torch.optim.lr_scheduler.LambdaLR(optimizer, constant_then_linear(warmup, total))
+            else:
+                schedules[name] = get_scheduler(self.config.lr_scheduler, optimizer, num_warmup_steps=warmup,
+                                                num_training_steps=total)
+        return schedules
 
-    def _prepare_models(self, max_steps: int) -> None:
+    def _prepare_models(self, max_steps: int, statistics: Optional[dict] = None) -> None:
         task, accelerator = self.task, self.accelerator
         task.accelerator = accelerator
+        self.max_steps = max_steps
+        self._first_nonfinite = torch.full((), -1, dtype=torch.long, device=accelerator.device)
+        self.statistics = statistics if statistics is not None else {
+            "mean_ab": torch.zeros(2, task.resolution, task.resolution), "ab_std": torch.tensor(0.25)}
         with accelerator.main_process_first():  # pretrained weights are downloaded once per machine
-            task.build(self.config)
+            task.build(self.config, self.statistics)
+        if self.config.channels_last:
+            for model in task.models.values():
+                model.to(memory_format=torch.channels_last)
         schedulers = self._schedule(max_steps)
-        names = list(task.models)
-        opt_names = list(task.optimizers)
+        # Every schedule follows the global step, also while its optimizer waits (the GAN's discriminator
+        # during the warm start); PyTorch warns about exactly that.
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+        names, opt_names = list(task.models), list(task.optimizers)
         prepared = accelerator.prepare(*task.models.values(), *task.optimizers.values(), *schedulers.values())
         task.models = dict(zip(names, prepared[:len(names)]))
         task.optimizers = dict(zip(opt_names, prepared[len(names):len(names) + len(opt_names)]))
         self.schedulers = dict(zip(opt_names, prepared[len(names) + len(opt_names):]))
-        accelerator.register_for_checkpointing(self.progress)
-        for item in task.checkpoint_objects():
-            accelerator.register_for_checkpointing(item)
+        for name in names:
+            # The harness enters accelerator.autocast() around each training step itself; without accelerate's
+            # own autocast wrapper around forward, validation and export run the networks in fp32 as evaluate.py does.
+            accelerator.unwrap_model(task.models[name], keep_fp32_wrapper=False)
+        if accelerator.scaler is not None and len(opt_names) > 1:
+            shared = accelerator.scaler
+            for index, name in enumerate(opt_names):
+                scaler = shared if index == 0 else torch.amp.GradScaler(
+                    shared._device, init_scale=shared.get_scale(), growth_factor=shared.get_growth_factor(),
+                    backoff_factor=shared.get_backoff_factor(), growth_interval=shared.get_growth_interval())
+                self.scalers[name] = scaler
+                task.optimizers[name].scaler = scaler
+        accelerator.register_save_state_pre_hook(self._save_hook)
+        accelerator.register_load_state_pre_hook(self._load_hook)
 
-    def _resume(self) -> None:
-        request = self.config.resume_from_checkpoint
-        if not request:
+    # ----- checkpoints -----
+
+    def _save_hook(self, models, weights, output_dir: str) -> None:
+        """Our state next to accelerate's: JSON and safetensors, written by the main process."""
+        if not self.accelerator.is_main_process:
             return
-        folder = os.path.join(self.config.output_dir, CHECKPOINTS_DIR)
+        progress = {**asdict(self.progress), "max_steps": self.max_steps}
+        write_json(os.path.join(output_dir, PROGRESS_NAME), progress)
+        state = self.task.state_dict()
+        tensors = state.pop("tensors", {})
+        state["scalers"] = {name: scaler.state_dict() for name, scaler in self.scalers.items()
+                            if scaler is not self.accelerator.scaler}
+        write_json(os.path.join(output_dir, TASK_STATE_NAME), state)
+        if tensors:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+                      os.path.join(output_dir, "task_state.safetensors"))
+        save_file({k: v.contiguous().cpu() for k, v in self.statistics.items()}, os.path.join(output_dir, STATISTICS_NAME))
+
+    def _load_hook(self, models, input_dir: str) -> None:
+        with open(os.path.join(input_dir, PROGRESS_NAME)) as handle:
+            progress = json.load(handle)
+        progress.pop("max_steps", None)
+        vars(self.progress).update(TrainingProgress(**progress).__dict__)  # in place: the loop holds this object
+        with open(os.path.join(input_dir, TASK_STATE_NAME)) as handle:
+            state = json.load(handle)
+        for name, scaler_state in state.pop("scalers", {}).items():
+            self.scalers[name].load_state_dict(scaler_state)
+        tensors_file = os.path.join(input_dir, "task_state.safetensors")
+        if os.path.isfile(tensors_file):
+            state["tensors"] = load_file(tensors_file, device=str(self.accelerator.device))
+        self.task.load_state_dict(state)
+
+    def save_checkpoint(self) -> None:
+        accelerator, config = self.accelerator, self.config
+        self._check_finite()
+        self._tick()
+        path = checkpoints.checkpoint_dir(config.output_dir, self.progress.global_step)
+        if accelerator.is_main_process and os.path.exists(path):
+            shutil.rmtree(path)  # the remains of an interrupted save, or this run's own, replaced
+        accelerator.wait_for_everyone()
+        accelerator.save_state(path)  # every process: each saves its own RNG state
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            write_json(os.path.join(path, checkpoints.RUN_CONFIG_NAME), self.run_config())
+            checkpoints.mark_complete(path, {"global_step": self.progress.global_step})  # last: now it counts
+            checkpoints.prune(config.output_dir, config.checkpoints_total_limit)
+        self.last_checkpoint = path
+        accelerator.wait_for_everyone()
+
+    def _start_or_resume(self) -> Optional[str]:
+        """Check the output folder -> the checkpoint to resume from, or None to start a new run there."""
+        config, exported = self.config, self.task.exported_files
+        request = config.resume_from_checkpoint
+        previous = checkpoints.run_files(config.output_dir, exported)
+        if not request:
+            if previous and not config.overwrite_output_dir:
+                raise ColorizationError(
+                    f"--output_dir {config.output_dir} holds an earlier run ({', '.join(previous)}). Continue it with "
+                    "--resume_from_checkpoint latest, start over with --overwrite_output_dir (deletes that run), or "
+                    "choose another --output_dir.")
+            if previous:
+                self._clear_previous_run(f"--overwrite_output_dir: deleted the earlier run in {config.output_dir}")
+            return None
         if request == "latest":
-            found = sorted((d for d in os.listdir(folder) if d.startswith("checkpoint_")),
-                           key=lambda d: int(d.split("_")[-1])) if os.path.isdir(folder) else []
-            if not found:
-                self.log(f"no checkpoint in {folder}: starting a new run")
-                return
-            path = os.path.join(folder, found[-1])
-        else:
-            path = request
-            if not os.path.isdir(path):
-                raise ColorizationError(f"--resume_from_checkpoint {path!r} is not a checkpoint folder")
+            path, incomplete = checkpoints.latest_complete(config.output_dir)
+            for skipped in incomplete:
+                self.log(f"skipping {skipped}: incomplete (its save was interrupted)")
+            if path is None:
+                if any(os.path.exists(os.path.join(config.output_dir, name)) for name in exported):
+                    raise ColorizationError(
+                        f"--output_dir {config.output_dir} holds an exported model but no complete checkpoint to "
+                        "resume; use --overwrite_output_dir to train anew, or another --output_dir.")
+                if previous:
+                    self._clear_previous_run(f"no complete checkpoint in {config.output_dir}: starting a new run "
+                                             "(the earlier attempt's logs were deleted)")
+                else:
+                    self.log(f"no checkpoint in {config.output_dir}: starting a new run")
+                return None
+            return path
+        if not os.path.isdir(request):
+            raise ColorizationError(f"--resume_from_checkpoint {request!r} is not a checkpoint folder")
+        if not checkpoints.is_complete(request):
+            raise ColorizationError(f"--resume_from_checkpoint {request!r} is incomplete (no "
+                                    f"{checkpoints.COMPLETE_MARKER}: its save was interrupted); use an earlier one")
+        return request
+
+    def _clear_previous_run(self, message: str) -> None:
+        if self.accelerator.is_main_process:
+            checkpoints.clear_run_files(self.config.output_dir, self.task.exported_files)
+        self.accelerator.wait_for_everyone()
+        self.log(message)
+
+    def _check_settings(self, path: str) -> None:
+        saved = checkpoints.read_run_config(path)
+        if saved is None:
+            raise ColorizationError(f"cannot resume from {path!r}: it has no {checkpoints.RUN_CONFIG_NAME}")
+        differences = checkpoints.changed_settings(saved, self.run_config())
+        if differences and not self.config.allow_changed_settings:
+            raise ColorizationError(
+                f"cannot resume from {path}: these settings differ from the checkpoint's and would make a different "
+                "run:\n  " + "\n  ".join(differences) + "\nResume with the same settings, or add "
+                "--allow_changed_settings to go on anyway (recorded in run_config.json).")
+        self.changed_settings = saved.get("changed_settings", []) + (
+            [f"at step {saved.get('global_step')}: {d}" for d in differences])
+
+    def _resume(self, path: str) -> None:
         try:
             self.accelerator.load_state(path)
-        except (FileNotFoundError, KeyError, RuntimeError, ValueError) as error:
+        except (FileNotFoundError, KeyError, RuntimeError, ValueError, TypeError) as error:
             raise ColorizationError(f"cannot resume from {path!r}: {str(error).splitlines()[0]} "
                                     "(was it written by a different model or configuration?)") from None
-        # accelerate does not restore the checkpoint counter: continue numbering after the loaded one.
-        name = os.path.basename(os.path.normpath(path))
-        if name.startswith("checkpoint_") and name.split("_")[-1].isdigit():
-            self.accelerator.project_configuration.iteration = int(name.split("_")[-1]) + 1
         self.last_checkpoint = path
         self.log(f"resumed from {path} at step {self.progress.global_step}")
 
-    # ----- logging, checkpoints, validation -----
+    # ----- logging, validation -----
 
     def log(self, message: str) -> None:
         if self.accelerator.is_main_process:
@@ -299,25 +495,14 @@ class Trainer:
                 "hardware": describe_hardware(self.accelerator.device, self.accelerator.num_processes),
                 "parameters": {name: count_parameters(self.task.unwrapped(name)) for name in self.task.models}}
 
-    def save_checkpoint(self) -> None:
-        accelerator = self.accelerator
-        self._tick()
-        accelerator.save_state()  # every process: each saves its own RNG state
-        folder = os.path.join(self.config.output_dir, CHECKPOINTS_DIR)
-        self.last_checkpoint = os.path.join(folder, f"checkpoint_{accelerator.save_iteration - 1}")
-        if accelerator.is_main_process:
-            self._write_run_config(os.path.join(self.last_checkpoint, RUN_CONFIG_NAME))
-        accelerator.wait_for_everyone()
-
     def run_config(self) -> dict:
-        return {"model_type": self.task.model_type, "train": asdict(self.config), "data": asdict(self.data_config),
-                "model": asdict(self.task.config), "num_processes": self.accelerator.num_processes,
-                "mixed_precision": self.accelerator.mixed_precision, "command": " ".join(sys.argv),
-                "global_step": self.progress.global_step}
-
-    def _write_run_config(self, path: str) -> None:
-        with open(path, "w") as handle:
-            json.dump(self.run_config(), handle, indent=2)
+        config = {"model_type": self.task.model_type, "train": asdict(self.config), "data": asdict(self.data_config),
+                  "model": asdict(self.task.config), "num_processes": self.accelerator.num_processes,
+                  "mixed_precision": self.accelerator.mixed_precision, "command": " ".join(sys.argv),
+                  "global_step": self.progress.global_step}
+        if self.changed_settings:
+            config["changed_settings"] = self.changed_settings
+        return config
 
     def _broadcast_buffers(self) -> None:
         """Give every process rank 0's buffers (batch-norm statistics), as DDP does at each training forward:
@@ -331,48 +516,72 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict:
+        self._check_finite()
         task = self.task
         self._broadcast_buffers()
         for model in task.models.values():
             model.eval()
-        with task.evaluation_weights():
-            metrics, first_batch = self._validation_pass()
-        for model in task.models.values():
-            model.train()
+        try:
+            with task.evaluation_weights():
+                metrics, first_batch = self._validation_pass(task.colorizer())
+        finally:
+            for model in task.models.values():
+                model.train()
+        if self.config.model_selection == "best":
+            self._select(metrics)
+            metrics["selected_step"] = self.progress.selection["step"] if self.progress.selection else float("nan")
         self._log_grid(*first_batch)
-        self._track({f"validation/{key}": value for key, value in metrics.items()})
+        self._track({f"validation/{key}": value for key, value in metrics.items() if not math.isnan(value)})
         self.log(f"step {self.progress.global_step}: validation " +
                  ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "num_images"))
         return metrics
 
-    def _validation_pass(self):
+    def _validation_pass(self, colorizer: Colorizer):
         accelerator, task = self.accelerator, self.task
-        generator = torch.Generator(accelerator.device).manual_seed(self.config.seed)
         per_image: dict[str, list] = {}
         first_batch = None
         for batch in self.validation_loader:
-            lightness, ab = color.rgb_to_normalized_lab(batch["rgb"])
-            with accelerator.autocast():
-                predicted = task.predict_ab(lightness, generator)
-                losses = task.validation_losses(lightness, ab, predicted)
-            prediction = color.normalized_lab_to_rgb(lightness, predicted.float())
-            values = {f"{k}": v.float() for k, v in losses.items()}
-            values["psnr"] = psnr_per_image(prediction, batch["rgb"])
-            values["ssim"] = ssim_per_image(prediction, batch["rgb"])
-            if self.gray_metrics is None:
-                gray = color.gray_rgb(lightness)
-                values["psnr_gray"] = psnr_per_image(gray, batch["rgb"])
-                values["ssim_gray"] = ssim_per_image(gray, batch["rgb"])
-            for key, value in accelerator.gather_for_metrics(values).items():
+            truth = batch_to_rgb(batch, accelerator.device)
+            values, prediction, predicted_ab = measure(colorizer, truth, batch["index"], VALIDATION_SEED,
+                                                       VALIDATION_METRICS)
+            lightness, ab = color.rgb_to_normalized_lab(truth)
+            values.update(task.validation_losses(lightness, ab, predicted_ab))
+            if self.reference is None:
+                gray, _ = gray_baseline(truth, ("psnr", "ssim"))
+                values.update({f"{k}_gray": v for k, v in gray.items()})
+                values["colorfulness_truth"] = truth_values(truth, ("colorfulness",))["colorfulness"]
+            for key, value in accelerator.gather_for_metrics({k: v.float() for k, v in values.items()}).items():
                 per_image.setdefault(key, []).append(value.cpu())
             if first_batch is None:
-                first_batch = (batch["rgb"], lightness, prediction)
+                first_batch = (truth, lightness, prediction)
         metrics = {key: torch.cat(chunks).mean().item() for key, chunks in per_image.items()}
-        if self.gray_metrics is None:
-            self.gray_metrics = {k: metrics[k] for k in ("psnr_gray", "ssim_gray")}
-        metrics.update(self.gray_metrics)
+        if self.reference is None:
+            self.reference = {k: metrics[k] for k in ("psnr_gray", "ssim_gray", "colorfulness_truth")}
+        metrics.update(self.reference)
         metrics["num_images"] = sum(len(c) for c in per_image["psnr"])
         return metrics, first_batch
+
+    def _select(self, metrics: dict) -> None:
+        """--model_selection best: is this step the best so far? Not above the truth's colorfulness comes first
+        (a GAN that paints more color than the photos has is not chosen over one that does not), then PSNR."""
+        step = self.progress.global_step
+        if step == 0:
+            return
+        qualified = metrics["colorfulness"] <= metrics["colorfulness_truth"]
+        best = self.progress.selection
+        if best is not None and (best["qualified"], best["psnr"]) >= (qualified, metrics["psnr"]):
+            return
+        validation_images = len(self.validation_loader.dataset)
+        rule = "best validation PSNR among the validated steps whose colorfulness is not above the ground truth's"
+        self.progress.selection = {**metrics, "step": step, "qualified": qualified,
+                                   "rule": rule + ("" if qualified else " (no step qualified: best PSNR overall)"),
+                                   # evaluate.py leaves these out: a model is not scored on what chose it
+                                   "images": split_hashes(self.validation_set)[:validation_images]}
+        if self.accelerator.is_main_process:
+            folder = os.path.join(self.config.output_dir, SELECTED_DIR)
+            shutil.rmtree(folder, ignore_errors=True)
+            self._export(folder, metrics)
+        self.accelerator.wait_for_everyone()
 
     def _log_grid(self, truth: torch.Tensor, lightness: torch.Tensor, prediction: torch.Tensor) -> None:
         """Rows of gray input | prediction | ground truth, for the first validation images of process 0."""
@@ -395,22 +604,33 @@ class Trainer:
     def train(self) -> dict:
         accelerator, config, task, progress = self.accelerator, self.config, self.task, self.progress
         task.check_resolution(self.data_config.resolution)
+        resume_path = self._start_or_resume()
+        if resume_path:
+            self._check_settings(resume_path)
         set_seed(config.seed)
         train_loader, self.validation_loader = self._data_loaders()
         if len(train_loader) == 0:
             raise ColorizationError(
                 f"the training set has {len(self.train_set)} images, fewer than one batch of "
                 f"{config.train_batch_size} x {accelerator.num_processes} processes; lower --train_batch_size")
-        task.inspect_data(self.train_set)
         steps_per_epoch = math.ceil(len(train_loader) / config.gradient_accumulation_steps)
         max_steps = config.max_train_steps or config.num_train_epochs * steps_per_epoch
         num_epochs = math.ceil(max_steps / steps_per_epoch)
-        self._prepare_models(max_steps)
-        self._resume()
+        if config.model_selection == "best" and max_steps // config.validation_steps < MIN_VALIDATIONS_FOR_SELECTION:
+            config.validation_steps = max(1, max_steps // MIN_VALIDATIONS_FOR_SELECTION)
+            self.log(f"--model_selection best: validating every {config.validation_steps} steps "
+                     f"(at least {MIN_VALIDATIONS_FOR_SELECTION} validations to choose from)")
+        if resume_path:  # the data statistics of the run, not measured again
+            statistics = load_file(os.path.join(resume_path, STATISTICS_NAME))
+        else:
+            statistics = self._data_statistics()
+        self._prepare_models(max_steps, statistics)
+        if resume_path:
+            self._resume(resume_path)
         self._clock = time.perf_counter()
         if accelerator.is_main_process:
             os.makedirs(config.output_dir, exist_ok=True)
-            self._write_run_config(os.path.join(config.output_dir, RUN_CONFIG_NAME))
+            write_json(os.path.join(config.output_dir, checkpoints.RUN_CONFIG_NAME), self.run_config())
         if config.report_to == "tensorboard":
             flat = {f"{group}/{k}": _plain(v) for group in ("train", "data", "model")
                     for k, v in self.run_config()[group].items()}
@@ -431,22 +651,30 @@ class Trainer:
         counts: dict[str, torch.Tensor] = {}
         micro_steps, images_skipped, started = 0, torch.zeros((), device=accelerator.device), time.perf_counter()
         validated_at = saved_at = progress.global_step
+        images_per_step = config.train_batch_size * accelerator.num_processes * config.gradient_accumulation_steps
         try:
             while progress.global_step < max_steps and progress.epoch < num_epochs:
+                # The prepared loader hands its own epoch counter to the sampler when it starts: set that counter,
+                # and the sampler itself, which several processes and a skip put out of the counter's reach.
                 loader = train_loader
                 if progress.batches_in_epoch:
                     loader = accelerator.skip_first_batches(train_loader, progress.batches_in_epoch)
-                # The prepared loader hands its own epoch counter to the sampler at every iteration: set it here,
-                # or a loader created on resume would restart the data order at epoch 0.
                 loader.set_epoch(progress.epoch)
+                self.train_sampler.set_epoch(progress.epoch)
                 for batch in loader:
-                    lightness, ab = color.rgb_to_normalized_lab(batch["rgb"])
+                    rgb = batch_to_rgb(batch, accelerator.device)
+                    lightness, ab = color.rgb_to_normalized_lab(rgb)
+                    if config.channels_last:
+                        lightness = lightness.contiguous(memory_format=torch.channels_last)
+                        ab = ab.contiguous(memory_format=torch.channels_last)
+                    step = progress.global_step + 1
+                    self._log_due = step % config.logging_steps == 0 or step == max_steps
                     # One accumulate context for all models: accelerate counts a micro-step per context entered.
                     with accelerator.accumulate(*task.models.values()), accelerator.autocast():
                         logs = task.training_step(self, lightness, ab)
                     progress.batches_in_epoch += 1
                     micro_steps += 1
-                    images_skipped += batch["skipped"]
+                    images_skipped += batch["skipped"].to(accelerator.device)
                     for key, value in logs.items():
                         # NaN means "nothing to report this step" (e.g. no image in a timestep quartile)
                         value = value.detach().float().to(accelerator.device)
@@ -455,11 +683,13 @@ class Trainer:
                         counts[key] = counts.get(key, 0.0) + present.float()
                     if not accelerator.sync_gradients:
                         continue
+                    for scheduler in self.schedulers.values():  # every schedule follows the global step
+                        scheduler.step()
                     progress.global_step += 1
-                    progress.images_seen += (config.train_batch_size * accelerator.num_processes
-                                             * config.gradient_accumulation_steps)
+                    progress.images_seen += images_per_step
                     bar.update(1)
                     if progress.global_step % config.logging_steps == 0 or progress.global_step == max_steps:
+                        self._check_finite()
                         elapsed = time.perf_counter() - started
                         # every process reduces the same keys in the same order (tasks report a fixed set);
                         # a value absent for the whole window is left out rather than logged as 0
@@ -497,17 +727,14 @@ class Trainer:
                     progress.batches_in_epoch = 0
         finally:
             bar.close()
-        if saved_at != progress.global_step:
-            paused = time.perf_counter()
-            self.save_checkpoint()
-            progress.overhead_seconds += time.perf_counter() - paused
+        paused = time.perf_counter()
         if metrics is None or validated_at != progress.global_step:
-            paused = time.perf_counter()
             metrics = self.validate()
-            progress.overhead_seconds += time.perf_counter() - paused
+        if saved_at != progress.global_step:
+            self.save_checkpoint()
+        progress.overhead_seconds += time.perf_counter() - paused
         self._tick()
-        self._finish(metrics)
-        return metrics
+        return self._finish(metrics)
 
     def _scalars(self, images_per_second: float) -> dict:
         values = {"train/images_per_second": images_per_second}
@@ -516,28 +743,70 @@ class Trainer:
             suffix = f"_{name}" if several else ""
             values[f"train/lr{suffix}"] = scheduler.get_last_lr()[0]
             if name in self.grad_norms:
-                values[f"train/grad_norm{suffix}"] = self.grad_norms[name]
+                values[f"train/grad_norm{suffix}"] = float(self.grad_norms[name])
         return values
 
-    def _finish(self, metrics: dict) -> None:
+    def _export(self, folder: str, metrics: dict) -> None:
+        """Write the exported model, with what it is and how it was trained, into ``folder`` (main process)."""
+        os.makedirs(folder, exist_ok=True)
+        extra = {"training": {"global_step": self.progress.global_step, "data": describe_source(self.data_config),
+                              "data_config": asdict(self.data_config), "resolution": self.data_config.resolution,
+                              "validation": metrics, **self.training_costs()}}
+        if self.progress.selection:
+            extra["selection"] = self.progress.selection
+        with self.task.evaluation_weights():
+            self.task.export(folder, extra)
+        hashes = {"hash": "blake2b-64 of the image file's bytes", "images": split_hashes(self.train_set),
+                  "data": describe_source(self.data_config)}
+        save_training_data_record(folder, self.statistics["mean_ab"], hashes)
+
+    def _finish(self, metrics: dict) -> dict:
+        """Export (the chosen step's model under --model_selection best) -> the exported model's metrics."""
         accelerator, config = self.accelerator, self.config
+        selected = os.path.join(config.output_dir, SELECTED_DIR)
+        if config.model_selection == "best" and self.progress.selection:
+            chosen = {k: v for k, v in self.progress.selection.items() if k != "images"}
+            metrics = {**chosen, "validation_at_last_step": metrics}
         if accelerator.is_main_process:
-            costs = self.training_costs()
-            extra = {"training": {"global_step": self.progress.global_step, "data": describe_source(self.data_config),
-                                  "resolution": self.data_config.resolution, "validation": metrics, **costs}}
-            self.task.export(accelerator, config.output_dir, extra)
-            with open(os.path.join(config.output_dir, METRICS_NAME), "w") as handle:
-                json.dump({"step": self.progress.global_step, **metrics, "training": costs}, handle, indent=2)
+            if config.model_selection == "best" and self.progress.selection and os.path.isdir(selected):
+                # the chosen step's export, with the whole run's costs
+                shutil.copytree(selected, config.output_dir, dirs_exist_ok=True)
+                shutil.rmtree(selected)
+                exported = os.path.join(config.output_dir, CONFIG_NAME)
+                with open(exported) as handle:
+                    record = json.load(handle)
+                record["training"].update(self.training_costs(), final_step=self.progress.global_step)
+                write_json(exported, record)
+            else:
+                self._export(config.output_dir, metrics)
+            write_json(os.path.join(config.output_dir, METRICS_NAME),
+                       {"step": self.progress.global_step, **metrics, "training": self.training_costs()})
             print(format_metrics(metrics, self.progress.global_step, config.output_dir), flush=True)
         accelerator.wait_for_everyone()
+        return metrics
 
 
 def format_metrics(metrics: dict, step: int, output_dir: str) -> str:
-    lines = [f"Validation after {step} steps on {metrics['num_images']} images (model exported to {output_dir}):",
-             f"  {'':<22}{'PSNR (dB)':>10}{'SSIM':>9}",
-             f"  {'model':<22}{metrics['psnr']:>10.2f}{metrics['ssim']:>9.4f}",
-             f"  {'gray (ab = 0)':<22}{metrics['psnr_gray']:>10.2f}{metrics['ssim_gray']:>9.4f}"]
+    lines = [f"Validation after {step} steps on {metrics['num_images']} images (model exported to {output_dir}):"]
+    if "validation_at_last_step" in metrics:
+        lines = [f"Exported the model of step {metrics['step']} of {step} to {output_dir} (--model_selection best: "
+                 f"{metrics['rule']}). Its validation on {metrics['num_images']} images:"]
+    lines += [f"  {'':<22}{'PSNR (dB)':>10}{'SSIM':>9}{'Colorfulness':>14}",
+              f"  {'model':<22}{metrics['psnr']:>10.2f}{metrics['ssim']:>9.4f}{metrics['colorfulness']:>14.2f}",
+              f"  {'gray (ab = 0)':<22}{metrics['psnr_gray']:>10.2f}{metrics['ssim_gray']:>9.4f}{0.0:>14.2f}",
+              f"  {'ground truth':<22}{'':>10}{'':>9}{metrics['colorfulness_truth']:>14.2f}"]
     return "\n".join(lines)
+
+
+def constant_then_linear(warmup: int, total: int):
+    """pix2pix's schedule as a LambdaLR factor: constant for the first half (after ``warmup``), then linear to 0."""
+    half = total // 2
+
+    def factor(step: int) -> float:
+        ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0
+        return ramp * (1.0 if step < half else max(0.0, (total - step) / max(1, total - half)))
+
+    return factor
 
 
 def make_accelerator(config: TrainConfig) -> Accelerator:
@@ -545,10 +814,9 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
         accelerator = Accelerator(
             mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.gradient_accumulation_steps,
             log_with=None if config.report_to == "none" else config.report_to,
+            dynamo_backend="inductor" if config.torch_compile else None,
             project_config=ProjectConfiguration(project_dir=config.output_dir,
-                                                logging_dir=os.path.join(config.output_dir, "logs"),
-                                                automatic_checkpoint_naming=True,
-                                                total_limit=config.checkpoints_total_limit))
+                                                logging_dir=os.path.join(config.output_dir, "logs")))
     except ValueError as error:  # e.g. fp16 without a GPU
         raise ColorizationError(f"cannot set up training: {error}") from None
     check_processes(accelerator)
@@ -566,12 +834,20 @@ def check_processes(accelerator: Accelerator) -> None:
             f"--num_processes {launched} ...; on GPUs, check that CUDA is available to every process.")
 
 
+def _check_flag_defaults(task_class: type[TrainingTask]) -> None:
+    known = {f.name for c in (TrainConfig, DataConfig, task_class.config_class) for f in dataclasses.fields(c)}
+    unknown = set(task_class.flag_defaults) - known
+    if unknown:
+        raise TypeError(f"{task_class.__name__}.flag_defaults names unknown flags {sorted(unknown)}")
+
+
 def parse_args(task_class: type[TrainingTask], argv=None) -> tuple[TrainConfig, DataConfig, object]:
+    _check_flag_defaults(task_class)
     parser = argparse.ArgumentParser(description=f"Train the {task_class.model_type} colorization model.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_dataclass_arguments(parser, TrainConfig, {"output_dir": f"runs/{task_class.model_type}", **task_class.flag_defaults})
     add_dataclass_arguments(parser, DataConfig, task_class.flag_defaults)
-    add_dataclass_arguments(parser, task_class.config_class)
+    add_dataclass_arguments(parser, task_class.config_class, task_class.flag_defaults)
     args = parser.parse_args(argv)
     return build_dataclass(TrainConfig, args), build_dataclass(DataConfig, args), build_dataclass(task_class.config_class, args)
 

@@ -1,4 +1,9 @@
-"""Shared test helpers. Tests never touch the network: the Hugging Face libraries are forced offline."""
+"""Shared test helpers. Tests never touch the network: the Hugging Face libraries are forced offline.
+
+The session fixtures ``cnn_run``, ``gan_run`` and ``diffusion_run`` train one tiny model of each family through
+the real entry point (``accelerate launch train_*.py``) once per test session; every test that only needs a
+trained model or a finished run folder shares them (and must not change them).
+"""
 
 import os
 import subprocess
@@ -17,13 +22,21 @@ AFHQ_DIR = ROOT.parent / "shared" / "data" / "afhq_cat"
 # Small, fast settings shared by the end-to-end tests: 32 px, the embedded data cut to 256 images.
 TINY_DATA = ["--resolution", "32", "--embedded_num_images", "256", "--dataloader_num_workers", "0"]
 TINY_CNN = ["--no-pretrained_backbone", "--train_batch_size", "8", "--eval_batch_size", "16"]
+TINY_GAN = ["--lambda_perceptual", "0", "--base_channels", "16", "--train_batch_size", "8", "--eval_batch_size", "16"]
+TINY_DIFFUSION = ["--unet_preset", "small", "--block_out_channels", "16,32", "--attention_levels", "1",
+                  "--train_batch_size", "8", "--eval_batch_size", "8", "--validation_images", "8",
+                  "--validation_inference_steps", "3", "--lr_warmup_steps", "0"]
+# 12 steps; checkpoints every 4 (two kept), validation every 6; the GAN exports its best validated step
+SESSION_RUN = ["--max_train_steps", "12", "--checkpointing_steps", "4", "--validation_steps", "6",
+               "--logging_steps", "2", "--checkpoints_total_limit", "2"]
 
 
 def run_command(args, env=None, timeout=600, check=True):
     """Run a command from the repository root; on failure show its output. ``env`` values of None unset."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env = {key: value for key, value in full_env.items() if value is not None}
-    result = subprocess.run(args, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run([str(a) for a in args], cwd=ROOT, env=full_env, capture_output=True, text=True,
+                            timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, args))} exited {result.returncode}\n"
                              f"--- stdout ---\n{result.stdout[-6000:]}\n--- stderr ---\n{result.stderr[-6000:]}")
@@ -42,13 +55,26 @@ def accelerate_launch(script, args, num_processes=1, env=None, check=True, timeo
     return run_command(launch + [str(script)] + [str(a) for a in args], env=env, check=check, timeout=timeout)
 
 
-def six_step_run(tmp_path_factory, script, model_args):
-    """Train ``script`` for 6 tiny steps (checkpoints and validation at 3 and 6) -> its output folder."""
+def _session_run(tmp_path_factory, script, model_args):
     output = tmp_path_factory.mktemp(script.removesuffix(".py"))
-    accelerate_launch(script, TINY_DATA + model_args + [
-        "--output_dir", output, "--max_train_steps", "6", "--checkpointing_steps", "3", "--validation_steps", "3",
-        "--logging_steps", "2"])
-    return output
+    result = accelerate_launch(script, TINY_DATA + model_args + SESSION_RUN + ["--output_dir", output])
+    return output, result
+
+
+@pytest.fixture(scope="session")
+def cnn_run(tmp_path_factory):
+    """(output folder, the launch's CompletedProcess) of a 12-step CNN run."""
+    return _session_run(tmp_path_factory, "train_cnn.py", TINY_CNN)
+
+
+@pytest.fixture(scope="session")
+def gan_run(tmp_path_factory):
+    return _session_run(tmp_path_factory, "train_gan.py", TINY_GAN)
+
+
+@pytest.fixture(scope="session")
+def diffusion_run(tmp_path_factory):
+    return _session_run(tmp_path_factory, "train_diffusion.py", TINY_DIFFUSION)
 
 
 @pytest.fixture
@@ -66,3 +92,24 @@ def _fresh_accelerate_state():
 
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
+
+
+def train_in_process(task_class, args):
+    """Run the training entry point in this process (no launcher start-up) -> its final validation metrics."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    from colorization.training import run_training
+
+    try:
+        return run_training(task_class, [str(a) for a in args])
+    finally:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+
+
+def assert_same_weights(first: dict, second: dict) -> None:
+    import torch
+
+    assert first.keys() == second.keys()
+    for name in first:
+        torch.testing.assert_close(second[name], first[name], rtol=1e-5, atol=1e-6, msg=name)

@@ -8,7 +8,7 @@ import sys
 
 import colorization.training as training
 from colorization.data import ColorizationImages
-from colorization.models.cnn import CNNTask
+from colorization.tasks.cnn import CNNTask
 
 seen_indices = []
 _get_item = ColorizationImages.__getitem__

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from colorization.errors import ColorizationError
-from colorization.models.cnn import CNNTask, ResNetColorizer, load_imagenet_resnet18
+from colorization.models.cnn import ResNetColorizer, load_imagenet_resnet18
+from colorization.tasks.cnn import CNNTask
 
 
 @pytest.mark.parametrize("size", [32, 64, (48, 80)])

@@ -10,7 +10,7 @@ from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
 from colorization import color, load_colorizer
-from colorization.inference import save_export_config, save_exported_model
+from colorization.colorizer import save_export_config, save_module_weights
 from colorization.models.cnn import ResNetColorizer
 from colorization.models.diffusion import LabColorizationPipeline, LabConditionedUNet
 from colorization.models.gan import UNetGenerator
@@ -22,9 +22,11 @@ def models(tmp_path_factory):
     """One tiny exported model of each type (random weights: the API, not the colors, is under test)."""
     root = tmp_path_factory.mktemp("exported")
     torch.manual_seed(0)
-    save_exported_model(str(root / "cnn"), "cnn", ResNetColorizer(), {}, 32)
-    save_exported_model(str(root / "gan"), "gan", UNetGenerator(32, "ab", 8),
-                        {"resolution": 32, "output_space": "ab", "base_channels": 8}, 32)
+    for model_type, network, architecture in (
+            ("cnn", ResNetColorizer(), {}),
+            ("gan", UNetGenerator(32, "ab", 8), {"resolution": 32, "output_space": "ab", "base_channels": 8})):
+        save_module_weights(str(root / model_type), network, model_type)
+        save_export_config(str(root / model_type), model_type, architecture, 32)
     unet = LabConditionedUNet(sample_size=32, block_out_channels=(32, 32), layers_per_block=1, attention_levels=())
     LabColorizationPipeline(unet, DDPMScheduler(num_train_timesteps=1000)).save_pretrained(root / "diffusion")
     save_export_config(str(root / "diffusion"), "diffusion", {}, 32, {"sampling": {"scheduler": "ddim",
@@ -92,6 +94,10 @@ def test_command_line_end_to_end_with_bad_files(models, tmp_path):
     _photo(12, 12).convert("RGBA").save(folder / "nested" / "two.png")
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
     (folder / "notes.txt").write_text("not an image")
+    from test_data import write_bad_images
+
+    (folder / "bad").mkdir()
+    write_bad_images(folder / "bad")  # truncated, empty, and a decompression bomb
     single = tmp_path / "single.png"
     _photo(5, 9).save(single)
     args = [sys.executable, "-m", "colorization", "--model", models / "diffusion", folder, single,
@@ -100,7 +106,9 @@ def test_command_line_end_to_end_with_bad_files(models, tmp_path):
     result = run_command(args, check=False)
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 2 and any("broken.jpg" in e for e in errors) and any("notes.txt" in e for e in errors)
+    named = ("broken.jpg", "notes.txt", "truncated.jpg", "empty.jpg", "bomb.png")
+    assert len(errors) == 5 and all(any(name in e for e in errors) for name in named), errors
+    assert "Traceback" not in result.stderr
     assert Image.open(tmp_path / "out" / "scans" / "one.jpg").size == (33, 21)
     assert Image.open(tmp_path / "out" / "scans" / "nested" / "two.png").mode == "RGBA"
     assert Image.open(tmp_path / "out" / "single.png").size == (5, 9)

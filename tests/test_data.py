@@ -6,8 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from colorization.data import (ColorizationImages, DataConfig, EpochShuffleSampler, build_datasets, decode_image,
-                               load_splits, to_rgb)
+from colorization.data import (ColorizationImages, DataConfig, EpochShuffleSampler, batch_to_rgb, build_datasets,
+                               collate, load_splits)
+from colorization.images import decode_image, to_rgb
 from colorization.embedded import draw_scene, generate_images
 from colorization.errors import ColorizationError
 
@@ -42,7 +43,7 @@ def test_split_is_deterministic_disjoint_and_independent_of_training_seed():
     train_a, val_a = build_datasets(_embedded(), seed=0)
     train_b, val_b = build_datasets(_embedded(), seed=123)
     assert len(val_a) == round(0.1 * 256) and len(train_a) + len(val_a) == 256
-    images = lambda split: [split.images[i]["image"]["bytes"] for i in range(len(split))]  # noqa: E731
+    images = lambda split: [str(h) for h in split.images["hash"]]  # noqa: E731 (a hash of each file's bytes)
     assert images(val_a) == images(val_b)
     assert not set(images(val_a)) & set(images(train_a))
     _, val_other = build_datasets(_embedded(split_seed=1), seed=0)
@@ -52,12 +53,27 @@ def test_split_is_deterministic_disjoint_and_independent_of_training_seed():
 def test_samples_are_resized_cropped_and_flipped_only_for_training():
     train, validation = build_datasets(_embedded(), seed=0)
     sample = train[(0, 3)]
-    assert sample["rgb"].shape == (3, 32, 32) and sample["rgb"].dtype == torch.float32
-    assert 0.0 <= sample["rgb"].min() and sample["rgb"].max() <= 1.0
-    flips = [not torch.equal(train[(epoch, 3)]["rgb"], train[(0, 3)]["rgb"]) for epoch in range(12)]
+    assert sample["pixels"].shape == (3, 32, 32) and sample["pixels"].dtype == torch.uint8
+    flips = [train[(epoch, 3)]["flip"] for epoch in range(12)]
     assert any(flips) and not all(flips)
-    assert torch.equal(train[(5, 3)]["rgb"], train[(5, 3)]["rgb"])  # a function of (epoch, index)
-    assert all(torch.equal(validation[(e, 0)]["rgb"], validation[0]["rgb"]) for e in range(6))
+    assert train[(5, 3)]["flip"] == train[(5, 3)]["flip"]  # a function of (epoch, index)
+    assert not any(validation[(e, 0)]["flip"] for e in range(6))
+    batch = collate([train[(epoch, 3)] for epoch in range(12)])
+    rgb = batch_to_rgb(batch, torch.device("cpu"))  # flips applied where the batch lands
+    assert rgb.dtype == torch.float32 and 0.0 <= rgb.min() and rgb.max() <= 1.0
+    unflipped = sample["pixels"].float() / 255
+    for image, flip in zip(rgb, flips):
+        assert torch.equal(image, unflipped.flip(-1) if flip else unflipped)
+
+
+def test_the_decoded_cache_holds_exactly_what_decoding_gives():
+    config = _embedded()
+    cached, _ = build_datasets(config, seed=0)
+    raw, _ = build_datasets(DataConfig(**{**config.__dict__, "preprocess": False}), seed=0)
+    assert cached.decoded and not raw.decoded
+    for index in (0, 7, 100):
+        assert torch.equal(cached[(2, index)]["pixels"], raw[(2, index)]["pixels"])
+        assert cached[(2, index)]["flip"] == raw[(2, index)]["flip"]
 
 
 def test_epoch_sampler_is_a_seeded_permutation_per_epoch():
@@ -104,17 +120,55 @@ def test_exif_orientation_is_applied():
     assert decode_image({"bytes": buffer.getvalue(), "path": None}).size == (20, 40)
 
 
-def test_corrupt_image_is_skipped_counted_and_replaced(tmp_path):
+@pytest.mark.parametrize("preprocess", [True, False])
+def test_corrupt_image_is_skipped_counted_and_replaced_in_training_and_flagged_elsewhere(tmp_path, preprocess):
     _write_images(tmp_path, 10)
     (tmp_path / "img_002.png").write_bytes(b"not an image at all")
-    splits = load_splits(DataConfig(train_data_dir=str(tmp_path), resolution=32, validation_split=0.2))
+    config = DataConfig(train_data_dir=str(tmp_path), resolution=32, validation_split=0.2, preprocess=preprocess)
+    splits = load_splits(config)
     split = next(s for s in splits if any(s[i]["image"]["path"].endswith("img_002.png") for i in range(len(s))))
-    dataset = ColorizationImages(split, "image", 32, train=False)
-    corrupt = next(i for i in range(len(dataset)) if split[i]["image"]["path"].endswith("img_002.png"))
+    from colorization.data import prepare_split
+
+    corrupt = next(i for i in range(len(split)) if split[i]["image"]["path"].endswith("img_002.png"))
+    training = prepare_split(split, config, train=True)
     with pytest.warns(UserWarning, match="img_002.png"):
-        sample = dataset[corrupt]
-    assert sample["skipped"] == 1 and sample["rgb"].shape == (3, 32, 32)
-    assert dataset[(corrupt + 1) % len(dataset)]["skipped"] == 0
+        sample = training[corrupt]
+    assert sample["skipped"] == 1 and sample["pixels"].shape == (3, 32, 32)
+    assert training[(corrupt + 1) % len(training)]["skipped"] == 0
+    with pytest.warns(UserWarning, match="img_002.png"):
+        flagged = prepare_split(split, config, train=False)[corrupt]
+    assert not flagged["readable"]
+
+
+def write_bad_images(folder, tag=b""):
+    """A truncated JPEG, an empty file, and a PNG over PIL's decompression-bomb limit (one that raises)."""
+    import struct
+    import zlib
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(len(tag)).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
+        buffer, format="JPEG")
+    (folder / "truncated.jpg").write_bytes(buffer.getvalue()[:600] + tag)
+    (folder / "empty.jpg").write_bytes(b"")
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    # 20000 x 10000 one-bit pixels: more than twice Image.MAX_IMAGE_PIXELS, so opening it raises
+    header = struct.pack(">IIBBBBB", 20000, 10000, 1, 0, 0, 0, 0)
+    (folder / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"tEXt", b"c\x00" + tag)
+                                      + chunk(b"IEND", b""))
+
+
+def test_bad_files_are_named_unreadable_bombs_included(tmp_path):
+    from colorization.images import UNREADABLE_IMAGE_ERRORS, open_image
+
+    write_bad_images(tmp_path)
+    for name in ("truncated.jpg", "empty.jpg", "bomb.png"):
+        with pytest.raises(UNREADABLE_IMAGE_ERRORS):
+            open_image(tmp_path / name)
+    with pytest.raises(Image.DecompressionBombError):
+        open_image(tmp_path / "bomb.png")
 
 
 def test_a_folder_of_unreadable_files_is_an_immediate_error(tmp_path):
@@ -142,11 +196,12 @@ def test_hub_data_set_offline_fails_fast_and_names_the_alternative():
 
 
 def test_real_afhq_cats(afhq_dir):
-    train, validation = build_datasets(DataConfig(train_data_dir=str(afhq_dir), resolution=64), seed=0)
+    # 32 px: the decoded cache is shared with the learning tests on real cats
+    train, validation = build_datasets(DataConfig(train_data_dir=str(afhq_dir), resolution=32), seed=0)
     assert len(train) + len(validation) == len(list((afhq_dir / "train").glob("*.jpg")))
     assert len(validation) == round(0.1 * (len(train) + len(validation)))
-    sample = validation[0]["rgb"]
-    assert sample.shape == (3, 64, 64) and sample.std() > 0.05
+    sample = validation[0]["pixels"].float() / 255
+    assert sample.shape == (3, 32, 32) and sample.std() > 0.05
 
 
 def test_label_filter_keeps_one_class_of_a_hub_style_data_set():

@@ -4,27 +4,26 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from diffusers import DDPMScheduler
 from PIL import Image
 from safetensors.torch import load_file
 
 from colorization import color, load_colorizer
 from colorization.data import DataConfig
 from colorization.errors import ColorizationError
-from colorization.models.diffusion import (DiffusionConfig, DiffusionTask, LabColorizationPipeline,
-                                           LabConditionedUNet, SCHEDULERS)
+from colorization.models.diffusion import (SAMPLERS, LabColorizationPipeline, LabConditionedUNet, colorizer_from_parts,
+                                           make_sampler)
+from colorization.tasks.diffusion import DiffusionConfig, DiffusionTask
 from colorization.training import Trainer, TrainConfig
-from conftest import TINY_DATA, accelerate_launch, six_step_run
+from conftest import TINY_DATA, TINY_DIFFUSION, accelerate_launch, assert_same_weights, train_in_process
 
 # 16 px, two levels: a thousand DDPM steps take seconds
 TINY_UNET = dict(sample_size=16, block_out_channels=(16, 32), layers_per_block=1, attention_levels=(1,))
-TINY_DIFFUSION = ["--unet_preset", "small", "--block_out_channels", "16,32", "--attention_levels", "1",
-                  "--train_batch_size", "8", "--eval_batch_size", "8", "--max_validation_samples", "4",
-                  "--validation_inference_steps", "3", "--lr_warmup_steps", "0"]
 
 
-def _unet():
+def _unet(ab_scale=1.0):
     torch.manual_seed(0)
-    return LabConditionedUNet(**TINY_UNET).eval()
+    return LabConditionedUNet(**TINY_UNET, ab_scale=ab_scale).eval()
 
 
 def test_unet_output_shape_and_dtype_under_bf16_autocast():
@@ -43,7 +42,6 @@ def test_unet_save_and_load_round_trip_is_identical(tmp_path):
     loaded = LabConditionedUNet.from_pretrained(tmp_path).eval()
     inputs = (torch.randn(1, 2, 16, 16), torch.tensor([500]), torch.rand(1, 1, 16, 16))
     assert torch.equal(unet(*inputs), loaded(*inputs))
-    assert loaded.config.block_out_channels == [16, 32] or tuple(loaded.config.block_out_channels) == (16, 32)
 
 
 def test_a_resolution_the_unet_cannot_halve_is_refused():
@@ -52,7 +50,7 @@ def test_a_resolution_the_unet_cannot_halve_is_refused():
 
 
 class _RecordingUNet(torch.nn.Module):
-    """Stands in for the UNet: records its inputs and predicts zeros, so the loss is mean(target ** 2)."""
+    """Stands in for the UNet: records its inputs and predicts zeros, so the loss is mean(weight * target ** 2)."""
 
     def __init__(self, unet):
         super().__init__()
@@ -64,12 +62,18 @@ class _RecordingUNet(torch.nn.Module):
         return self.unet(noisy_ab, timesteps, lightness) * 0.0
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
-def test_training_step_targets_exactly_the_noise_added_at_the_predicted_timesteps(tmp_path, prediction_type):
+def _task(tmp_path, **config):
     task = DiffusionTask(DiffusionConfig(unet_preset="small", block_out_channels="16,32", attention_levels="",
-                                         prediction_type=prediction_type, ab_scale=3.0), 32)
+                                         ab_scale=3.0, **config), 32)
     trainer = Trainer(task, TrainConfig(output_dir=str(tmp_path), report_to="none"), DataConfig(resolution=32))
     trainer._prepare_models(max_steps=4)
+    return task, trainer
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+@pytest.mark.parametrize("snr_gamma", [None, 5.0])
+def test_training_step_targets_exactly_the_noise_added_at_the_predicted_timesteps(tmp_path, prediction_type, snr_gamma):
+    task, trainer = _task(tmp_path, prediction_type=prediction_type, snr_gamma=snr_gamma)
     recorder = _RecordingUNet(task.models["unet"])
     task.models["unet"] = recorder
     added = []
@@ -92,31 +96,44 @@ def test_training_step_targets_exactly_the_noise_added_at_the_predicted_timestep
     # independent of the scheduler's own helpers: epsilon -> the noise; v -> sqrt(a) * noise - sqrt(1 - a) * x0
     expected = {"epsilon": noise, "sample": x0,
                 "v_prediction": alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x0}[prediction_type]
-    torch.testing.assert_close(logs["loss"], expected.pow(2).mean(), rtol=1e-5, atol=1e-6)
+    per_image = expected.pow(2).mean(dim=(1, 2, 3))
+    if snr_gamma is not None:  # min-SNR-5 (Hang et al. 2023), written out
+        snr = (alpha_bar / (1 - alpha_bar)).flatten()
+        weight = {"epsilon": snr.clamp(max=5) / snr, "v_prediction": snr.clamp(max=5) / (snr + 1),
+                  "sample": snr.clamp(max=5)}[prediction_type]
+        per_image = per_image * weight
+    torch.testing.assert_close(logs["loss"], per_image.mean(), rtol=1e-5, atol=1e-6)
 
 
-def test_ab_scale_is_measured_on_the_training_images():
+def test_zero_terminal_snr_makes_the_last_timestep_pure_noise(tmp_path):
+    task, _ = _task(tmp_path, prediction_type="v_prediction", zero_terminal_snr=True)
+    assert float(task.noise_scheduler.alphas_cumprod[-1]) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_ab_scale_is_measured_on_the_training_images_and_kept_in_the_checkpoint(diffusion_run):
     from colorization.data import build_datasets
 
+    output, _ = diffusion_run
     train, _ = build_datasets(DataConfig(resolution=32, embedded_num_images=256, dataloader_num_workers=0), 0)
-    task = DiffusionTask(DiffusionConfig(unet_preset="small"), 32)
-    task.inspect_data(train)
-    rgb = torch.stack([train[i]["rgb"] for i in range(256 if len(train) >= 256 else len(train))])
-    assert task.ab_scale == pytest.approx(1 / float(color.rgb_to_normalized_lab(rgb)[1].std()), rel=1e-2)
-    assert 2 < task.ab_scale < 8  # the embedded scenes' ab has a standard deviation of about 0.25
+    rgb = torch.stack([torch.from_numpy(np.asarray(train.images[i]["pixels"])) for i in range(len(train))]).float() / 255
+    expected = 1 / float(color.rgb_to_normalized_lab(rgb)[1].std())
+    exported = json.loads((output / "unet" / "config.json").read_text())["ab_scale"]
+    assert exported == pytest.approx(expected, rel=1e-2) and 2 < exported < 8  # embedded ab std is about 0.25
+    statistics = load_file(output / "checkpoints" / "checkpoint_12" / "data_statistics.safetensors")
+    assert round(1 / float(statistics["ab_std"]), 3) == exported  # resume reads it, not measures it again
 
 
-def _pipeline(scheduler="ddim"):
-    unet = _unet()
-    ddpm = SCHEDULERS["ddpm"](num_train_timesteps=1000)
-    return LabColorizationPipeline(unet, SCHEDULERS[scheduler].from_config(ddpm.config))
+def _pipeline(scheduler="ddim", prediction_type="epsilon", ab_scale=1.0):
+    ddpm = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type, clip_sample=False)
+    pipeline = LabColorizationPipeline(_unet(ab_scale), make_sampler(scheduler, ddpm.config))
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
 
 
 def test_pipeline_same_seed_same_colors_other_seed_other_colors():
     pipeline = _pipeline()
-    pipeline.set_progress_bar_config(disable=True)
     lightness = torch.rand(2, 1, 16, 16) * 2 - 1
-    sample = lambda seed: pipeline.sample_ab(lightness, 4, torch.Generator().manual_seed(seed))  # noqa: E731
+    sample = lambda seed: pipeline.sample_ab(lightness, 4, [torch.Generator().manual_seed(seed)] * 2)  # noqa: E731
     assert torch.equal(sample(1), sample(1))
     assert not torch.equal(sample(1), sample(2))
 
@@ -124,69 +141,114 @@ def test_pipeline_same_seed_same_colors_other_seed_other_colors():
 @pytest.mark.parametrize("scheduler, steps", [("ddpm", 1000), ("ddim", 50), ("dpm", 20)])
 def test_every_scheduler_samples_and_the_output_keeps_the_input_lightness(scheduler, steps):
     pipeline = _pipeline(scheduler)
-    pipeline.set_progress_bar_config(disable=True)
     photo = Image.fromarray(np.random.default_rng(0).integers(70, 190, (23, 37, 3), dtype=np.uint8))
-    result = pipeline([photo, photo.convert("L")], num_inference_steps=steps, generator=torch.Generator().manual_seed(0))
+    result = pipeline([photo, photo.convert("L")], num_inference_steps=steps, seed=0)
     assert [im.size for im in result] == [(37, 23), (37, 23)]
     as_lab = lambda im: color.rgb_to_lab(torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1)[None] / 255.0)  # noqa: E731
     assert (as_lab(result[0])[:, 0] - as_lab(photo)[:, 0]).abs().mean() < 0.5
     assert len(pipeline.scheduler.timesteps) == steps
+    if scheduler != "ddpm":  # "trailing": the first step is the last training timestep
+        assert int(pipeline.scheduler.timesteps[0]) == 999
 
 
-@pytest.fixture(scope="module")
-def diffusion_run(tmp_path_factory):
-    return six_step_run(tmp_path_factory, "train_diffusion.py", TINY_DIFFUSION)
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+@pytest.mark.parametrize("scheduler", sorted(SAMPLERS))
+def test_every_sampler_clips_the_clean_estimate_to_the_data_range(prediction_type, scheduler):
+    # A UNet that predicts a huge clean ab (in the terms of its prediction type): every sampler must land on
+    # the edge of the data range, not beyond it, and in the same place.
+    ddpm = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type, clip_sample=False)
+    sampler = make_sampler(scheduler, ddpm.config)
+    clean = torch.full((1, 2, 16, 16), 50.0)
+
+    class Overshooting(LabConditionedUNet):
+        def forward(self, noisy, timestep, lightness):
+            alpha = sampler.alphas_cumprod[timestep]
+            noise = (noisy - alpha.sqrt() * clean) / (1 - alpha).sqrt()
+            return {"epsilon": noise, "sample": clean,
+                    "v_prediction": alpha.sqrt() * noise - (1 - alpha).sqrt() * clean}[prediction_type]
+
+    pipeline = LabColorizationPipeline(Overshooting(**TINY_UNET, ab_scale=2.0), sampler)
+    pipeline.set_progress_bar_config(disable=True)
+    seen = []
+    step = pipeline.scheduler.step
+
+    def recording_step(prediction, timestep, sample, **kwargs):
+        output = step(prediction, timestep, sample, **kwargs)
+        if getattr(output, "pred_original_sample", None) is not None:
+            seen.append(output.pred_original_sample)
+        return output
+
+    pipeline.scheduler.step = recording_step
+    ab = pipeline.sample_ab(torch.zeros(1, 1, 16, 16), 10, [torch.Generator().manual_seed(0)])
+    assert float((ab - 1.0).abs().max()) < 0.02  # normalized ab at the edge of [-1, 1] (DDIM ends a step short)
+    assert all(float(x0.max()) <= 2.0 + 1e-3 for x0 in seen)  # never beyond ab_scale
 
 
-def test_diffusion_script_writes_ema_checkpoints_logs_and_a_pipeline(diffusion_run):
+def test_a_sampler_is_the_same_built_in_memory_and_after_loading(tmp_path):
+    ddpm = DDPMScheduler(num_train_timesteps=1000, prediction_type="sample", clip_sample=False)
+    LabColorizationPipeline(_unet(), ddpm).save_pretrained(tmp_path)
+    loaded = LabColorizationPipeline.from_pretrained(tmp_path).scheduler
+    for name in SAMPLERS:
+        in_memory, reloaded = make_sampler(name, ddpm.config), make_sampler(name, loaded.config)
+        in_memory.set_timesteps(20)
+        reloaded.set_timesteps(20)
+        assert torch.equal(in_memory.timesteps, reloaded.timesteps), name
+        assert {k: v for k, v in in_memory.config.items() if not k.startswith("_")} == \
+            {k: v for k, v in reloaded.config.items() if not k.startswith("_")}, name
+
+
+def test_diffusion_run_writes_safetensors_ema_checkpoints_logs_and_a_pipeline(diffusion_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    checkpoint = diffusion_run / "checkpoints" / "checkpoint_1"
-    ema = torch.load(checkpoint / "custom_checkpoint_1.pkl", weights_only=True)
-    assert ema["optimization_step"] == 6 and len(ema["shadow_params"]) > 0
-    events = EventAccumulator(str(diffusion_run / "logs" / "diffusion"))
+    output, _ = diffusion_run
+    checkpoint = output / "checkpoints" / "checkpoint_12"
+    assert not list(checkpoint.glob("custom_checkpoint_*")) and [p.name for p in checkpoint.glob("*.pkl")] == \
+        ["random_states_0.pkl"]
+    ema = load_file(checkpoint / "task_state.safetensors")
+    state = json.loads((checkpoint / "task_state.json").read_text())
+    assert state["ema"]["optimization_step"] == 12 and len(ema) > 0
+    events = EventAccumulator(str(output / "logs" / "diffusion"))
     events.Reload()
     scalars = set(events.Tags()["scalars"])
     assert {"train/loss", "train/lr", "train/ema_decay", "validation/psnr", "validation/ssim"} <= scalars
     assert any(tag.startswith("train/loss_t0-") for tag in scalars) and any("loss_t750" in t for t in scalars)
-    pipeline = LabColorizationPipeline.from_pretrained(diffusion_run)
+    pipeline = LabColorizationPipeline.from_pretrained(output)
     assert isinstance(pipeline.unet, LabConditionedUNet)
-    # the export holds the EMA weights
-    exported = load_file(diffusion_run / "unet" / "diffusion_pytorch_model.safetensors")
+    # the export holds the EMA weights: the checkpoint's EMA, not its trained weights
+    exported = load_file(output / "unet" / "diffusion_pytorch_model.safetensors")
     trained = load_file(checkpoint / "model.safetensors")
-    name = next(iter(exported))
+    parameters = [name for name, _ in pipeline.unet.named_parameters()]
+    name = parameters[0]
     assert not torch.equal(exported[name], trained[name])
-    colorizer = load_colorizer(str(diffusion_run), device="cpu", scheduler="dpm", num_inference_steps=5, seed=0)
+    torch.testing.assert_close(exported[name], ema["ema.0"])
+    colorizer = load_colorizer(str(output), device="cpu", scheduler="dpm", num_inference_steps=5, seed=0)
     assert colorizer.model_type == "diffusion" and colorizer.colorize(Image.new("L", (19, 11), 128)).size == (19, 11)
+    assert json.loads((output / "colorizer.json").read_text())["sampling"] == {"scheduler": "dpm",
+                                                                               "num_inference_steps": 3}
 
 
 def test_diffusion_resume_is_exact(tmp_path):
-    # noise and timesteps come from the random state, so this checks that it is restored with the EMA
+    # noise and timesteps come from the random state, so this checks that it is restored, and the EMA too
     args = TINY_DATA + TINY_DIFFUSION + ["--output_dir", tmp_path, "--max_train_steps", "6",
                                          "--checkpointing_steps", "3", "--validation_steps", "6",
-                                         "--checkpoints_total_limit", "none"]
-    accelerate_launch("train_diffusion.py", args)
+                                         "--checkpoints_total_limit", "none", "--no-initial_validation"]
+    train_in_process(DiffusionTask, args)
     weights = tmp_path / "unet" / "diffusion_pytorch_model.safetensors"
     uninterrupted = load_file(weights)
-    shutil.rmtree(tmp_path / "checkpoints" / "checkpoint_1")
+    shutil.rmtree(tmp_path / "checkpoints" / "checkpoint_6")
     weights.unlink()
-    accelerate_launch("train_diffusion.py", args + ["--resume_from_checkpoint", "latest"])
-    resumed = load_file(weights)
-    for name in uninterrupted:
-        torch.testing.assert_close(resumed[name], uninterrupted[name], rtol=1e-5, atol=1e-6, msg=name)
+    train_in_process(DiffusionTask, args + ["--resume_from_checkpoint", "latest"])
+    assert_same_weights(uninterrupted, load_file(weights))
 
 
 def test_diffusion_beats_the_gray_baseline_on_the_embedded_data(tmp_path):
     # Predicting the clean ab (sample) learns in a CPU-sized budget; seen: 16.2 dB against 14.1 dB for gray
-    # after 200 steps, sampled with DDIM (20 steps, EMA weights). With the default epsilon prediction the
-    # same budget leaves colored speckle (13.4 dB after 400 steps): it needs far longer training.
-    accelerate_launch("train_diffusion.py", ["--resolution", "32", "--embedded_num_images", "256",
-                                             "--dataloader_num_workers", "0", "--unet_preset", "small",
-                                             "--prediction_type", "sample", "--train_batch_size", "16",
-                                             "--learning_rate", "1e-3", "--lr_warmup_steps", "20",
-                                             "--max_train_steps", "200", "--validation_steps", "200",
-                                             "--validation_scheduler", "ddim", "--output_dir", tmp_path])
-    metrics = json.loads((tmp_path / "validation_metrics.json").read_text())
+    # after 200 steps, sampled with DPM-Solver (20 steps, EMA weights).
+    metrics = train_in_process(DiffusionTask, [
+        "--resolution", "32", "--embedded_num_images", "256", "--dataloader_num_workers", "0", "--unet_preset",
+        "small", "--prediction_type", "sample", "--train_batch_size", "16", "--learning_rate", "1e-3",
+        "--lr_warmup_steps", "20", "--max_train_steps", "200", "--validation_steps", "200", "--output_dir", tmp_path,
+        "--report_to", "none", "--no-initial_validation"])
     assert metrics["psnr"] > metrics["psnr_gray"] + 1.0, metrics
 
 
@@ -202,3 +264,16 @@ def test_two_processes_with_one_image_each_log_the_quartiles_without_hanging(tmp
     events.Reload()
     quartiles = [t for t in events.Tags()["scalars"] if t.startswith("train/loss_t")]
     assert quartiles and all(e.value > 0 for t in quartiles for e in events.Scalars(t))  # absent ones are not 0
+
+
+def test_colorizer_from_parts_is_what_loading_an_export_gives(diffusion_run):
+    output, _ = diffusion_run
+    loaded = load_colorizer(str(output), device="cpu", scheduler="dpm", num_inference_steps=4)
+    pipeline = LabColorizationPipeline.from_pretrained(output)
+    built = colorizer_from_parts(pipeline.unet, pipeline.scheduler.config, 32, "dpm", 4)
+    lightness = torch.rand(3, 1, 32, 32) * 2 - 1
+    assert torch.equal(loaded.predict_ab(lightness, [1, 2, 3]), built.predict_ab(lightness, [1, 2, 3]))
+    # each image's colors depend on its own seed only, not on its batch
+    # (up to float rounding, which depends on the batch size)
+    torch.testing.assert_close(loaded.predict_ab(lightness[1:2], [2]), loaded.predict_ab(lightness, [1, 2, 3])[1:2],
+                               rtol=0, atol=2e-4)

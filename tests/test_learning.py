@@ -1,8 +1,8 @@
-"""Does training learn? Short real runs of `accelerate launch train_cnn.py`, judged on the validation split."""
+"""Does the CNN learn? Short real training runs, judged on the validation split (the GAN's and the diffusion
+model's learning tests are in their own files)."""
 
-import json
-
-from conftest import TINY_CNN, accelerate_launch
+from colorization.tasks.cnn import CNNTask
+from conftest import TINY_CNN, train_in_process
 
 
 def _validation_losses(run_dir):
@@ -14,10 +14,10 @@ def _validation_losses(run_dir):
 
 
 def test_cnn_beats_the_gray_baseline_on_the_embedded_data(tmp_path):
-    accelerate_launch("train_cnn.py", ["--resolution", "32", "--embedded_num_images", "256", "--dataloader_num_workers",
-                                       "0", *TINY_CNN, "--train_batch_size", "16", "--max_train_steps", "150",
-                                       "--validation_steps", "150", "--output_dir", tmp_path])
-    metrics = json.loads((tmp_path / "validation_metrics.json").read_text())
+    metrics = train_in_process(CNNTask, ["--resolution", "32", "--embedded_num_images", "256",
+                                         "--dataloader_num_workers", "0", *TINY_CNN, "--train_batch_size", "16",
+                                         "--max_train_steps", "150", "--validation_steps", "150", "--output_dir",
+                                         tmp_path])
     # seen: 19.1 dB against 14.1 dB for gray after 150 steps
     assert metrics["psnr"] > metrics["psnr_gray"] + 2.0, metrics
     losses = _validation_losses(tmp_path)
@@ -25,9 +25,9 @@ def test_cnn_beats_the_gray_baseline_on_the_embedded_data(tmp_path):
 
 
 def test_cnn_validation_loss_falls_on_real_cats(tmp_path, afhq_dir):
-    accelerate_launch("train_cnn.py", ["--train_data_dir", afhq_dir, "--resolution", "32", *TINY_CNN,
-                                       "--train_batch_size", "32", "--max_train_steps", "160", "--validation_steps",
-                                       "80", "--max_validation_samples", "128", "--output_dir", tmp_path])
+    train_in_process(CNNTask, ["--train_data_dir", afhq_dir, "--resolution", "32", *TINY_CNN, "--train_batch_size",
+                               "32", "--max_train_steps", "160", "--validation_steps", "80", "--validation_images",
+                               "128", "--output_dir", tmp_path])
     losses = _validation_losses(tmp_path)
     # Cats have little color, so an untrained model (ab ~ 0) already starts near the gray baseline;
     # seen: 0.0077 -> 0.0068 after 150 steps (-12%), 0.0065 after 300.

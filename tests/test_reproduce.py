@@ -5,14 +5,15 @@ import json
 import os
 import sys
 
-from colorization.evaluation import GRAY, TRUTH
+from colorization.evaluation import GRAY, MEAN_AB, TRUTH
 from conftest import run_command
 
 # A few steps per model on a small slice of the embedded data, at 32 px.
+# The GAN chooses its step on 4 held-out images, which the evaluation then leaves out for every row.
 TINY = ["--embedded", "--no-pretrained", "--resolution", "32", "--max_train_steps", "3", "--train_batch_size", "8",
-        "--samplers", "dpm:2,ddim:2", "--data_args", "--embedded_num_images 128 --dataloader_num_workers 0",
-        "--gan_args", "--base_channels 8",
-        "--diffusion_args", "--validation_inference_steps 2 --max_validation_samples 4"]
+        "--samplers", "dpm:2,ddim:2", "--num_samples", "2", "--slow_samplers", "ddpm:3", "--slow_sampler_images", "6",
+        "--data_args", "--embedded_num_images 128 --dataloader_num_workers 0",
+        "--gan_args", "--base_channels 8 --validation_images 4", "--diffusion_args", "--validation_images 4"]
 MODEL_ROWS = {"CNN", "GAN", "Diffusion (DPM-2)", "Diffusion (DDIM-2)"}
 
 
@@ -36,8 +37,10 @@ def test_reproduce_writes_one_consistent_comparison_and_skips_finished_models(tm
     with open(evaluation / "results.json") as handle:
         results = json.load(handle)
     summary, settings = results["summary"], results["settings"]
-    assert set(summary) == MODEL_ROWS | {GRAY, TRUTH}  # every model, nothing missing
-    assert settings["resolution"] == 32 and settings["split"] == "validation"
+    assert set(summary) == MODEL_ROWS | {MEAN_AB, GRAY, TRUTH, "samples"}  # every model, nothing missing
+    assert settings["resolution"] == 32 and settings["split"] == "validation" and settings["num_images"] == 13 - 4
+    assert any("GAN's exported step was chosen" in note for note in settings["notes"])
+    assert "samples" in summary and "psnr_mean" in summary["samples"]["Diffusion (DPM-2)"]
 
     # the same budget for every model, and its costs recorded next to the quality
     for row in MODEL_ROWS:
@@ -51,14 +54,19 @@ def test_reproduce_writes_one_consistent_comparison_and_skips_finished_models(tm
     with open(evaluation / "per_image.csv") as handle:
         rows = list(csv.DictReader(handle))
     images = {r["image_index"] for r in rows}
-    for row in MODEL_ROWS | {GRAY}:  # every row measured on the same held-out images
+    for row in MODEL_ROWS | {MEAN_AB, GRAY}:  # every row measured on the same held-out images
         assert {r["image_index"] for r in rows if r["model"] == row} == images
 
     # what was run, and the TensorBoard logs of each model
     commands = _commands(out)
-    assert len(commands) == 4
-    for script in ("train_cnn.py", "train_gan.py", "train_diffusion.py", "evaluate.py"):
+    assert len(commands) == 5
+    for script in ("train_cnn.py", "train_gan.py", "train_diffusion.py"):
         assert sum(script in c for c in commands) == 1
+    assert sum("evaluate.py" in c for c in commands) == 2  # the table, and the slow samplers' on 6 images
+    diffusion = next(c for c in commands if "train_diffusion.py" in c)
+    assert "--validation_sampler dpm --validation_inference_steps 2" in diffusion  # the table's first sampler
+    slow = json.loads((out / "evaluation_slow" / "results.json").read_text())["settings"]
+    assert "DDPM-3" in str(slow["sampling"]) and slow["evaluation"]["max_images"] == 6
     for model in ("cnn", "gan", "diffusion"):
         logs = out / "models" / model / "logs"
         assert any(name.startswith("events.out.tfevents") for _, _, files in os.walk(logs) for name in files), model
@@ -70,7 +78,7 @@ def test_reproduce_writes_one_consistent_comparison_and_skips_finished_models(tm
     exported = {m: (out / "models" / m / "colorizer.json").stat().st_mtime_ns for m in ("cnn", "gan", "diffusion")}
     table = (evaluation / "table.md").read_text()
     second = reproduce(out)
-    for step in ("cnn", "gan", "diffusion", "evaluation"):
+    for step in ("cnn", "gan", "diffusion", "evaluation", "evaluation_slow"):
         assert f"{step}: finished earlier, skipped" in second.stdout
     assert _commands(out) == commands  # nothing was run again
     assert {m: (out / "models" / m / "colorizer.json").stat().st_mtime_ns for m in exported} == exported
@@ -85,7 +93,8 @@ def test_reproduce_writes_one_consistent_comparison_and_skips_finished_models(tm
 def test_a_failing_model_run_fails_the_whole_command_and_a_fixed_rerun_continues(tmp_path):
     out = tmp_path / "results"
     # a learning rate of 1e30 makes the GAN's loss NaN at once: the training run stops with its one-line error
-    broken = reproduce(out, "--models", "cnn,gan", "--gan_args", "--base_channels 8 --learning_rate 1e30", check=False)
+    broken = reproduce(out, "--models", "cnn,gan", "--gan_args", "--base_channels 8 --validation_images 4 --learning_rate 1e30",
+                       check=False)
     assert broken.returncode == 1
     assert "error: the gan run failed (exit 1)" in broken.stderr
     assert "loss became nan" in broken.stderr  # the training run's own one-line reason
@@ -104,4 +113,4 @@ def test_a_failing_model_run_fails_the_whole_command_and_a_fixed_rerun_continues
         steps = json.load(handle)["steps"]
     assert steps["gan"]["status"] == "finished" and steps["gan"]["attempts"] == 1
     with open(out / "evaluation" / "results.json") as handle:
-        assert set(json.load(handle)["summary"]) == {"CNN", "GAN", GRAY, TRUTH}
+        assert set(json.load(handle)["summary"]) == {"CNN", "GAN", MEAN_AB, GRAY, TRUTH}

@@ -1,53 +1,51 @@
-"""The real entry point, `accelerate launch train_cnn.py`, on tiny settings: what it writes and how it resumes."""
+"""The training harness through the real entry points: what a run writes, exact resume on one and two
+processes, checkpoints that survive a kill, refused mix-ups of runs, precision bookkeeping, user errors."""
 
 import json
-import sys
+import math
 import shutil
+import sys
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from colorization import load_colorizer
+from colorization import color, load_colorizer
 from colorization.data import DataConfig
 from colorization.errors import ColorizationError
-from colorization.models.cnn import CNNTask
-from colorization.training import NonFiniteLossError, Trainer, TrainConfig
-from conftest import TINY_CNN, TINY_DATA, accelerate_launch, run_command
+from colorization.tasks.cnn import CNNConfig, CNNTask
+from colorization.tasks.gan import GANConfig, GANTask
+from colorization.training import NonFiniteLossError, Trainer, TrainConfig, constant_then_linear, parse_args
+from conftest import (TINY_CNN, TINY_DATA, TINY_GAN, accelerate_launch, assert_same_weights, run_command,
+                      train_in_process)
 
 
-@pytest.fixture(scope="module")
-def short_run(tmp_path_factory):
-    output = tmp_path_factory.mktemp("cnn_run")
-    result = accelerate_launch("train_cnn.py", TINY_DATA + TINY_CNN + [
-        "--output_dir", output, "--max_train_steps", "12", "--checkpointing_steps", "4", "--validation_steps", "6",
-        "--logging_steps", "2", "--checkpoints_total_limit", "2"])
-    return output, result
-
-
-def test_writes_pruned_resumable_checkpoints(short_run):
-    output, _ = short_run
-    checkpoints = sorted((output / "checkpoints").iterdir())
-    assert [c.name for c in checkpoints] == ["checkpoint_1", "checkpoint_2"]  # steps 8 and 12; step 4 pruned
+def test_writes_complete_pruned_checkpoints_without_pickled_state(cnn_run):
+    output, _ = cnn_run
+    checkpoints = sorted((output / "checkpoints").iterdir(), key=lambda p: int(p.name.split("_")[-1]))
+    assert [c.name for c in checkpoints] == ["checkpoint_8", "checkpoint_12"]  # named by step; step 4 pruned
     for checkpoint in checkpoints:
         names = {p.name for p in checkpoint.iterdir()}
-        assert {"model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl", "run_config.json"} <= names
-    assert json.loads((checkpoints[-1] / "run_config.json").read_text())["global_step"] == 12
+        assert {"model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl", "run_config.json",
+                "training_progress.json", "data_statistics.safetensors", "checkpoint_complete.json"} <= names
+        assert [n for n in names if n.endswith(".pkl")] == ["random_states_0.pkl"]  # accelerate's RNG states only
+    progress = json.loads((checkpoints[-1] / "training_progress.json").read_text())
+    assert progress["global_step"] == 12 and progress["images_seen"] == 12 * 8
     config = json.loads((output / "run_config.json").read_text())
     assert config["model_type"] == "cnn" and config["data"]["resolution"] == 32
 
 
-def test_tensorboard_has_training_and_validation_tags(short_run):
+def test_tensorboard_has_training_and_validation_tags(cnn_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    output, _ = short_run
+    output, _ = cnn_run
     events = EventAccumulator(str(output / "logs" / "cnn"), size_guidance={"images": 0})
     events.Reload()
     scalars = set(events.Tags()["scalars"])
     assert {"train/loss", "train/lr", "train/grad_norm", "train/images_per_second", "validation/loss",
-            "validation/psnr", "validation/ssim", "validation/psnr_gray", "validation/ssim_gray"} <= scalars
+            "validation/psnr", "validation/ssim", "validation/colorfulness", "validation/psnr_gray",
+            "validation/ssim_gray", "validation/colorfulness_truth"} <= scalars
     assert [e.step for e in events.Scalars("train/loss")] == [2, 4, 6, 8, 10, 12]
     assert [e.step for e in events.Scalars("validation/psnr")] == [0, 6, 12]
     assert "validation/gray_prediction_truth" in events.Tags()["images"]
@@ -55,24 +53,27 @@ def test_tensorboard_has_training_and_validation_tags(short_run):
     assert lrs[0] > lrs[-1]  # cosine schedule decays
 
 
-def test_exported_model_loads_and_keeps_input_size_and_lightness(short_run):
-    output, result = short_run
+def test_exported_model_loads_and_keeps_input_size_and_lightness(cnn_run):
+    output, result = cnn_run
     assert "gray (ab = 0)" in result.stdout and "PSNR" in result.stdout
     colorizer = load_colorizer(str(output), device="cpu")
     assert colorizer.model_type == "cnn" and colorizer.resolution == 32
     # mid-tones: near black or white, chroma can fall outside sRGB and clipping then moves L (gamut limit)
+    import numpy as np
+
     photo = Image.fromarray(np.random.default_rng(0).integers(70, 190, (31, 45, 3), dtype=np.uint8))
     colored = colorizer.colorize(photo)
     assert isinstance(colored, Image.Image) and colored.size == (45, 31)
-    from colorization.color import rgb_to_lab
     from torchvision.transforms.functional import pil_to_tensor
 
-    lightness = lambda im: rgb_to_lab(pil_to_tensor(im)[None].float() / 255)[:, 0]  # noqa: E731
+    lightness = lambda im: color.rgb_to_lab(pil_to_tensor(im)[None].float() / 255)[:, 0]  # noqa: E731
     assert (lightness(colored) - lightness(photo)).abs().max() < 1.0  # L kept up to 8-bit rounding
     several = colorizer.colorize([photo, photo.resize((20, 64))], batch_size=2)
     assert [im.size for im in several] == [(45, 31), (20, 64)]
     metrics = json.loads((output / "validation_metrics.json").read_text())
     assert metrics["step"] == 12 and metrics["num_images"] == 26
+    assert (output / "mean_ab.safetensors").is_file() and (output / "training_images.json").is_file()
+    assert len(json.loads((output / "training_images.json").read_text())["images"]) == 230
 
 
 def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path):
@@ -80,20 +81,150 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path):
     # cut at step 4 (mid-epoch) and resumed to step 18 (across an epoch boundary), with 2 data workers.
     args = ["--resolution", "32", "--embedded_num_images", "256", "--dataloader_num_workers", "2", *TINY_CNN,
             "--output_dir", tmp_path, "--max_train_steps", "18", "--gradient_accumulation_steps", "2",
-            "--checkpointing_steps", "4", "--validation_steps", "6", "--checkpoints_total_limit", "none"]
+            "--checkpointing_steps", "4", "--validation_steps", "9", "--checkpoints_total_limit", "none"]
     accelerate_launch("train_cnn.py", args)
     uninterrupted = load_file(tmp_path / "model.safetensors")
     for checkpoint in (tmp_path / "checkpoints").iterdir():
-        if checkpoint.name != "checkpoint_0":
+        if checkpoint.name != "checkpoint_4":
             shutil.rmtree(checkpoint)
     (tmp_path / "model.safetensors").unlink()
     result = accelerate_launch("train_cnn.py", args + ["--resume_from_checkpoint", "latest"])
     assert "resumed from" in result.stdout + result.stderr
-    resumed = load_file(tmp_path / "model.safetensors")
-    assert resumed.keys() == uninterrupted.keys()
-    for name in uninterrupted:
-        torch.testing.assert_close(resumed[name], uninterrupted[name], rtol=1e-5, atol=1e-6, msg=name)
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir())[-1] == "checkpoint_4"  # numbering goes on
+    assert_same_weights(uninterrupted, load_file(tmp_path / "model.safetensors"))
+
+
+@pytest.mark.parametrize("script, model_args, weights", [
+    ("train_cnn.py", TINY_CNN, "model.safetensors"),
+    ("train_gan.py", TINY_GAN, "checkpoints/checkpoint_22/model_1.safetensors"),  # the discriminator
+])
+def test_two_process_resume_is_exact(tmp_path, script, model_args, weights):
+    # Two processes of 8 images: 14 steps per epoch. Resumed from step 18 (mid-epoch, after the epoch boundary
+    # at 14), the data order and flips must be epoch 1's, not epoch 0's (accelerate's set_epoch misses the
+    # sampler after skip_first_batches on several processes). The GAN checks both networks and optimizers.
+    args = TINY_DATA + model_args + ["--output_dir", tmp_path, "--max_train_steps", "22", "--checkpointing_steps", "6",
+                                     "--validation_steps", "22", "--no-initial_validation",
+                                     "--checkpoints_total_limit", "none", "--model_selection", "last"]
+    accelerate_launch(script, args, num_processes=2)
+    files = ["model.safetensors", weights]
+    uninterrupted = [load_file(tmp_path / f) for f in files]
+    shutil.rmtree(tmp_path / "checkpoints" / "checkpoint_22")
+    (tmp_path / "model.safetensors").unlink()
+    accelerate_launch(script, args + ["--resume_from_checkpoint", "latest"], num_processes=2)
+    for before, name in zip(uninterrupted, files):
+        assert_same_weights(before, load_file(tmp_path / name))
+
+
+def test_a_kill_during_a_save_keeps_a_complete_checkpoint_and_resume_skips_the_partial_one(tmp_path):
+    args = [*TINY_DATA, *TINY_CNN, "--max_train_steps", "12", "--checkpointing_steps", "4", "--validation_steps", "12",
+            "--no-initial_validation", "--checkpoints_total_limit", "1"]
+    train_in_process(CNNTask, args + ["--output_dir", tmp_path / "reference"])
+    killed = run_command([sys.executable, "tests/kill_during_save.py", "cnn", "--kill_at_step", "8", *args,
+                          "--output_dir", tmp_path / "run"], check=False)
+    assert killed.returncode == -9  # SIGKILL
+    checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert checkpoints == ["checkpoint_4", "checkpoint_8"]  # the complete one survives the limit of 1
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint_4" / "checkpoint_complete.json").is_file()
+    assert not (tmp_path / "run" / "checkpoints" / "checkpoint_8" / "checkpoint_complete.json").exists()
+    result = accelerate_launch("train_cnn.py", args + ["--output_dir", tmp_path / "run", "--resume_from_checkpoint",
+                                                       "latest"])
+    assert "skipping" in result.stdout and "checkpoint_8: incomplete" in result.stdout
+    assert "resumed from" in result.stdout and "checkpoint_4 at step 4" in result.stdout
+    assert_same_weights(load_file(tmp_path / "reference" / "model.safetensors"),
+                        load_file(tmp_path / "run" / "model.safetensors"))
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["checkpoint_12"]
+
+
+def test_a_new_run_into_a_used_folder_is_refused_and_overwrite_starts_over(tmp_path):
+    args = [*TINY_DATA, *TINY_CNN, "--output_dir", tmp_path, "--max_train_steps", "2", "--validation_steps", "2",
+            "--checkpointing_steps", "1"]
+    train_in_process(CNNTask, args)
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    event_files = len(list((tmp_path / "logs").rglob("events.out.tfevents*")))  # a run's curves and settings
+    result = run_command([sys.executable, "train_cnn.py", *args], check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "holds an earlier run" in result.stderr and "--overwrite_output_dir" in result.stderr
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before  # nothing deleted or added
+    train_in_process(CNNTask, args + ["--overwrite_output_dir", "--max_train_steps", "3", "--checkpointing_steps", "3"])
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint_3"]
+    assert len(list((tmp_path / "logs").rglob("events.out.tfevents*"))) == event_files  # the old run's are gone
+
+
+def test_resume_with_a_changed_batch_size_is_refused_unless_allowed(tmp_path):
+    args = [*TINY_DATA, *TINY_CNN, "--output_dir", tmp_path, "--max_train_steps", "4", "--checkpointing_steps", "2",
+            "--validation_steps", "4", "--no-initial_validation", "--resume_from_checkpoint", "latest"]
+    train_in_process(CNNTask, args + ["--max_train_steps", "2"])
+    with pytest.raises(ColorizationError, match="--max_train_steps: 2 -> 4") as error:
+        train_in_process(CNNTask, args + ["--train_batch_size", "4"])
+    assert "--train_batch_size: 8 -> 4" in str(error.value) and "--allow_changed_settings" in str(error.value)
+    # settings that cannot change the weights may change; others only with the override, which is recorded
+    train_in_process(CNNTask, args + ["--logging_steps", "1", "--allow_changed_settings"])
+    recorded = json.loads((tmp_path / "run_config.json").read_text())["changed_settings"]
+    assert recorded == ["at step 2: --max_train_steps: 2 -> 4"]
+
+
+def test_fp16_bookkeeping_unscales_each_optimizer_once(tmp_path):
+    # The GAN's two optimizers with gradient accumulation: with a (power-of-two) loss scale, scaling and
+    # unscaling are exact, so the weights must equal an unscaled run's. Unscaling the generator's half-accumulated
+    # gradients in the discriminator's step (one shared scaler, accelerate's clip_grad_norm_) breaks this.
+    def two_steps(scaled: bool):
+        torch.manual_seed(0)
+        task = GANTask(GANConfig(base_channels=8, lambda_perceptual=0.0, content_fraction=0.0,
+                                 discriminator_warmup_fraction=0.0), 32)
+        trainer = Trainer(task, TrainConfig(output_dir=str(tmp_path), report_to="none", gradient_accumulation_steps=2,
+                                            max_grad_norm=1.0), DataConfig(resolution=32))
+        if scaled:
+            trainer.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+        trainer._prepare_models(max_steps=4)
+        assert (len(trainer.scalers) == 2) == scaled
+        rgb = torch.rand(4, 4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+        for batch in rgb:
+            lightness, ab = color.rgb_to_normalized_lab(batch)
+            with trainer.accelerator.accumulate(*task.models.values()):
+                task.training_step(trainer, lightness, ab)
+        weights = {n: {k: v.clone() for k, v in task.unwrapped(n).state_dict().items()} for n in task.models}
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+        return weights
+
+    plain, scaled = two_steps(False), two_steps(True)
+    for name in plain:
+        assert_same_weights(plain[name], scaled[name])
+
+
+def test_pix2pix_schedule_is_constant_then_linear_to_zero():
+    factor = constant_then_linear(0, 100)
+    assert [factor(s) for s in (0, 49, 50, 75, 100)] == [1.0, 1.0, 1.0, 0.5, 0.0]
+    assert constant_then_linear(10, 100)(4) == pytest.approx(0.5)
+
+
+def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
+    train_in_process(CNNTask, [*TINY_DATA, *TINY_CNN, "--output_dir", tmp_path, "--max_train_steps", "4",
+                               "--mixed_precision", "bf16", "--validation_steps", "4", "--no-initial_validation"])
+    assert json.loads((tmp_path / "run_config.json").read_text())["mixed_precision"] == "bf16"
+    weights = load_file(tmp_path / "model.safetensors")
+    floats = [t for t in weights.values() if t.is_floating_point()]
+    assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in floats)
+
+
+def test_channels_last_computes_the_same_step_and_trains(tmp_path):
+    from colorization.models.cnn import ResNetColorizer
+
+    torch.manual_seed(0)
+    plain = ResNetColorizer()
+    fast = ResNetColorizer().to(memory_format=torch.channels_last)
+    fast.load_state_dict(plain.state_dict())
+    lightness = torch.rand(4, 1, 32, 32) * 2 - 1
+    outputs = [model(x) for model, x in ((plain, lightness), (fast, lightness.contiguous(memory_format=torch.channels_last)))]
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-5)
+    for output in outputs:
+        output.pow(2).mean().backward()
+    for (name, first), second in zip(plain.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(second.grad, first.grad, rtol=1e-3, atol=1e-5, msg=name)
+    metrics = train_in_process(CNNTask, [*TINY_DATA, *TINY_CNN, "--max_train_steps", "3", "--validation_steps", "3",
+                                         "--no-initial_validation", "--output_dir", tmp_path, "--channels_last"])
+    assert math.isfinite(metrics["psnr"])
 
 
 def test_two_cpu_processes_shard_the_data_and_keep_identical_weights(tmp_path):
@@ -117,15 +248,6 @@ def test_two_unconnected_processes_are_refused():
     assert "Traceback" not in result.stderr.split("not connected")[0].splitlines()[-1]
 
 
-def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
-    accelerate_launch("train_cnn.py", TINY_DATA + TINY_CNN + [
-        "--output_dir", tmp_path, "--max_train_steps", "4", "--mixed_precision", "bf16", "--validation_steps", "4"])
-    assert json.loads((tmp_path / "run_config.json").read_text())["mixed_precision"] == "bf16"
-    weights = load_file(tmp_path / "model.safetensors")
-    floats = [t for t in weights.values() if t.is_floating_point()]
-    assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in floats)
-
-
 class _DivergingCNN(CNNTask):
     """The CNN whose loss turns to NaN at step 3."""
 
@@ -137,17 +259,16 @@ class _DivergingCNN(CNNTask):
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
-    from colorization.models.cnn import CNNConfig
-
     train = TrainConfig(output_dir=str(tmp_path), max_train_steps=10, checkpointing_steps=2, train_batch_size=8,
                         validation_steps=100, initial_validation=False, report_to="none")
     data = DataConfig(resolution=32, embedded_num_images=256, dataloader_num_workers=0)
     trainer = Trainer(_DivergingCNN(CNNConfig(pretrained_backbone=False), 32), train, data)
     with pytest.raises(NonFiniteLossError, match="step 3") as error:
         trainer.train()
-    assert "checkpoint_0" in str(error.value)
-    kept = load_file(tmp_path / "checkpoints" / "checkpoint_0" / "model.safetensors")
+    assert "checkpoint_2" in str(error.value)
+    kept = load_file(tmp_path / "checkpoints" / "checkpoint_2" / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in kept.values())
+    assert not (tmp_path / "checkpoints" / "checkpoint_4").exists()  # no NaN weights saved
     assert not (tmp_path / "model.safetensors").exists()  # nothing half-trained was exported
 
 
@@ -160,14 +281,27 @@ def test_user_errors_are_one_line_not_a_traceback(tmp_path):
     assert result.returncode == 1 and "is not a folder" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_load_colorizer_rejects_what_is_not_a_model(tmp_path, short_run):
+def test_help_prints_each_default_once_and_flag_defaults_are_checked(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(CNNTask, ["--help"])
+    text = capsys.readouterr().out
+    assert "(default: None) (default: None)" not in text and text.count("(default: 0.001)") == 1
+
+    class Misspelled(CNNTask):
+        flag_defaults = {"learning_rat": 1e-3}
+
+    with pytest.raises(TypeError, match="learning_rat"):
+        parse_args(Misspelled, [])
+
+
+def test_load_colorizer_rejects_what_is_not_a_model(tmp_path, cnn_run):
     with pytest.raises(ColorizationError, match="does not exist"):
         load_colorizer(str(tmp_path / "missing"))
     with pytest.raises(ColorizationError, match="not an exported colorization model"):
         load_colorizer(str(tmp_path))
-    output, _ = short_run
+    output, _ = cnn_run
     with pytest.raises(ColorizationError, match="training checkpoint"):
-        load_colorizer(str(output / "checkpoints" / "checkpoint_2"))
+        load_colorizer(str(output / "checkpoints" / "checkpoint_12"))
     newer = tmp_path / "newer"
     shutil.copytree(output, newer, ignore=shutil.ignore_patterns("checkpoints", "logs"))
     config = json.loads((newer / "colorizer.json").read_text())

@@ -1,17 +1,4 @@
-"""The model families: their training tasks, and how each exported model type is loaded."""
+"""The inference halves of the model families: networks, how an export is loaded, and their colorizers.
 
-from colorization.inference import load_feed_forward_colorizer
-from colorization.models import cnn, diffusion, gan
-
-TRAINING_TASKS = {task.model_type: task for task in (cnn.CNNTask, gan.GANTask, diffusion.DiffusionTask)}
-
-def _one_pass(build):
-    def load(path, config, device, **sampling):  # sampling options do not apply to one-pass models
-        return load_feed_forward_colorizer(path, config, device, build)
-    return load
-
-COLORIZER_LOADERS = {
-    cnn.CNNTask.model_type: _one_pass(cnn.build_exported),
-    gan.GANTask.model_type: _one_pass(gan.build_exported),
-    diffusion.DiffusionTask.model_type: diffusion.load_diffusion_colorizer,
-}
+Nothing here imports training code; the training halves are in :mod:`colorization.tasks`.
+"""

@@ -1,4 +1,4 @@
-"""The CNN: an ImageNet ResNet-18 trunk on one input channel and an upsampling head predicting ab.
+"""The CNN's inference half: an ImageNet ResNet-18 trunk on one input channel and an upsampling head.
 
 As in the report this project reproduces: the first six children of ResNet-18 (conv1 with its ImageNet
 weights summed over the RGB input channels, bn1, relu, maxpool, layer1, layer2: 128 channels at 1/8 of
@@ -8,24 +8,12 @@ the input size, ending in a 2-channel convolution (no activation): the normalize
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from colorization.config import field
-from colorization.errors import ColorizationError
+from colorization.colorizer import Colorizer, load_feed_forward_colorizer
 from colorization.pretrained import load_pretrained
-from colorization.training import TrainConfig, TrainingTask
-
-
-@dataclass
-class CNNConfig:
-    pretrained_backbone: bool = field(True, "Start the ResNet-18 trunk from ImageNet weights "
-                                            "(--no-pretrained_backbone trains from scratch, no download).")
-    loss: str = field("mse", "Loss on the normalized ab.", choices=("mse", "l1"))
-
 
 def _conv_block(in_channels: int, out_channels: int) -> list[nn.Module]:
     return [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
@@ -49,7 +37,10 @@ class ResNetColorizer(nn.Module):
 
         resnet = load_imagenet_resnet18() if pretrained_backbone else resnet18(weights=None)
         gray_conv = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        with torch.no_grad():  # a gray pixel is R = G = B, so the summed filter sees what the RGB one saw
+        # The first convolution takes the normalized L (L / 50 - 1) alone. Starting from ImageNet weights, the
+        # RGB filter summed over its input channels is what it applied to a gray pixel (R = G = B); the input
+        # scale differs from ImageNet's normalisation, which the following batch norm absorbs.
+        with torch.no_grad():
             gray_conv.weight.copy_(resnet.conv1.weight.sum(dim=1, keepdim=True))
         resnet.conv1 = gray_conv
         self.trunk = nn.Sequential(*list(resnet.children())[:6])
@@ -64,47 +55,16 @@ class ResNetColorizer(nn.Module):
         # The report's last x2 is nearest; bilinear avoids 2x2 blocks of identical color at the same cost.
         return F.interpolate(ab, size=lightness.shape[-2:], mode="bilinear", align_corners=False)
 
-    predict_ab = forward  # the interface of exported networks (see inference.FeedForwardColorizer)
-
-
-class CNNTask(TrainingTask):
-    model_type = "cnn"
-    config_class = CNNConfig
-    flag_defaults = {"learning_rate": 1e-3}  # the report's Adam learning rate
-
-    def check_resolution(self, resolution: int) -> None:
-        if resolution < 32 or resolution % 8:
-            raise ColorizationError(f"the CNN needs --resolution to be a multiple of 8 and at least 32, got {resolution}")
-
-    def build(self, train_config: TrainConfig) -> None:
-        model = ResNetColorizer(pretrained_backbone=self.config.pretrained_backbone)
-        self.models = {"model": model}
-        self.optimizers = {"model": make_adam(model.parameters(), train_config)}
-
-    def _loss(self, predicted: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        loss = F.mse_loss if self.config.loss == "mse" else F.l1_loss
-        return loss(predicted.float(), target, reduction=reduction)
-
-    def training_step(self, trainer, lightness, ab):
-        loss = self._loss(self.models["model"](lightness), ab)
-        trainer.optimize("model", loss)
-        return {"loss": loss.detach()}
-
-    def predict_ab(self, lightness, generator):
-        return self.unwrapped("model").predict_ab(lightness)
-
-    def validation_losses(self, lightness, ab, predicted_ab):
-        return {"loss": self._loss(predicted_ab, ab, reduction="none").mean(dim=(1, 2, 3))}
-
-    def architecture(self) -> dict:
-        return {}
+    def predict_ab(self, lightness: torch.Tensor) -> torch.Tensor:
+        """The interface of one-pass networks (see colorizer.FeedForwardColorizer)."""
+        return self(lightness)
 
 
 def build_exported(**architecture) -> nn.Module:
+    """The network of an export, untrained (the weights are loaded next)."""
     return ResNetColorizer(pretrained_backbone=False, **architecture)
 
 
-def make_adam(parameters, config: TrainConfig) -> torch.optim.Optimizer:
-    optimizer = torch.optim.AdamW if config.adam_weight_decay else torch.optim.Adam
-    return optimizer(parameters, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
-                     weight_decay=config.adam_weight_decay)
+def load_colorizer(path: str, config: dict, device: torch.device, **sampling) -> Colorizer:
+    """An exported CNN -> its colorizer (one pass: ``sampling`` options do not apply)."""
+    return load_feed_forward_colorizer(path, config, device, build_exported)

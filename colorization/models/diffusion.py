@@ -1,36 +1,35 @@
-"""The diffusion model: a Lab-conditioned UNet driven by diffusers' schedulers.
+"""The diffusion model's inference half: a Lab-conditioned UNet, its pipeline, and its colorizer.
 
-The denoiser sees the noisy normalized ab (2 channels) concatenated with the clean normalized L (1
-channel) and the timestep, and predicts the noise (or v). diffusers does the schedule, the forward
-process (``add_noise``), the sampling steps and the EMA of the weights; nothing here re-derives them.
-Sampling starts from noise ab and denoises conditioned on L at every step; the result is joined with L.
+The denoiser sees the noisy ab (2 channels, normalized ab times ``ab_scale``) concatenated with the clean
+normalized L (1 channel) and the timestep, and predicts the noise, v or the clean ab (its config's
+``prediction_type`` lives in the scheduler). diffusers does the schedule and the sampling steps; sampling
+starts from noise ab and denoises conditioned on L at every step; the result is joined with the input's L.
+
+Every sampler is built by :func:`make_sampler` from the training schedule's config, with the same explicit
+settings wherever it is built (validation in memory, or after loading an export), and every sampler clips
+its estimate of the clean ab the same way (:meth:`LabColorizationPipeline.sample_ab`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import inspect
 import math
-from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from diffusers import (ConfigMixin, DDIMScheduler, DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler,
                        ModelMixin, UNet2DModel)
 from diffusers.configuration_utils import register_to_config
-from diffusers.training_utils import EMAModel
 from diffusers.utils.torch_utils import randn_tensor
 
-from colorization import color
-from colorization.config import field
+from colorization.colorizer import Colorizer
 from colorization.errors import ColorizationError
-from colorization.inference import Colorizer, save_export_config
-from colorization.models.cnn import make_adam
-from colorization.training import TrainConfig, TrainingTask
 
 NUM_TRAIN_TIMESTEPS = 1000
-SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}
+SAMPLERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}
+DEFAULT_SAMPLER = ("dpm", 20)  # validation, evaluate.py and colorize, unless told otherwise
+# DDIM and DPM-Solver start at the last training timestep ("trailing", Lin et al. 2024): with "leading" a
+# 20-step sampler starts at t = 950 from pure noise, a noisier input than any the model saw at that step.
+TIMESTEP_SPACING = "trailing"
 # widths, layers per block, indices of the levels with self-attention
 PRESETS = {
     "small": ((32, 64, 64, 128), 1, ()),                  # ~3M parameters: 64x64 on a CPU
@@ -38,41 +37,14 @@ PRESETS = {
 }
 
 
-def _parse_ints(text: Optional[str]) -> Optional[tuple]:
-    if text is None:
-        return None
-    return tuple(int(part) for part in text.split(",") if part.strip() != "")
-
-
-@dataclass
-class DiffusionConfig:
-    unet_preset: str = field("base", "UNet size: small (~3M parameters, for 64x64 CPU runs) or base (~71M, for "
-                                     "256x256).", choices=tuple(PRESETS))
-    block_out_channels: Optional[str] = field(None, "Override the preset's widths, e.g. 32,64,64,128.")
-    layers_per_block: Optional[int] = field(None, "Override the preset's ResNet layers per level.")
-    attention_levels: Optional[str] = field(None, "Override the preset's attention levels (indices, e.g. 2,3; "
-                                                  "empty string: none).")
-    prediction_type: str = field("epsilon", "What the UNet predicts: the noise, v, or the clean ab (sample).",
-                                 choices=("epsilon", "v_prediction", "sample"))
-    beta_schedule: str = field("linear", "Noise schedule of DDPMScheduler (1000 steps).",
-                               choices=("linear", "scaled_linear", "squaredcos_cap_v2"))
-    use_ema: bool = field(True, "Keep an EMA of the weights (diffusers' EMAModel) for validation and export.")
-    ema_max_decay: float = field(0.9999, "Largest EMA decay (EMA warm-up ramps up to it).")
-    ab_scale: Optional[float] = field(None, "The UNet diffuses ab x this factor, so the data has about unit "
-                                            "variance like the noise; none: 1 / std of ab over the first 256 "
-                                            "training images (stored in the model).")
-    validation_scheduler: str = field("ddim", "Sampler for validation images.", choices=tuple(SCHEDULERS))
-    validation_inference_steps: int = field(20, "Sampling steps for validation images.")
-
-
 class LabConditionedUNet(ModelMixin, ConfigMixin):
-    """(noisy normalized ab (N, 2, H, W), timestep, normalized L (N, 1, H, W)) -> noise or v (N, 2, H, W)."""
+    """(noisy ab (N, 2, H, W), timestep, normalized L (N, 1, H, W)) -> the prediction (N, 2, H, W)."""
 
     @register_to_config
     def __init__(self, sample_size: int = 256, block_out_channels: Sequence[int] = PRESETS["base"][0],
                  layers_per_block: int = PRESETS["base"][1], attention_levels: Sequence[int] = PRESETS["base"][2],
                  ab_scale: float = 1.0):
-        # ab_scale: the model works on x = normalized ab * ab_scale (see DiffusionConfig.ab_scale)
+        # ab_scale: the model works on x = normalized ab * ab_scale, about unit variance like the noise
         super().__init__()
         levels = len(block_out_channels)
         if any(not 0 <= level < levels for level in attention_levels):
@@ -86,90 +58,140 @@ class LabConditionedUNet(ModelMixin, ConfigMixin):
                                 norm_num_groups=math.gcd(32, *block_out_channels))
 
     def forward(self, noisy_ab: torch.Tensor, timestep, lightness: torch.Tensor) -> torch.Tensor:
-        return self.unet(torch.cat((noisy_ab, lightness), dim=1), timestep).sample
+        return self.unet(torch.cat((noisy_ab, lightness.to(noisy_ab.dtype)), dim=1), timestep).sample
 
 
-def make_unet(config: DiffusionConfig, resolution: int, ab_scale: float = 1.0) -> LabConditionedUNet:
-    widths, layers, attention = PRESETS[config.unet_preset]
-    widths = _parse_ints(config.block_out_channels) or widths
-    attention = _parse_ints(config.attention_levels) if config.attention_levels is not None else attention
-    layers = config.layers_per_block or layers
+def build_unet(resolution: int, preset: str = "base", block_out_channels: Optional[Sequence[int]] = None,
+               layers_per_block: Optional[int] = None, attention_levels: Optional[Sequence[int]] = None,
+               ab_scale: float = 1.0) -> LabConditionedUNet:
+    """A UNet of ``preset`` (or overridden widths, depth, attention) for ``resolution``; refuses what cannot work."""
+    widths, layers, attention = PRESETS[preset]
+    widths = tuple(block_out_channels or widths)
+    attention = tuple(attention_levels) if attention_levels is not None else attention
+    layers = layers_per_block or layers
     if resolution % 2 ** (len(widths) - 1):
         raise ColorizationError(f"--resolution {resolution} cannot be halved {len(widths) - 1} times by a UNet with "
                                 f"{len(widths)} levels; use a multiple of {2 ** (len(widths) - 1)}")
     return LabConditionedUNet(resolution, widths, layers, attention, ab_scale)
 
 
-def _step_kwargs(scheduler, generator) -> dict:
-    """Pass the generator to schedulers whose step draws noise (DDPM, DDIM with eta > 0, SDE solvers)."""
-    return {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+def make_sampler(name: str, training_config) -> object:
+    """A sampling scheduler from the training schedule's config, with explicit settings, so that it is the same
+    sampler whether built in memory (validation) or from a saved pipeline (evaluation, colorize).
+
+    Clipping is off in the scheduler itself: :meth:`LabColorizationPipeline.sample_ab` clips the clean-ab
+    estimate for every sampler alike (DPM-Solver has no clipping of its own)."""
+    if name not in SAMPLERS:
+        raise ColorizationError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
+    config = {k: v for k, v in dict(training_config).items() if not k.startswith("_")}
+    overrides = {"timestep_spacing": TIMESTEP_SPACING, "steps_offset": 0}
+    if name in ("ddpm", "ddim"):
+        overrides["clip_sample"] = False
+    if name == "ddim":
+        overrides["set_alpha_to_one"] = False  # the last step lands on the training schedule's first timestep
+    if name == "dpm":
+        overrides.update(algorithm_type="dpmsolver++", solver_order=2, thresholding=False, lower_order_final=True)
+    return SAMPLERS[name].from_config(config, **overrides)
+
+
+def sampler_name(scheduler) -> str:
+    return next((k for k, v in SAMPLERS.items() if type(scheduler) is v), type(scheduler).__name__)
 
 
 class LabColorizationPipeline(DiffusionPipeline):
     """Colorize grayscale images: start from noise ab, denoise conditioned on L, join with L.
 
-    Any compatible diffusers scheduler can be swapped in, e.g.
-    ``pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)``.
+    The saved scheduler is the training schedule (DDPM); pick a sampler with :func:`make_sampler`, e.g.
+    ``pipe.scheduler = make_sampler("dpm", pipe.scheduler.config)``.
     """
 
     def __init__(self, unet: LabConditionedUNet, scheduler):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
 
+    def _clip_clean_estimate(self, prediction: torch.Tensor, sample: torch.Tensor, timestep) -> torch.Tensor:
+        """Clip the clean-ab estimate that ``prediction`` implies to the range of the data (normalized ab in
+        [-1, 1], times ab_scale) and return the prediction of the same kind that implies the clipped estimate,
+        so that every sampler denoises toward an in-range clean ab (as DDPM's and DDIM's clip_sample do)."""
+        limit = self.unet.config.ab_scale
+        kind = self.scheduler.config.prediction_type
+        if kind == "sample":
+            return prediction.clamp(-limit, limit)
+        alpha = self.scheduler.alphas_cumprod.to(sample.device)[timestep].float()
+        signal, noise = alpha.sqrt(), (1.0 - alpha).sqrt()
+        prediction, sample = prediction.float(), sample.float()
+        if kind == "epsilon":
+            clean = (sample - noise * prediction) / signal.clamp_min(1e-6)
+        else:  # v_prediction
+            clean = signal * sample - noise * prediction
+        clean = clean.clamp(-limit, limit)
+        if kind == "epsilon":
+            return (sample - signal * clean) / noise
+        return (signal * sample - clean) / noise
+
     @torch.no_grad()
-    def sample_ab(self, lightness: torch.Tensor, num_inference_steps: int = 50,
-                  generator: Union[torch.Generator, list, None] = None) -> torch.Tensor:
+    def sample_ab(self, lightness: torch.Tensor, num_inference_steps: int = 20,
+                  generator: torch.Generator | list | None = None) -> torch.Tensor:
         """Normalized L (N, 1, H, W) at the UNet's resolution -> sampled normalized ab (N, 2, H, W).
 
         ``generator`` may be a list with one generator per image: each image's colors then depend on its
-        own seed only, not on the batch it is sampled in."""
+        own generator only, not on the batch it is sampled in."""
         unet = self.unet
         lightness = lightness.to(device=unet.device, dtype=unet.dtype)
         self.scheduler.set_timesteps(num_inference_steps, device=unet.device)
         sample = randn_tensor((lightness.shape[0], 2, *lightness.shape[-2:]), generator=generator,
                               device=unet.device, dtype=unet.dtype) * self.scheduler.init_noise_sigma
-        extra = _step_kwargs(self.scheduler, generator)
+        extra = {"generator": generator} if isinstance(self.scheduler, DDPMScheduler) else {}
         for timestep in self.progress_bar(self.scheduler.timesteps):
             prediction = unet(self.scheduler.scale_model_input(sample, timestep), timestep, lightness)
-            sample = self.scheduler.step(prediction, timestep, sample, **extra).prev_sample
+            prediction = self._clip_clean_estimate(prediction, sample, timestep)
+            sample = self.scheduler.step(prediction.to(sample.dtype), timestep, sample, **extra).prev_sample
         return (sample.float() / unet.config.ab_scale).clamp(-1.0, 1.0)
 
-    def __call__(self, images, num_inference_steps: int = 50, generator=None, batch_size: int = 8):
+    def __call__(self, images, num_inference_steps: int = DEFAULT_SAMPLER[1], seed: int = 0, batch_size: int = 8):
         """PIL image(s) -> colorized PIL image(s) of the same size (the input's own L, sampled ab)."""
-        colorizer = DiffusionColorizer(self, self.unet.config.sample_size, num_inference_steps, generator)
+        colorizer = DiffusionColorizer(self, self.unet.config.sample_size, num_inference_steps, seed)
         return colorizer.colorize(images, batch_size=batch_size)
 
 
 class DiffusionColorizer(Colorizer):
-    """The :class:`Colorizer` interface over a :class:`LabColorizationPipeline`."""
+    """The :class:`Colorizer` interface over a :class:`LabColorizationPipeline` (with its sampler set)."""
 
-    def __init__(self, pipeline: LabColorizationPipeline, resolution: int, num_inference_steps: int = 50,
-                 generator=None, seed: Optional[int] = None):
-        super().__init__("diffusion", resolution, pipeline.unet.device)
+    stochastic = True
+
+    def __init__(self, pipeline: LabColorizationPipeline, resolution: int, num_inference_steps: int = 20,
+                 seed: int = 0):
+        super().__init__("diffusion", resolution, pipeline.unet.device, seed)
         self.pipeline = pipeline
         self.num_inference_steps = num_inference_steps
-        self.generator = generator
-        self.seed = seed
 
     @property
     def network(self) -> torch.nn.Module:
         return self.pipeline.unet
 
     def describe_sampling(self) -> str:
-        name = next((k for k, v in SCHEDULERS.items() if type(self.pipeline.scheduler) is v),
-                    type(self.pipeline.scheduler).__name__)
-        return f"{name.upper()}-{self.num_inference_steps}"
+        return f"{sampler_name(self.pipeline.scheduler).upper()}-{self.num_inference_steps}"
 
     @torch.no_grad()
-    def predict_ab(self, lightness: torch.Tensor) -> torch.Tensor:
-        generator = self.generator
-        if generator is None and self.seed is not None:
-            generator = torch.Generator(self.device).manual_seed(self.seed)
-        return self.pipeline.sample_ab(lightness, self.num_inference_steps, generator)
+    def predict_ab(self, lightness: torch.Tensor, seeds: Optional[Sequence[int]] = None) -> torch.Tensor:
+        seeds = [self.seed] * lightness.shape[0] if seeds is None else list(seeds)
+        # CPU generators: the same noise on any device
+        generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+        return self.pipeline.sample_ab(lightness, self.num_inference_steps, generators)
 
 
-def load_diffusion_colorizer(path: str, config: dict, device: torch.device, scheduler: Optional[str] = None,
-                             num_inference_steps: Optional[int] = None, seed: Optional[int] = 0) -> Colorizer:
+def colorizer_from_parts(unet: LabConditionedUNet, training_scheduler_config, resolution: int, sampler: str,
+                         num_inference_steps: int, seed: int = 0) -> DiffusionColorizer:
+    """The one way a diffusion colorizer is assembled, for a loaded export and for validation alike."""
+    pipeline = LabColorizationPipeline(unet, make_sampler(sampler, training_scheduler_config))
+    pipeline.set_progress_bar_config(disable=True)
+    return DiffusionColorizer(pipeline, resolution, num_inference_steps, seed)
+
+
+def load_colorizer(path: str, config: dict, device: torch.device, scheduler: Optional[str] = None,
+                   num_inference_steps: Optional[int] = None, seed: int = 0) -> Colorizer:
+    """An exported diffusion pipeline -> its colorizer, sampling with ``scheduler`` (ddpm, ddim or dpm) for
+    ``num_inference_steps`` (default: the sampler recorded in the export, else DPM-Solver with 20 steps)."""
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.disable_progress_bar()  # no "Loading pipeline components" bar in command-line tools
@@ -179,111 +201,9 @@ def load_diffusion_colorizer(path: str, config: dict, device: torch.device, sche
         raise ColorizationError(f"cannot load the diffusion pipeline in {path!r}: {str(error).splitlines()[0]}") from None
     finally:
         diffusers_logging.enable_progress_bar()
-    pipeline.set_progress_bar_config(disable=True)
-    scheduler = scheduler or config.get("sampling", {}).get("scheduler", "ddim")
-    if scheduler not in SCHEDULERS:
-        raise ColorizationError(f"unknown scheduler {scheduler!r}; choose one of {sorted(SCHEDULERS)}")
-    pipeline.scheduler = SCHEDULERS[scheduler].from_config(pipeline.scheduler.config)
-    pipeline.to(device)
-    steps = num_inference_steps or config.get("sampling", {}).get("num_inference_steps", 50)
-    return DiffusionColorizer(pipeline, int(config["resolution"]), steps, seed=seed)
-
-
-class DiffusionTask(TrainingTask):
-    model_type = "diffusion"
-    config_class = DiffusionConfig
-    flag_defaults = {"learning_rate": 1e-4, "lr_warmup_steps": 500, "max_validation_samples": 16}
-
-    def check_resolution(self, resolution: int) -> None:
-        make_unet(self.config, resolution)  # raises for a resolution the UNet cannot halve enough
-
-    def __init__(self, config: DiffusionConfig, resolution: int):
-        super().__init__(config, resolution)
-        self.ab_scale = config.ab_scale if config is not None and config.ab_scale is not None else 1.0
-
-    def inspect_data(self, train_set) -> None:
-        """Measure the ab scale on the training images (deterministic: the first 256, unflipped)."""
-        if self.config.ab_scale is not None:
-            self.ab_scale = self.config.ab_scale
-            return
-        rgb = torch.stack([train_set[i]["rgb"] for i in range(min(256, len(train_set)))])
-        spread = float(color.rgb_to_normalized_lab(rgb)[1].std())
-        self.ab_scale = round(1.0 / max(spread, 0.02), 3)  # gray data sets: at most x50
-
-    def build(self, train_config: TrainConfig) -> None:
-        config = self.config
-        unet = make_unet(config, self.resolution, self.ab_scale)
-        self.models = {"unet": unet}
-        self.optimizers = {"unet": make_adam(unet.parameters(), train_config)}
-        # Samplers clip their x0 estimate to the range of the scaled ab (normalized ab is within [-1, 1]).
-        self.noise_scheduler = DDPMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_schedule=config.beta_schedule,
-                                             prediction_type=config.prediction_type, clip_sample=True,
-                                             clip_sample_range=self.ab_scale)
-        self.ema = None
-        if config.use_ema:
-            self.ema = EMAModel(unet.parameters(), decay=config.ema_max_decay, use_ema_warmup=True,
-                                model_cls=LabConditionedUNet, model_config=unet.config)
-            self.ema.to(self.accelerator.device)
-
-    def checkpoint_objects(self) -> list:
-        return [self.ema] if self.ema is not None else []
-
-    def training_target(self, ab: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        if self.config.prediction_type == "epsilon":
-            return noise
-        if self.config.prediction_type == "sample":
-            return ab
-        return self.noise_scheduler.get_velocity(ab, noise, timesteps)
-
-    def training_step(self, trainer, lightness, ab):
-        ab = ab * self.ab_scale  # the diffused variable (unit variance, like the noise)
-        noise = torch.randn_like(ab)
-        timesteps = torch.randint(0, NUM_TRAIN_TIMESTEPS, (ab.shape[0],), device=ab.device)
-        noisy_ab = self.noise_scheduler.add_noise(ab, noise, timesteps)
-        prediction = self.models["unet"](noisy_ab, timesteps, lightness)
-        per_image = F.mse_loss(prediction.float(), self.training_target(ab, noise, timesteps).float(),
-                               reduction="none").mean(dim=(1, 2, 3))
-        loss = per_image.mean()
-        trainer.optimize("unet", loss)
-        if self.ema is not None and trainer.accelerator.sync_gradients:
-            self.ema.step(self.unwrapped("unet").parameters())
-        logs = {"loss": loss.detach()}
-        quartile = timesteps * 4 // NUM_TRAIN_TIMESTEPS
-        for q in range(4):  # the mean of no image is NaN: "absent this step" for the logger
-            logs[f"loss_t{q * 250}-{q * 250 + 249}"] = per_image[quartile == q].mean().detach()
-        if self.ema is not None:
-            logs["ema_decay"] = torch.tensor(self.ema.cur_decay_value or 0.0)
-        return logs
-
-    @contextlib.contextmanager
-    def evaluation_weights(self):
-        """Validate with the EMA weights, then put the trained weights back."""
-        if self.ema is None:
-            yield
-            return
-        parameters = list(self.unwrapped("unet").parameters())
-        self.ema.store(parameters)
-        self.ema.copy_to(parameters)
-        try:
-            yield
-        finally:
-            self.ema.restore(parameters)
-
-    def _pipeline(self, scheduler_name: str) -> LabColorizationPipeline:
-        scheduler = SCHEDULERS[scheduler_name].from_config(self.noise_scheduler.config)
-        pipeline = LabColorizationPipeline(self.unwrapped("unet"), scheduler)
-        pipeline.set_progress_bar_config(disable=True)
-        return pipeline
-
-    def predict_ab(self, lightness, generator):
-        return self._pipeline(self.config.validation_scheduler).sample_ab(
-            lightness, self.config.validation_inference_steps, generator)
-
-    def validation_losses(self, lightness, ab, predicted_ab):
-        return {"ab_mse": F.mse_loss(predicted_ab.float(), ab, reduction="none").mean(dim=(1, 2, 3))}
-
-    def export(self, accelerator, output_dir: str, extra: dict) -> None:
-        with self.evaluation_weights():
-            self._pipeline("ddpm").save_pretrained(output_dir, safe_serialization=True)
-        sampling = {"scheduler": self.config.validation_scheduler, "num_inference_steps": 50}
-        save_export_config(output_dir, self.model_type, {}, self.resolution, {**extra, "sampling": sampling})
+    recorded = config.get("sampling", {})
+    sampler = scheduler or recorded.get("scheduler", DEFAULT_SAMPLER[0])
+    steps = num_inference_steps or recorded.get("num_inference_steps", DEFAULT_SAMPLER[1])
+    colorizer = colorizer_from_parts(pipeline.unet.to(device).eval(), pipeline.scheduler.config,
+                                     int(config["resolution"]), sampler, int(steps), seed)
+    return colorizer

@@ -1,0 +1,271 @@
+"""The exported-model format and the :class:`Colorizer` interface every model family implements.
+
+An exported model is a folder with ``colorizer.json`` (which model type it is, the arguments that rebuild
+its network, its training resolution, how it was trained, and the version of this package that wrote it)
+next to its weights, always safetensors: ``model.safetensors`` for the one-pass CNN and GAN generator, a
+diffusers pipeline folder (``unet/``, ``scheduler/``, ``model_index.json``) for the diffusion model. Two
+optional files describe the training data: ``mean_ab.safetensors`` (the per-pixel mean ab of the training
+images, for the mean-ab baseline row of ``evaluate.py``) and ``training_images.json`` (a hash of every
+training image, so that ``evaluate.py`` can refuse to score a model on its own training images).
+
+Inference precision: every colorizer computes in float32, whatever autocast context it is called from, so
+validation during training and ``evaluate.py`` measure the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+from safetensors.torch import load_file, save_file
+from torchvision.transforms.functional import pil_to_tensor
+
+from colorization import color
+from colorization.errors import ColorizationError
+from colorization.version import __version__
+from colorization.images import to_rgb
+
+CONFIG_NAME = "colorizer.json"
+WEIGHTS_NAME = "model.safetensors"
+MEAN_AB_NAME = "mean_ab.safetensors"
+TRAINING_IMAGES_NAME = "training_images.json"
+FORMAT_NAME = "colorization-model"
+FORMAT_VERSION = 1
+
+
+# ----- files -----
+
+
+def atomic_write(path: str, write) -> None:
+    """Write through a temporary file in the same folder, so a crash never leaves half a file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def write_json(path: str, data) -> None:
+    """Write ``data`` as indented JSON, atomically."""
+    def write(temporary: str) -> None:
+        with open(temporary, "w") as handle:
+            json.dump(data, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+
+    atomic_write(path, write)
+
+
+def save_export_config(output_dir: str, model_type: str, architecture: dict, resolution: int,
+                       extra: dict | None = None) -> None:
+    """Write ``colorizer.json``: what the model is, how to rebuild it, at what resolution it was trained."""
+    config = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "model_type": model_type,
+              "architecture": architecture, "resolution": resolution, "package_version": __version__,
+              **(extra or {})}
+    write_json(os.path.join(output_dir, CONFIG_NAME), config)
+
+
+def save_module_weights(output_dir: str, module: torch.nn.Module, model_type: str) -> None:
+    """Write ``module``'s weights (parameters and buffers) as ``model.safetensors``."""
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    atomic_write(os.path.join(output_dir, WEIGHTS_NAME),
+                 lambda p: save_file(state, p, metadata={"model_type": model_type}))
+
+
+def save_training_data_record(output_dir: str, mean_ab: Optional[torch.Tensor], image_hashes: Optional[dict]) -> None:
+    """The training data's per-pixel mean ab (Lab units, (2, R, R)) and the hashes of its images."""
+    if mean_ab is not None:
+        atomic_write(os.path.join(output_dir, MEAN_AB_NAME),
+                     lambda p: save_file({"mean_ab": mean_ab.detach().float().contiguous().cpu()}, p))
+    if image_hashes is not None:
+        write_json(os.path.join(output_dir, TRAINING_IMAGES_NAME), image_hashes)
+
+
+def read_mean_ab(path: str) -> Optional[torch.Tensor]:
+    """The mean training ab (Lab units, (2, R, R)) an export carries, or None."""
+    file = os.path.join(path, MEAN_AB_NAME)
+    return load_file(file)["mean_ab"] if os.path.isfile(file) else None
+
+
+def read_json_if_present(file: str):
+    """The JSON in ``file``, or None when there is no such file."""
+    if not os.path.isfile(file):
+        return None
+    with open(file) as handle:
+        return json.load(handle)
+
+
+def read_training_images(path: str) -> Optional[dict]:
+    """``{"hash": ..., "images": [...]}`` of the training images an export carries, or None."""
+    return read_json_if_present(os.path.join(path, TRAINING_IMAGES_NAME))
+
+
+def read_export_config(path: str) -> dict:
+    if not os.path.exists(path):
+        raise ColorizationError(f"model path {path!r} does not exist")
+    config_path = os.path.join(path, CONFIG_NAME)
+    if not os.path.isdir(path) or not os.path.isfile(config_path):
+        hint = (" It looks like a training checkpoint; load the run's output folder, where the trained model "
+                "is exported when training ends." if os.path.isfile(os.path.join(path, WEIGHTS_NAME)) else "")
+        raise ColorizationError(f"{path!r} is not an exported colorization model (no {CONFIG_NAME}).{hint}")
+    try:
+        with open(config_path) as handle:
+            config = json.load(handle)
+    except (OSError, json.JSONDecodeError) as error:
+        raise ColorizationError(f"cannot read {config_path}: {error}") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
+        raise ColorizationError(f"{config_path} is not a colorization model config")
+    if config.get("format_version", 0) > FORMAT_VERSION:
+        raise ColorizationError(
+            f"{path!r} was written by colorization {config.get('package_version')} in model format "
+            f"{config.get('format_version')}; this installation reads format {FORMAT_VERSION}. Upgrade the package.")
+    return config
+
+
+def load_feed_forward_colorizer(path: str, config: dict, device: torch.device, build) -> "Colorizer":
+    """Rebuild a one-pass network with ``build(**architecture)``, load its safetensors weights strictly."""
+    try:
+        module = build(**config["architecture"])
+        module.load_state_dict(load_file(os.path.join(path, WEIGHTS_NAME)), strict=True)
+    except (OSError, RuntimeError, TypeError, KeyError) as error:
+        raise ColorizationError(f"cannot load the {config['model_type']} model in {path!r}: "
+                                f"{str(error).splitlines()[0]}") from None
+    return FeedForwardColorizer(config["model_type"], module, int(config["resolution"]), device)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# ----- colorizers -----
+
+
+class Colorizer:
+    """Colorizes images with a trained model, keeping each input's own full-resolution lightness.
+
+    The network sees the L channel resized to its training resolution; its ab is upsampled back to the
+    input's size and joined with the input's L (the approach of Zhang et al.), so the output has the
+    input's size, aspect ratio, detail and exact luminance.
+
+    Stochastic models (the diffusion model) draw each image's colors from a generator seeded by that
+    image's own seed, so an image's colors depend on (model, image, seed) only, never on its batch.
+    """
+
+    stochastic = False
+
+    def __init__(self, model_type: str, resolution: int, device: torch.device, seed: int = 0):
+        self.model_type = model_type
+        self.resolution = resolution
+        self.device = torch.device(device)
+        self.seed = seed  # the default seed of colorize()
+
+    @property
+    def network(self) -> torch.nn.Module:
+        """The network that runs at inference (for its size)."""
+        raise NotImplementedError
+
+    def describe_sampling(self) -> str:
+        """How outputs are sampled ('' for one-pass models), e.g. 'DPM-20'."""
+        return ""
+
+    def predict_ab(self, lightness: torch.Tensor, seeds: Optional[Sequence[int]] = None) -> torch.Tensor:
+        """Normalized L (N, 1, R, R) on ``self.device`` -> normalized ab (N, 2, R, R); ``seeds``: one per image
+        (stochastic models; default: ``self.seed`` for every image)."""
+        raise NotImplementedError
+
+    def _to_model_size(self, lightness: torch.Tensor) -> torch.Tensor:
+        if lightness.shape[-2:] == (self.resolution, self.resolution):
+            return lightness
+        return F.interpolate(lightness, size=(self.resolution, self.resolution), mode="bilinear", antialias=True,
+                             align_corners=False)
+
+    @torch.no_grad()
+    def colorize_lightness(self, lightness: torch.Tensor, seeds: Optional[Sequence[int]] = None) -> torch.Tensor:
+        """Normalized L of any size (N, 1, H, W) -> ab (N, 2, H, W), predicted at the model's resolution, in fp32."""
+        with torch.autocast(self.device.type, enabled=False):
+            ab = self.predict_ab(self._to_model_size(lightness).to(self.device).float(), seeds).float()
+        if ab.shape[-2:] != lightness.shape[-2:]:
+            ab = F.interpolate(ab, size=lightness.shape[-2:], mode="bilinear", align_corners=False)
+        return ab.to(lightness.device)
+
+    def colorize(self, images: Union[Image.Image, Sequence[Image.Image]], batch_size: int = 8,
+                 seed: Optional[int] = None):
+        """A PIL image -> a colorized PIL image of the same size; a list of images -> a list (any sizes).
+
+        Any mode is accepted (16-bit, CMYK, palette...); EXIF orientation is applied; an alpha channel is
+        kept. Only the model's input is downscaled; the output is joined with the full-resolution L in
+        tiles of rows, so very large images need little memory. ``seed`` (stochastic models; default: the
+        colorizer's) seeds every image alike: the same photo and seed give the same colors in any batch.
+        """
+        single = isinstance(images, Image.Image)
+        items = [images] if single else list(images)
+        seed = self.seed if seed is None else seed
+        results = []
+        for start in range(0, len(items), batch_size):
+            prepared = [_split_alpha(image) for image in items[start:start + batch_size]]
+            small = torch.cat([self._model_input(rgb) for rgb, _ in prepared])
+            with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
+                ab_small = self.predict_ab(small.to(self.device), [seed] * len(prepared)).float().cpu()
+            results.extend(self._join(rgb, ab, alpha) for (rgb, alpha), ab in zip(prepared, ab_small))
+        return results[0] if single else results
+
+    def _model_input(self, rgb: Image.Image) -> torch.Tensor:
+        """Normalized L (1, 1, R, R) of the image resized to the model's resolution, as in training."""
+        small = rgb.resize((self.resolution, self.resolution), Image.BICUBIC, reducing_gap=3.0)
+        return color.rgb_to_normalized_lab(pil_to_tensor(small)[None].float().div(255.0))[0]
+
+    def _join(self, rgb: Image.Image, ab_small: torch.Tensor, alpha: Optional[Image.Image]) -> Image.Image:
+        width, height = rgb.size
+        ab = F.interpolate(ab_small[None], size=(height, width), mode="bilinear", align_corners=False)
+        pixels = np.array(rgb)  # writable, as torch.from_numpy expects
+        output = np.empty_like(pixels)
+        rows = max(1, _TILE_PIXELS // width)
+        for top in range(0, height, rows):
+            tile = torch.from_numpy(pixels[top:top + rows]).permute(2, 0, 1)[None].float().div(255.0)
+            lightness = color.rgb_to_normalized_lab(tile)[0]
+            joined = color.normalized_lab_to_rgb(lightness, ab[..., top:top + rows, :])[0]
+            output[top:top + rows] = (joined.permute(1, 2, 0) * 255.0).round().byte().numpy()
+        result = Image.fromarray(output)
+        if alpha is not None:
+            result.putalpha(alpha)
+        return result
+
+
+_TILE_PIXELS = 1 << 21  # about 2 megapixels per tile when joining L and ab
+
+
+def _split_alpha(image: Image.Image) -> tuple[Image.Image, Optional[Image.Image]]:
+    """-> (RGB image, its alpha channel or None), with EXIF orientation applied."""
+    image = ImageOps.exif_transpose(image)
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (image.mode == "P" and "transparency" in image.info)
+    alpha = image.convert("RGBA").getchannel("A") if has_alpha else None
+    return to_rgb(image), alpha
+
+
+class FeedForwardColorizer(Colorizer):
+    """A network whose ``predict_ab`` maps normalized L to normalized ab in one pass (CNN, GAN generator).
+
+    The network runs in eval mode: batch norm uses its running statistics, so an image's colors never depend
+    on the other images of its batch."""
+
+    def __init__(self, model_type: str, module: torch.nn.Module, resolution: int, device: torch.device):
+        super().__init__(model_type, resolution, device)
+        self.module = module.to(self.device).eval()
+
+    @property
+    def network(self) -> torch.nn.Module:
+        return self.module
+
+    @torch.no_grad()
+    def predict_ab(self, lightness: torch.Tensor, seeds: Optional[Sequence[int]] = None) -> torch.Tensor:
+        return self.module.predict_ab(lightness)

@@ -1,0 +1,100 @@
+"""The one path from a batch of images to numbers, for validation during training and for ``evaluate.py``.
+
+:func:`measure` takes a :class:`~colorization.colorizer.Colorizer` (an exported model, or the live network
+wrapped in the same class during validation) and a batch of ground-truth images: it colorizes their L at the
+model's resolution in fp32, brings the ab to the batch's resolution, joins it with the batch's own L, and
+measures every image. A stochastic model's noise is seeded per image, from (seed, image index, sample number),
+so the numbers do not depend on batching, on the number of processes, or on where they are computed.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from colorization import color
+from colorization.colorizer import Colorizer
+from colorization.metrics import ab_histogram, colorfulness, psnr_per_image, ssim_per_image
+
+PER_IMAGE_METRICS = ("lpips", "psnr", "ssim", "colorfulness", "ab_histogram")
+
+
+def sample_seed(seed: int, index: int, sample: int = 0) -> int:
+    """The noise seed of sample ``sample`` of image ``index`` (a data set index) under ``seed``."""
+    return int(np.random.SeedSequence([seed, int(index), sample]).generate_state(1)[0])
+
+
+def image_metrics(prediction: torch.Tensor, truth: torch.Tensor, metrics: Sequence[str],
+                  lpips=None) -> dict[str, torch.Tensor]:
+    """Per-image values (N,) of each metric (``ab_histogram``: (N, bins)) of sRGB predictions in [0, 1]."""
+    values = {}
+    if "lpips" in metrics:
+        values["lpips"] = lpips(prediction, truth, normalize=True).flatten()  # [0, 1] -> [-1, 1] inside
+    if "psnr" in metrics:
+        values["psnr"] = psnr_per_image(prediction, truth)
+    if "ssim" in metrics:
+        values["ssim"] = ssim_per_image(prediction, truth)
+    if "colorfulness" in metrics:
+        values["colorfulness"] = colorfulness(prediction)
+    if "ab_histogram" in metrics:
+        values["ab_histogram"] = ab_histogram(prediction)
+    return values
+
+
+@torch.no_grad()
+def measure(colorizer: Colorizer, truth: torch.Tensor, indices: torch.Tensor, seed: int, metrics: Sequence[str],
+            lpips=None, num_samples: int = 1) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Colorize and measure a batch -> (per-image values, predicted sRGB (N, 3, H, W), predicted normalized ab).
+
+    ``truth`` is sRGB in [0, 1] at the measuring resolution; ``indices`` are the images' data set indices.
+    With ``num_samples`` K > 1 (stochastic models) the values also hold ``psnr_mean``/``ssim_mean`` (of the
+    mean ab of K samples, the estimate of the posterior mean) and ``diversity`` (the mean distance in Lab ab
+    units between two samples of an image, averaged over pixels and pairs); the prediction is sample 0.
+    """
+    truth = truth.float()
+    lightness, _ = color.rgb_to_normalized_lab(truth)
+    count = len(indices)
+    samples = num_samples if colorizer.stochastic else 1
+    seeds = [sample_seed(seed, int(i), k) for k in range(samples) for i in indices]
+    repeated = lightness.repeat(samples, 1, 1, 1)
+    ab = colorizer.colorize_lightness(repeated, seeds).view(samples, count, 2, *lightness.shape[-2:])
+    prediction = color.normalized_lab_to_rgb(lightness, ab[0])
+    values = image_metrics(prediction, truth, metrics, lpips)
+    if samples > 1:
+        mean = color.normalized_lab_to_rgb(lightness, ab.mean(dim=0))
+        values["psnr_mean"] = psnr_per_image(mean, truth)
+        values["ssim_mean"] = ssim_per_image(mean, truth)
+        pairs = [(j, k) for j in range(samples) for k in range(j + 1, samples)]
+        distances = [(ab[j] - ab[k]).mul(color.AB_SCALE).norm(dim=1).mean(dim=(1, 2)) for j, k in pairs]
+        values["diversity"] = torch.stack(distances).mean(dim=0)
+    return values, prediction, ab[0]
+
+
+def gray_baseline(truth: torch.Tensor, metrics: Sequence[str], lpips=None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The gray row: the input's own L with ab = 0 -> (per-image values, its sRGB)."""
+    lightness, _ = color.rgb_to_normalized_lab(truth.float())
+    gray = color.gray_rgb(lightness)
+    return image_metrics(gray, truth.float(), metrics, lpips), gray
+
+
+def mean_ab_baseline(truth: torch.Tensor, mean_ab: torch.Tensor, metrics: Sequence[str],
+                     lpips=None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The mean-ab row: each image's own L joined with the per-pixel mean ab of a model's training images
+    (Lab units, (2, R, R), resized to the batch's resolution) -> (per-image values, its sRGB)."""
+    import torch.nn.functional as F
+
+    truth = truth.float()
+    lightness, _ = color.rgb_to_normalized_lab(truth)
+    ab = color.normalize_ab(mean_ab.to(truth.device).float())[None]
+    if ab.shape[-2:] != lightness.shape[-2:]:
+        ab = F.interpolate(ab, size=lightness.shape[-2:], mode="bilinear", align_corners=False)
+    prediction = color.normalized_lab_to_rgb(lightness, ab.expand(len(truth), -1, -1, -1))
+    return image_metrics(prediction, truth, metrics, lpips), prediction
+
+
+def truth_values(truth: torch.Tensor, metrics: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The ground truth's own colorfulness and ab histogram (the reference of the distribution metrics)."""
+    return image_metrics(truth.float(), truth.float(), [m for m in metrics if m in ("colorfulness", "ab_histogram")])
+

@@ -1,0 +1,187 @@
+"""Writing an evaluation down: the Markdown tables, CSV, JSON and the comparison grid.
+
+Nothing here measures; :mod:`colorization.evaluation` does. Every file is written into a temporary folder
+that is moved into place at the end, so a failed run leaves nothing partial.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import tempfile
+from typing import Optional
+
+import torch
+
+GRAY, TRUTH = "Gray (ab = 0)", "Ground truth"
+# column key -> (title, digits)
+QUALITY_COLUMNS = {
+    "psnr": ("PSNR (dB) ↑", 2), "psnr_vs_gray": ("Δ PSNR vs gray", 2), "ssim": ("SSIM ↑", 4),
+    "ssim_vs_gray": ("Δ SSIM vs gray", 4), "lpips": ("LPIPS ↓", 4), "lpips_vs_gray": ("Δ LPIPS vs gray", 4),
+    "colorfulness": ("Colorfulness", 2), "colorfulness_gap": ("Colorfulness gap ↓", 2),
+    "colorfulness_gap_per_image": ("Per-image colorfulness gap ↓", 2), "ab_distance": ("ab distance ↓", 2),
+}
+COST_TITLES = ("Params", "Train images", "Train img/s", "Train time", "Inference ms/image")
+
+
+def _format(stat: Optional[dict], digits: int) -> str:
+    if stat is None:
+        return "—"
+    low, high = stat["ci95"]
+    interval = f" [{low:.{digits}f}, {high:.{digits}f}]" if not math.isnan(low) else ""
+    return f"{stat['mean']:.{digits}f}{interval}"
+
+
+def _count(value: int) -> str:
+    return f"{value / 1e6:.1f}M" if value >= 1e5 else f"{value / 1e3:.1f}k" if value >= 1e3 else str(value)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h" if seconds >= 5400 else f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def cost_cells(cost: dict) -> list[str]:
+    """Parameters of the inference network; images seen in training, training images/s (training steps
+    only) and training wall-clock (with validation and checkpoints) from the run; measured inference time."""
+    training = cost.get("training") or {}
+    rate = training.get("images_per_second")
+    return [_count(cost["parameters"]),
+            _count(training["images_seen"]) if "images_seen" in training else "?",
+            f"{rate:.1f}" if rate else "?",
+            _duration(training["wall_seconds"]) if "wall_seconds" in training else "?",
+            f"{cost['ms_per_image']:.1f}"]
+
+
+def _describe_hardware(settings: dict) -> str:
+    trained: dict[str, list] = {}
+    for row, cost in settings.get("costs", {}).items():
+        training = cost.get("training") or {}
+        where = training.get("hardware", "unknown hardware")
+        if training.get("mixed_precision"):
+            where += f", mixed precision {training['mixed_precision']}"
+        trained.setdefault(where, []).append(row)
+    parts = [f"{', '.join(rows)} trained on {where}" for where, rows in trained.items()]
+    parts.append(f"inference measured on {settings.get('hardware', 'unknown hardware')}, batch "
+                 f"{settings['evaluation']['batch_size']}, fp32, at each model's own resolution")
+    return "; ".join(parts)
+
+
+def _rows_table(title_cells: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(title_cells) + " |", "|---|" + "---|" * (len(title_cells) - 1)]
+    return lines + ["| " + " | ".join(cells) + " |" for cells in rows]
+
+
+def markdown_table(summary: dict, settings: dict) -> str:
+    rows = {row: stats for row, stats in summary.items() if row != "samples"}
+    columns = [c for c in QUALITY_COLUMNS if any(c in stats for stats in rows.values())]
+    lines = _rows_table(["Model"] + [QUALITY_COLUMNS[c][0] for c in columns],
+                        [[row] + [_format(stats.get(c), QUALITY_COLUMNS[c][1]) for c in columns]
+                         for row, stats in rows.items()])
+    lines += ["", f"Mean [95% bootstrap interval] over {settings['num_images']} images ({settings['data']}, split "
+              f"{settings['split']}) at {settings['resolution']}x{settings['resolution']}. Δ columns: the mean paired "
+              "difference to the gray row, its interval from the same resampled images. Colorfulness gap: "
+              "|mean colorfulness - the ground truth's| over the images; ab distance: sliced Wasserstein-1 "
+              "distance (Lab units) between the row's and the ground truth's ab over all pixels. Sampling: "
+              f"{_describe_sampling(settings['sampling'])}."]
+    costs = settings.get("costs")
+    if costs:
+        lines += ["", *_rows_table(["Model", *COST_TITLES], [[row, *cost_cells(cost)] for row, cost in costs.items()]),
+                  "", f"Costs: {_describe_hardware(settings)}. Train img/s counts training steps only; train time "
+                      "is the run's wall-clock with validation and checkpoints (start-up excluded)."]
+    samples = summary.get("samples")
+    if samples:
+        k = settings["num_samples"]
+        table = []
+        for row, stats in samples.items():
+            if row == "num_images":
+                continue
+            table.append([row, _format(stats["psnr"], 2), _format(stats["psnr_vs_gray"], 2),
+                          _format(stats.get("psnr_mean"), 2), _format(stats.get("psnr_mean_vs_gray"), 2),
+                          _format(stats.get("ssim_mean"), 4), _format(stats.get("diversity"), 2)])
+        lines += ["", f"Stochastic models, {k} samples per image, on the first {samples['num_images']} of these "
+                      "images (every row on those same images):", "",
+                  *_rows_table(["Model", "PSNR, one sample (dB)", "Δ vs gray", f"PSNR, mean of {k} (dB)", "Δ vs gray",
+                                f"SSIM, mean of {k}", "Diversity (ab units)"], table),
+                  "", f"The mean of {k} samples estimates the posterior mean; a sampler that draws from the true "
+                      "posterior scores about 3 dB under it on PSNR with one sample. Diversity: the mean distance "
+                      "between two samples of an image."]
+    if settings.get("notes"):
+        lines += ["", "Notes:", *[f"- {note}" for note in settings["notes"]]]
+    return "\n".join(lines)
+
+
+def _describe_sampling(sampling) -> str:
+    if not isinstance(sampling, dict):
+        return str(sampling)
+    return "; ".join(f"{row}: {how}" for row, how in sampling.items())
+
+
+def write_outputs(result: dict, summary: dict, settings: dict, output_dir: str) -> str:
+    """table.md, table.csv, per_image.csv, results.json, comparison.png (+ its column names) -> the table."""
+    from torchvision.utils import make_grid, save_image
+
+    parent = os.path.dirname(os.path.abspath(output_dir)) or "."
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".evaluation-", dir=parent)
+    try:
+        table = markdown_table(summary, settings)
+        with open(os.path.join(staging, "table.md"), "w") as handle:
+            handle.write(table + "\n")
+        _write_table_csv(os.path.join(staging, "table.csv"), summary, settings.get("costs", {}))
+        _write_per_image_csv(os.path.join(staging, "per_image.csv"), result)
+        with open(os.path.join(staging, "results.json"), "w") as handle:
+            json.dump({"settings": settings, "summary": summary}, handle, indent=2)
+        # rows = images; columns = gray input, each model, ground truth
+        order = [GRAY] + [r for r in result["grid"] if r not in (GRAY, TRUTH)] + [TRUTH]
+        grid = torch.stack([result["grid"][row].cpu() for row in order], dim=1).flatten(0, 1)
+        save_image(make_grid(grid, nrow=len(order), padding=2), os.path.join(staging, "comparison.png"))
+        with open(os.path.join(staging, "comparison_columns.txt"), "w") as handle:
+            handle.write(" | ".join(order) + "\n")
+        if os.path.isdir(output_dir):
+            shutil.rmtree(output_dir)
+        os.replace(staging, output_dir)
+        return table
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _write_table_csv(path: str, summary: dict, costs: dict) -> None:
+    rows = {row: stats for row, stats in summary.items() if row != "samples"}
+    metrics = [c for c in QUALITY_COLUMNS if any(c in stats for stats in rows.values())]
+    cost_keys = ("parameters", "ms_per_image")
+    training_keys = ("images_seen", "images_per_second", "train_seconds", "wall_seconds", "hardware")
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["model"] + [f"{m}_{part}" for m in metrics for part in ("mean", "ci95_low", "ci95_high")]
+                        + list(cost_keys) + [f"train_{k}" for k in training_keys])
+        for row, stats in rows.items():
+            cost = costs.get(row, {})
+            training = cost.get("training") or {}
+            writer.writerow([row] + [x for m in metrics for x in ((stats[m]["mean"], *stats[m]["ci95"])
+                                                                   if m in stats else ("", "", ""))]
+                            + [cost.get(k, "") for k in cost_keys] + [training.get(k, "") for k in training_keys])
+
+
+def _write_per_image_csv(path: str, result: dict) -> None:
+    values = result["values"]
+    metrics = sorted({m for row in values.values() for m in row if m not in ("index", "ab_histogram")})
+    samples = result.get("samples") or {}
+    sample_metrics = sorted({m for row in samples.values() for m in row if m != "index"})
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image_index", "model"] + metrics + sample_metrics)
+        index = values[TRUTH]["index"]
+        for position, image_index in enumerate(index):
+            for row, row_values in values.items():
+                extra = samples.get(row)
+                where = None
+                if extra is not None:
+                    found = (extra["index"] == image_index).nonzero()[0]
+                    where = int(found[0]) if len(found) else None
+                writer.writerow([int(image_index), row]
+                                + [float(row_values[m][position]) if m in row_values else "" for m in metrics]
+                                + [float(extra[m][where]) if where is not None else "" for m in sample_metrics])

@@ -1,0 +1,186 @@
+"""The diffusion model's training half: the denoising loss on diffusers' DDPM schedule, EMA, and export.
+
+The diffused variable is the normalized ab times ``ab_scale``: normalized ab is far from the unit variance
+the noise has (its standard deviation is about 0.25 on the embedded scenes and 0.09 on AFHQ cats), so by
+default the scale is 1 / that standard deviation over the training images (like latent diffusion's scaling
+factor), measured once per run, kept in the checkpoints and stored in the model's config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from diffusers.training_utils import EMAModel, compute_snr
+
+from colorization.colorizer import Colorizer, save_export_config
+from colorization.config import field
+from colorization.models.diffusion import (DEFAULT_SAMPLER, NUM_TRAIN_TIMESTEPS, PRESETS, SAMPLERS,
+                                           LabColorizationPipeline, LabConditionedUNet, build_unet,
+                                           colorizer_from_parts)
+from colorization.training import TrainConfig, TrainingTask, make_optimizer
+
+
+def _parse_ints(text: Optional[str]) -> Optional[tuple]:
+    if text is None:
+        return None
+    return tuple(int(part) for part in text.split(",") if part.strip() != "")
+
+
+@dataclass
+class DiffusionConfig:
+    unet_preset: str = field("base", "UNet size: small (~3M parameters, for 64x64 CPU runs) or base (~71M, for "
+                                     "256x256).", choices=tuple(PRESETS))
+    block_out_channels: Optional[str] = field(None, "Override the preset's widths, e.g. 32,64,64,128.")
+    layers_per_block: Optional[int] = field(None, "Override the preset's ResNet layers per level.")
+    attention_levels: Optional[str] = field(None, "Override the preset's attention levels (indices, e.g. 2,3; "
+                                                  "empty string: none).")
+    prediction_type: str = field("epsilon", "What the UNet predicts: the noise, v, or the clean ab (sample).",
+                                 choices=("epsilon", "v_prediction", "sample"))
+    beta_schedule: str = field("linear", "Noise schedule of DDPMScheduler (1000 steps).",
+                               choices=("linear", "scaled_linear", "squaredcos_cap_v2"))
+    zero_terminal_snr: bool = field(False, "Rescale the betas so that the last timestep is pure noise (Lin et al. "
+                                           "2024), as samplers starting from pure noise assume; needs v or sample "
+                                           "prediction.")
+    snr_gamma: Optional[float] = field(None, "Min-SNR loss weighting (Hang et al. 2023) with this gamma, e.g. 5; "
+                                             "none: uniform weights.")
+    use_ema: bool = field(True, "Keep an EMA of the weights (diffusers' EMAModel) for validation and export.")
+    ema_max_decay: float = field(0.9999, "Largest EMA decay.")
+    ema_power: float = field(2 / 3, "EMA warm-up: the decay at step t is 1 - (1 + t) ** -power (smaller: a "
+                                    "shorter memory early in training).")
+    ab_scale: Optional[float] = field(None, "The UNet diffuses ab x this factor, so the data has about unit "
+                                            "variance like the noise; none: 1 / std of the training images' "
+                                            "normalized ab (measured once per run, stored in the model).")
+    validation_sampler: str = field(DEFAULT_SAMPLER[0], "Sampler of validation (and evaluate.py's default for "
+                                                        "this model).", choices=tuple(SAMPLERS))
+    validation_inference_steps: int = field(DEFAULT_SAMPLER[1], "Sampling steps of validation (and evaluate.py's "
+                                                                "default for this model).")
+
+
+class DiffusionTask(TrainingTask):
+    model_type = "diffusion"
+    config_class = DiffusionConfig
+    flag_defaults = {"learning_rate": 1e-4, "lr_warmup_steps": 500}
+    exported_model_name = "unet"
+    exported_files = TrainingTask.exported_files + ("unet", "scheduler", "model_index.json")
+
+    def __init__(self, config: DiffusionConfig, resolution: int):
+        super().__init__(config, resolution)
+        self.ema: Optional[EMAModel] = None
+
+    def _unet(self, ab_scale: float = 1.0) -> LabConditionedUNet:
+        config = self.config
+        return build_unet(self.resolution, config.unet_preset, _parse_ints(config.block_out_channels),
+                          config.layers_per_block,
+                          _parse_ints(config.attention_levels) if config.attention_levels is not None else None,
+                          ab_scale)
+
+    def check_resolution(self, resolution: int) -> None:
+        self._unet()  # raises for a resolution the UNet cannot halve enough
+
+    def build(self, train_config: TrainConfig, statistics: dict) -> None:
+        config = self.config
+        spread = float(statistics["ab_std"])
+        self.ab_scale = config.ab_scale if config.ab_scale is not None else round(1.0 / max(spread, 0.02), 3)  # gray data: <= x50
+        unet = self._unet(self.ab_scale)
+        self.models = {"unet": unet}
+        self.optimizers = {"unet": make_optimizer(unet.parameters(), train_config)}
+        self.noise_scheduler = DDPMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_schedule=config.beta_schedule,
+                                             prediction_type=config.prediction_type, clip_sample=False,
+                                             rescale_betas_zero_snr=config.zero_terminal_snr)
+        self.ema = None
+        if config.use_ema:
+            self.ema = EMAModel(unet.parameters(), decay=config.ema_max_decay, use_ema_warmup=True,
+                                power=config.ema_power, foreach=True, model_cls=LabConditionedUNet,
+                                model_config=unet.config)
+            self.ema.to(self.accelerator.device)
+
+    def state_dict(self) -> dict:
+        if self.ema is None:
+            return {}
+        state = self.ema.state_dict()
+        shadow = state.pop("shadow_params")
+        return {"ema": state, "tensors": {f"ema.{i}": tensor for i, tensor in enumerate(shadow)}}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.ema is None:
+            return
+        tensors = state["tensors"]
+        shadow = [tensors[f"ema.{i}"] for i in range(len(tensors))]
+        self.ema.load_state_dict({**state["ema"], "shadow_params": shadow})
+
+    def training_target(self, ab: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        if self.config.prediction_type == "epsilon":
+            return noise
+        if self.config.prediction_type == "sample":
+            return ab
+        return self.noise_scheduler.get_velocity(ab, noise, timesteps)
+
+    def loss_weights(self, timesteps: torch.Tensor) -> Optional[torch.Tensor]:
+        """Min-SNR-gamma weights per image (as in diffusers' training examples), or None for uniform."""
+        gamma = self.config.snr_gamma
+        if gamma is None:
+            return None
+        snr = compute_snr(self.noise_scheduler, timesteps)
+        weights = torch.clamp(snr, max=gamma)
+        kind = self.config.prediction_type
+        if kind == "epsilon":
+            weights = weights / snr
+        elif kind == "v_prediction":
+            weights = weights / (snr + 1)
+        return torch.where(snr == 0, torch.ones_like(weights), weights)  # zero terminal SNR: weight 1 there
+
+    def training_step(self, trainer, lightness, ab):
+        ab = ab * self.ab_scale  # the diffused variable (unit variance, like the noise)
+        noise = torch.randn_like(ab)
+        timesteps = torch.randint(0, NUM_TRAIN_TIMESTEPS, (ab.shape[0],), device=ab.device)
+        noisy_ab = self.noise_scheduler.add_noise(ab, noise, timesteps)
+        prediction = self.models["unet"](noisy_ab, timesteps, lightness)
+        per_image = F.mse_loss(prediction.float(), self.training_target(ab, noise, timesteps).float(),
+                               reduction="none").mean(dim=(1, 2, 3))
+        weights = self.loss_weights(timesteps)
+        loss = per_image.mean() if weights is None else (per_image * weights).mean()
+        trainer.optimize("unet", loss)
+        if self.ema is not None and trainer.accelerator.sync_gradients:
+            self.ema.step(self.unwrapped("unet").parameters())
+        logs = {"loss": loss.detach()}
+        quartile = timesteps * 4 // NUM_TRAIN_TIMESTEPS
+        for q in range(4):  # the (unweighted) mean of no image is NaN: "absent this step" for the logger
+            logs[f"loss_t{q * 250}-{q * 250 + 249}"] = per_image[quartile == q].mean().detach()
+        if self.ema is not None:
+            logs["ema_decay"] = torch.tensor(self.ema.cur_decay_value or 0.0)
+        return logs
+
+    @contextlib.contextmanager
+    def evaluation_weights(self):
+        """Validate and export with the EMA weights, then put the trained weights back."""
+        if self.ema is None:
+            yield
+            return
+        parameters = list(self.unwrapped("unet").parameters())
+        self.ema.store(parameters)
+        self.ema.copy_to(parameters)
+        try:
+            yield
+        finally:
+            self.ema.restore(parameters)
+
+    def colorizer(self) -> Colorizer:
+        config = self.config
+        return colorizer_from_parts(self.unwrapped("unet"), self.noise_scheduler.config, self.resolution,
+                                    config.validation_sampler, config.validation_inference_steps)
+
+    def validation_losses(self, lightness, ab, predicted_ab):
+        return {"ab_mse": F.mse_loss(predicted_ab.float(), ab, reduction="none").mean(dim=(1, 2, 3))}
+
+    def export(self, output_dir: str, extra: dict) -> None:
+        """A diffusers pipeline folder (the UNet, as evaluation_weights gives it, and the training schedule)."""
+        LabColorizationPipeline(self.unwrapped("unet"), self.noise_scheduler).save_pretrained(
+            output_dir, safe_serialization=True)
+        sampling = {"scheduler": self.config.validation_sampler,
+                    "num_inference_steps": self.config.validation_inference_steps}
+        save_export_config(output_dir, self.model_type, {}, self.resolution, {**extra, "sampling": sampling})
