@@ -22,10 +22,14 @@ setup(
         "numpy>=1.24",
         "pillow>=10.0",
     ],
-    entry_points={"console_scripts": ["colorize=colorization.cli:main"]},
+    package_data={"colorization": ["demo_examples/*"]},
+    entry_points={"console_scripts": ["colorize=colorization.cli:main", "colorize-demo=colorization.demo:main"]},
     extras_require={
-        # scikit-image: the independent reference the color conversion is tested against
-        "dev": ["pytest>=7", "scikit-image>=0.21"],
+        # the web demo (python -m colorization.demo)
+        "demo": ["gradio>=5"],
+        # scikit-image and scipy: independent references the color conversion and the metrics are tested
+        # against; gradio and playwright: the demo's browser test; matplotlib: the benchmark plots
+        "dev": ["pytest>=7", "scikit-image>=0.21", "scipy>=1.10", "gradio>=5", "playwright>=1.40", "matplotlib>=3.7"],
     },
     license="MIT",
 )

@@ -143,6 +143,10 @@ class TrainingTask:
         weights of :meth:`evaluation_weights`): validation measures exactly what the export will do."""
         raise NotImplementedError
 
+    def selectable_steps(self, max_steps: int) -> tuple[int, int]:
+        """The first and last step that --model_selection best may choose (the GAN: its adversarial phase)."""
+        return 1, max_steps
+
     def validation_losses(self, lightness, ab, predicted_ab) -> dict[str, torch.Tensor]:
         """Per-image validation losses (N,) of the colorizer's predicted normalized ab, named as in training."""
         return {"loss": torch.nn.functional.mse_loss(predicted_ab.float(), ab, reduction="none").mean(dim=(1, 2, 3))}
@@ -565,7 +569,8 @@ class Trainer:
         """--model_selection best: is this step the best so far? Not above the truth's colorfulness comes first
         (a GAN that paints more color than the photos has is not chosen over one that does not), then PSNR."""
         step = self.progress.global_step
-        if step == 0:
+        first, last = self.task.selectable_steps(self.max_steps)
+        if not first <= step <= last:
             return
         qualified = metrics["colorfulness"] <= metrics["colorfulness_truth"]
         best = self.progress.selection
@@ -616,10 +621,11 @@ class Trainer:
         steps_per_epoch = math.ceil(len(train_loader) / config.gradient_accumulation_steps)
         max_steps = config.max_train_steps or config.num_train_epochs * steps_per_epoch
         num_epochs = math.ceil(max_steps / steps_per_epoch)
-        if config.model_selection == "best" and max_steps // config.validation_steps < MIN_VALIDATIONS_FOR_SELECTION:
-            config.validation_steps = max(1, max_steps // MIN_VALIDATIONS_FOR_SELECTION)
-            self.log(f"--model_selection best: validating every {config.validation_steps} steps "
-                     f"(at least {MIN_VALIDATIONS_FOR_SELECTION} validations to choose from)")
+        first, last = task.selectable_steps(max_steps)
+        if config.model_selection == "best" and (last - first + 1) // config.validation_steps < MIN_VALIDATIONS_FOR_SELECTION:
+            config.validation_steps = max(1, (last - first + 1) // MIN_VALIDATIONS_FOR_SELECTION)
+            self.log(f"--model_selection best: validating every {config.validation_steps} steps (at least "
+                     f"{MIN_VALIDATIONS_FOR_SELECTION} validations to choose from, steps {first} to {last})")
         if resume_path:  # the data statistics of the run, not measured again
             statistics = load_file(os.path.join(resume_path, STATISTICS_NAME))
         else:

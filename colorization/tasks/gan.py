@@ -144,6 +144,11 @@ class GANTask(TrainingTask):
         warmup_end = content_end + round(self.config.discriminator_warmup_fraction * max_steps)
         return 0 if step < content_end else 1 if step < warmup_end else 2
 
+    def selectable_steps(self, max_steps: int) -> tuple[int, int]:
+        """Only steps of the adversarial phase: the export is a GAN, not the warm start's regressor."""
+        first = next((step for step in range(max_steps) if self.phase(step, max_steps) == 2), max_steps - 1)
+        return first + 1, max_steps  # validation at step S judges the network after S optimizer steps
+
     def _target(self, lightness: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
         """The ground truth in the generator's output space."""
         if self.config.output_space == "ab":
