@@ -57,6 +57,7 @@ STATISTICS_NAME = "data_statistics.safetensors"
 VALIDATION_SEED = 0  # the noise of validation samples: evaluate.py's default --seed, seeded per image alike
 VALIDATION_METRICS = ("psnr", "ssim", "colorfulness")
 MIN_VALIDATIONS_FOR_SELECTION = 10
+SELECTION_PSNR_TOLERANCE_DB = 0.3
 
 
 @dataclass
@@ -86,9 +87,9 @@ class TrainConfig:
                                                  "none: all of them).")
     initial_validation: bool = field(True, "Also validate before the first step (the untrained baseline).")
     num_grid_images: int = field(8, "Validation images shown in the gray | prediction | truth grid.")
-    model_selection: str = field("last", "Which step is exported: last, or best (the best validation PSNR among "
-                                         "the validated steps whose colorfulness is not above the ground truth's).",
-                                 choices=("last", "best"))
+    model_selection: str = field("last", "Which step is exported: last, or best: the last validated step whose "
+                                         "PSNR is within 0.3 dB of the best so far and whose colorfulness is not "
+                                         "above the ground truth's (see the README).", choices=("last", "best"))
     checkpointing_steps: int = field(500, "Save a resumable checkpoint every N steps, and at the end.")
     checkpoints_total_limit: Optional[int] = field(3, "Keep at most N complete checkpoints (oldest pruned once a "
                                                       "newer one is complete).")
@@ -195,6 +196,7 @@ class TrainingProgress:
     wall_seconds: float = 0.0  # training loop, validation and checkpoints (not start-up)
     overhead_seconds: float = 0.0  # validation and checkpoints within wall_seconds
     selection: Optional[dict] = None  # --model_selection best: the chosen step and why
+    best_validation_psnr: Optional[float] = None  # --model_selection best: among the selectable steps
 
 
 def _plain(value):
@@ -347,7 +349,7 @@ class Trainer:
             # The harness enters accelerator.autocast() around each training step itself; without accelerate's
             # own autocast wrapper around forward, validation and export run the networks in fp32 as evaluate.py does.
             accelerator.unwrap_model(task.models[name], keep_fp32_wrapper=False)
-        if accelerator.scaler is not None and len(opt_names) > 1:
+        if accelerator.scaler is not None:  # fp16: gradients are unscaled by us, once, before clipping
             shared = accelerator.scaler
             for index, name in enumerate(opt_names):
                 scaler = shared if index == 0 else torch.amp.GradScaler(
@@ -566,19 +568,23 @@ class Trainer:
         return metrics, first_batch
 
     def _select(self, metrics: dict) -> None:
-        """--model_selection best: is this step the best so far? Not above the truth's colorfulness comes first
-        (a GAN that paints more color than the photos has is not chosen over one that does not), then PSNR."""
+        """--model_selection best: the last validated (selectable) step that is still faithful, PSNR within
+        SELECTION_PSNR_TOLERANCE_DB of the best so far (validation numbers move that much between neighbouring
+        steps), and does not paint more color than the photos have; if no step qualifies, the best PSNR.
+
+        Decided online, at each validation: a step that qualifies replaces the choice, and is exported at once."""
         step = self.progress.global_step
         first, last = self.task.selectable_steps(self.max_steps)
         if not first <= step <= last:
             return
-        qualified = metrics["colorfulness"] <= metrics["colorfulness_truth"]
-        best = self.progress.selection
-        if best is not None and (best["qualified"], best["psnr"]) >= (qualified, metrics["psnr"]):
+        best, qualified, take = selection_step(self.progress.selection, self.progress.best_validation_psnr, metrics)
+        self.progress.best_validation_psnr = best
+        if not take:
             return
         validation_images = len(self.validation_loader.dataset)
-        rule = "best validation PSNR among the validated steps whose colorfulness is not above the ground truth's"
-        self.progress.selection = {**metrics, "step": step, "qualified": qualified,
+        rule = (f"the last validated step whose PSNR is within {SELECTION_PSNR_TOLERANCE_DB} dB of the best "
+                "validation PSNR so far and whose colorfulness is not above the ground truth's")
+        self.progress.selection = {**metrics, "step": step, "qualified": qualified, "best_psnr_so_far": best,
                                    "rule": rule + ("" if qualified else " (no step qualified: best PSNR overall)"),
                                    # evaluate.py leaves these out: a model is not scored on what chose it
                                    "images": split_hashes(self.validation_set)[:validation_images]}
@@ -790,6 +796,16 @@ class Trainer:
             print(format_metrics(metrics, self.progress.global_step, config.output_dir), flush=True)
         accelerator.wait_for_everyone()
         return metrics
+
+
+def selection_step(chosen: Optional[dict], best_psnr: Optional[float], metrics: dict) -> tuple[float, bool, bool]:
+    """One validation under --model_selection best -> (the best PSNR so far, whether this step qualifies, whether
+    it replaces the ``chosen`` one). See Trainer._select."""
+    best = max(best_psnr if best_psnr is not None else -math.inf, metrics["psnr"])
+    qualified = (metrics["psnr"] >= best - SELECTION_PSNR_TOLERANCE_DB
+                 and metrics["colorfulness"] <= metrics["colorfulness_truth"])
+    take = qualified or chosen is None or (not chosen["qualified"] and metrics["psnr"] > chosen["psnr"])
+    return best, qualified, take
 
 
 def format_metrics(metrics: dict, step: int, output_dir: str) -> str:

@@ -15,9 +15,9 @@ from conftest import TINY_DATA, TINY_GAN, accelerate_launch, train_in_process
 
 
 @pytest.mark.parametrize("resolution, patches", [(64, 6), (128, 14), (256, 30)])
-@pytest.mark.parametrize("output_space, channels", [("ab", 2), ("rgb", 3)])
-def test_generator_and_discriminator_shapes(resolution, patches, output_space, channels):
-    generator = UNetGenerator(resolution, output_space, base_channels=8).eval()
+@pytest.mark.parametrize("output_space, channels, upsampling", [("ab", 2, "resize"), ("rgb", 3, "transposed")])
+def test_generator_and_discriminator_shapes(resolution, patches, output_space, channels, upsampling):
+    generator = UNetGenerator(resolution, output_space, base_channels=8, upsampling=upsampling).eval()
     lightness = torch.rand(2, 1, resolution, resolution) * 2 - 1
     output = generator(lightness)
     assert output.shape == (2, channels, resolution, resolution) and output.abs().max() <= 1
@@ -156,7 +156,8 @@ def test_gan_run_logs_every_term_and_exports_its_chosen_step(gan_run):
     assert len(events.Scalars("validation/psnr")) >= 11
     exported = json.loads((output / "colorizer.json").read_text())
     selection = exported["selection"]
-    assert exported["architecture"] == {"resolution": 32, "output_space": "ab", "base_channels": 16}
+    assert exported["architecture"] == {"resolution": 32, "output_space": "ab", "base_channels": 16,
+                                        "upsampling": GANConfig().upsampling, "norm": GANConfig().generator_norm}
     assert 1 <= selection["step"] <= 12 and "colorfulness" in selection["rule"] and len(selection["images"]) == 26
     psnr = {e.step: e.value for e in events.Scalars("validation/psnr")}
     assert selection["psnr"] == pytest.approx(psnr[selection["step"]], abs=1e-4)
@@ -214,3 +215,23 @@ def test_gan_beats_the_gray_baseline_on_real_cats(tmp_path, afhq_dir):
         "0", "--base_channels", "32", "--train_batch_size", "32", "--max_train_steps", "150", "--learning_rate", "5e-4",
         "--output_dir", tmp_path, "--report_to", "none", "--no-initial_validation"])
     assert metrics["psnr"] > metrics["psnr_gray"] + 0.3, metrics
+
+
+def test_the_selection_rule_takes_the_last_faithful_step_that_does_not_over_paint():
+    from colorization.training import selection_step
+
+    def run(history):
+        chosen, best = None, None
+        for step, (psnr, colorfulness) in enumerate(history, start=1):
+            metrics = {"psnr": psnr, "colorfulness": colorfulness, "colorfulness_truth": 30.0}
+            best, qualified, take = selection_step(chosen, best, metrics)
+            if take:
+                chosen = {**metrics, "step": step, "qualified": qualified}
+        return chosen["step"]
+
+    # the best PSNR early (a regressor-like step), later steps within 0.3 dB and more colorful: the last of those
+    assert run([(26.8, 15.0), (26.1, 22.0), (26.6, 20.0), (26.7, 19.0), (26.0, 24.0)]) == 4
+    # a later step that paints more color than the photos is never taken, however good its PSNR
+    assert run([(26.0, 20.0), (26.5, 35.0)]) == 1
+    # nothing qualifies (everything over-painted): the best PSNR
+    assert run([(25.0, 40.0), (25.5, 41.0), (25.2, 42.0)]) == 2

@@ -46,6 +46,13 @@ class GANConfig:
     output_space: str = field("ab", "What the generator predicts: ab (joined with the input L) or rgb (the "
                                     "report's variant).", choices=("ab", "rgb"))
     base_channels: int = field(64, "Channels of the first generator and discriminator layer.")
+    upsampling: str = field("resize", "The generator decoder's x2: resize (bilinear x2 + 3x3 convolution) or "
+                                      "transposed (4x4 stride-2 transposed convolutions: pix2pix's and the "
+                                      "report's, whose checkerboard chroma noise costs SSIM).",
+                            choices=("resize", "transposed"))
+    generator_norm: str = field("group", "The generator's normalization: group (the same in training and at "
+                                         "inference) or batch (pix2pix's: batch statistics in training, running "
+                                         "statistics at inference).", choices=("group", "batch"))
     lambda_content: float = field(100.0, "Weight of the smooth-L1 content loss.")
     smooth_l1_beta: float = field(0.01, "Where the content loss turns from quadratic to linear, in normalized "
                                         "units (0.01 ~ 1 Lab unit). PyTorch's default 1.0 would keep ab errors "
@@ -127,7 +134,8 @@ class GANTask(TrainingTask):
 
     def build(self, train_config: TrainConfig, statistics: dict) -> None:
         config = self.config
-        generator = UNetGenerator(self.resolution, config.output_space, config.base_channels)
+        generator = UNetGenerator(self.resolution, config.output_space, config.base_channels, config.upsampling,
+                                  config.generator_norm)
         discriminator = PatchDiscriminator(2 if config.output_space == "ab" else 3, config.base_channels,
                                            spectral_norm=config.spectral_norm)
         self.models = {"generator": generator, "discriminator": discriminator}
@@ -224,4 +232,5 @@ class GANTask(TrainingTask):
 
     def architecture(self) -> dict:
         return {"resolution": self.resolution, "output_space": self.config.output_space,
-                "base_channels": self.config.base_channels}
+                "base_channels": self.config.base_channels, "upsampling": self.config.upsampling,
+                "norm": self.config.generator_norm}
