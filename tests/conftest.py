@@ -113,3 +113,21 @@ def assert_same_weights(first: dict, second: dict) -> None:
     assert first.keys() == second.keys()
     for name in first:
         torch.testing.assert_close(second[name], first[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def run_in_process(main, argv, capsys):
+    """Call a command-line entry point's ``main(argv)`` here (no interpreter start-up) -> (exit code, stdout,
+    stderr), as the shell would see them."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    capsys.readouterr()
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as stop:
+        code = stop.code or 0
+    finally:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

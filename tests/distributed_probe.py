@@ -11,19 +11,19 @@ from colorization.data import ColorizationImages
 from colorization.tasks.cnn import CNNTask
 
 seen_indices = []
-_get_item = ColorizationImages.__getitem__
+_get_items = ColorizationImages.__getitems__
 
 
-def recording_get_item(self, key):
-    if isinstance(key, tuple):  # training samples come as (epoch, index); validation ones as plain indices
-        seen_indices.append(key[1])
-    return _get_item(self, key)
+def recording_get_items(self, keys):
+    # training samples come as (epoch, index); validation ones (and the data statistics) as plain indices
+    seen_indices.extend(list(key) for key in keys if isinstance(key, tuple))
+    return _get_items(self, keys)
 
 
 def main():
     probe_dir = sys.argv[sys.argv.index("--probe_dir") + 1]
     argv = [a for i, a in enumerate(sys.argv[1:]) if "--probe_dir" not in (a, sys.argv[i])]
-    ColorizationImages.__getitem__ = recording_get_item  # with no data workers, samples load in this process
+    ColorizationImages.__getitems__ = recording_get_items  # with no data workers, batches load in this process
     train_config, data_config, model_config = training.parse_args(CNNTask, argv)
     trainer = training.Trainer(CNNTask(model_config, data_config.resolution), train_config, data_config)
     trainer.train()
@@ -34,7 +34,7 @@ def main():
     rank = trainer.accelerator.process_index
     with open(os.path.join(probe_dir, f"rank_{rank}.json"), "w") as handle:
         json.dump({"rank": rank, "num_processes": trainer.accelerator.num_processes,
-                   "indices": seen_indices, "weights_sha256": digest.hexdigest()}, handle)
+                   "epoch_and_index": seen_indices, "weights_sha256": digest.hexdigest()}, handle)
     trainer.accelerator.end_training()
 
 

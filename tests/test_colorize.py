@@ -14,7 +14,7 @@ from colorization.colorizer import save_export_config, save_module_weights
 from colorization.models.cnn import ResNetColorizer
 from colorization.models.diffusion import LabColorizationPipeline, LabConditionedUNet
 from colorization.models.gan import UNetGenerator
-from conftest import run_command
+from conftest import run_command, run_in_process
 
 
 @pytest.fixture(scope="module")
@@ -127,9 +127,10 @@ def test_command_line_never_overwrites_an_input(models, tmp_path):
     assert Image.open(tmp_path / "photo_colorized.png").size == (8, 8)
 
 
-def test_missing_model_or_input_is_one_line(models, tmp_path):
-    result = run_command([sys.executable, "-m", "colorization", "--model", tmp_path / "nope", tmp_path], check=False)
-    assert result.returncode == 1 and result.stderr.strip().startswith("error:") and "Traceback" not in result.stderr
-    result = run_command([sys.executable, "-m", "colorization", "--model", models / "cnn", tmp_path / "absent.jpg"],
-                         check=False)
-    assert result.returncode == 1 and "does not exist" in result.stderr
+def test_missing_model_or_input_is_one_line(models, tmp_path, capsys):
+    from colorization.cli import main
+
+    code, _, error = run_in_process(main, ["--model", tmp_path / "nope", tmp_path], capsys)
+    assert code == 1 and error.strip().startswith("error:") and "Traceback" not in error
+    code, _, error = run_in_process(main, ["--model", models / "cnn", tmp_path / "absent.jpg"], capsys)
+    assert code == 1 and "does not exist" in error

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from colorization import color
-from conftest import ROOT, run_command
+from conftest import ROOT, run_command, run_in_process
 
 CAT = ROOT / "colorization" / "demo_examples" / "cat_chelsea.jpg"  # a real cat photo, CC0
 ARTIFACTS = ROOT / "test-artifacts"
@@ -107,16 +107,19 @@ def test_the_page_colorizes_a_cat_with_every_model_and_reports_a_broken_file(dem
 
 
 @pytest.mark.parametrize("index", [0, 1, 2])
-def test_the_demo_gives_the_same_pixels_as_the_command_line(models, tmp_path, index):
+def test_the_demo_gives_the_same_pixels_as_the_command_line(models, tmp_path, index, capsys):
+    from colorization.cli import main
     from colorization.demo import Demo
 
     source = tmp_path / "photo.png"
     Image.open(CAT).convert("RGB").crop((100, 50, 260, 170)).save(source)
     demo = Demo([models[index]], ["model"], "cpu")
     results, _ = demo.colorize(Image.open(source), sampler="dpm", steps=3, seed=5)
-    run_command([sys.executable, "-m", "colorization", "--model", models[index], source, "--output_dir",
-                 tmp_path / "cli", "--device", "cpu", "--scheduler", "dpm", "--num_inference_steps", "3", "--seed", "5"])
-    cli = np.asarray(Image.open(tmp_path / "cli" / "photo.png"))
+    code, _, error = run_in_process(main, ["--model", models[index], source, "--output_dir", tmp_path / "cli",
+                                           "--device", "cpu", "--scheduler", "dpm", "--num_inference_steps", "3",
+                                           "--seed", "5"], capsys)
+    assert code == 0, error
+    cli = np.asarray(Image.open(tmp_path / "cli" / "photo.png"))  # PNG: lossless, the array before encoding
     assert np.array_equal(np.asarray(results["model"]), cli)
 
 

@@ -17,7 +17,7 @@ from colorization.errors import ColorizationError
 from colorization.evaluation import GRAY, MEAN_AB, TRUTH, EvaluationConfig, evaluate, load_lpips, summarize
 from colorization.metrics import (PSNR_CAP_DB, ab_bin_centres, ab_histogram, bootstrap_interval, colorfulness,
                                   psnr_per_image, resample_counts, sliced_wasserstein, ssim_per_image)
-from conftest import TINY_DATA, accelerate_launch, run_command
+from conftest import TINY_DATA, accelerate_launch, run_command, run_in_process
 
 
 def test_identical_images_score_perfectly():
@@ -242,22 +242,24 @@ def test_unreadable_images_are_dropped_and_counted(three_models, tmp_path):
     assert len({r["image_index"] for r in rows}) == 6  # no duplicated neighbour in place of a bad image
 
 
-def test_command_line_end_to_end_and_bad_input(three_models, tmp_path):
-    args = [sys.executable, "evaluate.py", "--checkpoints", three_models["CNN"], three_models["GAN"], "--names", "CNN",
-            "GAN", *TINY_DATA, "--metrics", "psnr,ssim", "--max_images", "6", "--keep_selection_images",
-            "--output_dir", tmp_path / "eval"]
-    result = run_command(args)
+def test_command_line_end_to_end_and_bad_input(three_models, tmp_path, capsys):
+    from colorization.evaluation import main
+
+    args = ["--checkpoints", three_models["CNN"], three_models["GAN"], "--names", "CNN", "GAN", *TINY_DATA,
+            "--metrics", "psnr,ssim", "--max_images", "6", "--keep_selection_images", "--output_dir", tmp_path / "eval"]
+    result = run_command([sys.executable, "evaluate.py", *args])  # the real script, once
     assert "| CNN |" in result.stdout and "| Gray (ab = 0) |" in result.stdout
-    missing = run_command(args[:3] + [tmp_path / "nowhere"] + args[9:], check=False)
-    assert missing.returncode == 1 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+    code, _, error = run_in_process(main, ["--checkpoints", tmp_path / "nowhere"] + args[6:], capsys)
+    assert code == 1 and "does not exist" in error and "Traceback" not in error
     (tmp_path / "not_a_model").mkdir()
-    not_model = run_command(args[:3] + [tmp_path / "not_a_model"] + args[9:] + ["--output_dir", tmp_path / "x"],
-                            check=False)
-    assert not_model.returncode == 1 and "not an exported colorization model" in not_model.stderr
+    code, _, error = run_in_process(main, ["--checkpoints", tmp_path / "not_a_model"] + args[6:] +
+                                    ["--output_dir", tmp_path / "x"], capsys)
+    assert code == 1 and "not an exported colorization model" in error
     assert not (tmp_path / "x").exists()  # nothing written on failure
     (tmp_path / "empty").mkdir()
-    empty = run_command(args + ["--train_data_dir", tmp_path / "empty", "--output_dir", tmp_path / "y"], check=False)
-    assert empty.returncode == 1 and "no images" in empty.stderr and not (tmp_path / "y").exists()
+    code, _, error = run_in_process(main, args + ["--train_data_dir", tmp_path / "empty", "--output_dir",
+                                                  tmp_path / "y"], capsys)
+    assert code == 1 and "no images" in error and not (tmp_path / "y").exists()
 
 
 def test_two_processes_give_the_same_table_as_one(three_models, tmp_path):

@@ -24,11 +24,11 @@ def test_cnn_beats_the_gray_baseline_on_the_embedded_data(tmp_path):
     assert losses[150] < 0.6 * losses[0], losses
 
 
-def test_cnn_validation_loss_falls_on_real_cats(tmp_path, afhq_dir):
-    train_in_process(CNNTask, ["--train_data_dir", afhq_dir, "--resolution", "32", *TINY_CNN, "--train_batch_size",
-                               "32", "--max_train_steps", "160", "--validation_steps", "80", "--validation_images",
-                               "128", "--output_dir", tmp_path])
+def test_cnn_beats_the_gray_baseline_on_real_cats(tmp_path, afhq_dir):
+    metrics = train_in_process(CNNTask, ["--train_data_dir", afhq_dir, "--resolution", "32", *TINY_CNN,
+                                         "--train_batch_size", "32", "--max_train_steps", "100", "--validation_steps",
+                                         "50", "--validation_images", "64", "--output_dir", tmp_path])
+    # seen: 26.25 dB against 25.43 for gray after 100 steps; validation loss 0.0127 (untrained) -> 0.0070
+    assert metrics["psnr"] > metrics["psnr_gray"] + 0.4, metrics
     losses = _validation_losses(tmp_path)
-    # Cats have little color, so an untrained model (ab ~ 0) already starts near the gray baseline;
-    # seen: 0.0077 -> 0.0068 after 150 steps (-12%), 0.0065 after 300.
-    assert losses[160] < 0.93 * losses[0], losses
+    assert losses[100] < 0.8 * losses[0], losses
