@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import time
 
 import torch
 from diffusers import DDPMScheduler
 
-from colorization.models.diffusion import SCHEDULERS, DiffusionConfig, LabColorizationPipeline, make_unet
+from records import device_name, record
 
-SAMPLERS = (("ddpm", 1000), ("ddim", 50), ("dpm", 20))
+from colorization.models.diffusion import LabColorizationPipeline, build_unet, make_sampler
+
+SAMPLERS = (("ddpm", 1000), ("ddim", 50), ("dpm", 20))  # the sampler and its steps
 
 
 def main() -> None:
@@ -31,8 +32,9 @@ def main() -> None:
     parser.add_argument("--output")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    unet = make_unet(DiffusionConfig(unet_preset=args.unet_preset), args.resolution).to(device).eval()
-    pipeline = LabColorizationPipeline(unet, DDPMScheduler(num_train_timesteps=1000))
+    unet = build_unet(args.resolution, args.unet_preset).to(device).eval()
+    training_schedule = DDPMScheduler(num_train_timesteps=1000)
+    pipeline = LabColorizationPipeline(unet, training_schedule)
     pipeline.set_progress_bar_config(disable=True)
     lightness = torch.rand(args.batch_size, 1, args.resolution, args.resolution, device=device) * 2 - 1
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.mixed_precision)
@@ -40,11 +42,11 @@ def main() -> None:
     for name, steps in SAMPLERS:
         if name not in args.samplers.split(","):
             continue
-        pipeline.scheduler = SCHEDULERS[name].from_config(pipeline.scheduler.config)
+        pipeline.scheduler = make_sampler(name, training_schedule.config)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         with autocast:
-            pipeline.sample_ab(lightness, 2)  # warm-up
+            pipeline.sample_ab(lightness, 2, torch.Generator(device).manual_seed(0))  # warm-up
             if device.type == "cuda":
                 torch.cuda.synchronize()
             started = time.perf_counter()
@@ -52,18 +54,12 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.synchronize()
         elapsed = time.perf_counter() - started
-        line = json.dumps({"sampler": name, "steps": steps, "resolution": args.resolution, "preset": args.unet_preset,
-                           "batch_size": args.batch_size, "mixed_precision": args.mixed_precision,
-                           "seconds_per_image": round(elapsed / args.batch_size, 4),
-                           "device": torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)",
-                           "parameters": sum(p.numel() for p in unet.parameters()),
-                           **({"peak_gpu_memory_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
-                              if device.type == "cuda" else {})})
-        print(line, flush=True)
-        if args.output:
-            with open(args.output, "a") as handle:
-                handle.write(line + "\n")
-
+        record({"sampler": name, "steps": steps, "resolution": args.resolution, "preset": args.unet_preset,
+                "batch_size": args.batch_size, "mixed_precision": args.mixed_precision,
+                "seconds_per_image": round(elapsed / args.batch_size, 4), "device": device_name(device),
+                "parameters": sum(p.numel() for p in unet.parameters()),
+                **({"peak_gpu_memory_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
+                   if device.type == "cuda" else {})}, args.output)
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,157 @@
+"""How a diffusion model's samples change with the sampler and its number of steps: one command, one plot.
+
+    python benchmarks/sampler_curve.py --model results/cpu-small/models/diffusion \\
+        --train_data_dir ../shared/data/afhq_cat --resolution 64 --images 64 --output_dir docs/results/sampler-curve
+
+For DDPM, DDIM and DPM-Solver at several step counts, on the first --images held-out images (all through
+colorization.measure, as evaluate.py measures): single-sample PSNR, PSNR of the mean of --num_samples samples
+(for step counts up to --max_mean_steps; DDPM-1000 gets one sample), the data-set colorfulness gap, the sliced
+Wasserstein ab distance to the truth, and the seconds per sample. Writes sampler_curve.json, sampler_curve.md
+(the table) and sampler_curve.png (the curves) into --output_dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from colorization.colorizer import read_export_config
+from colorization.data import DataConfig, batch_to_rgb, collate, load_splits, prepare_split
+from colorization.evaluation import GRAY, TRUTH, summarize
+from colorization.hardware import describe_hardware
+from colorization.inference import load_colorizer
+from colorization.measure import gray_baseline, measure, truth_values
+
+CURVES = {"ddpm": (50, 100, 250, 1000), "ddim": (10, 20, 50, 100), "dpm": (5, 10, 20, 50)}
+METRICS = ("psnr", "ssim", "colorfulness", "ab_histogram")
+
+
+def run(args) -> list[dict]:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    data = DataConfig(train_data_dir=args.train_data_dir, resolution=args.resolution, dataloader_num_workers=0)
+    _, validation = load_splits(data)
+    images = prepare_split(validation, data, train=False)
+    loader = DataLoader(Subset(images, range(min(args.images, len(images)))), batch_size=args.batch_size,
+                        collate_fn=collate)
+    batches = [(batch_to_rgb(batch, device), batch["index"]) for batch in loader]
+    values = {GRAY: {}, TRUTH: {}}
+    for truth, index in batches:
+        for row, found in ((GRAY, gray_baseline(truth, METRICS)[0]), (TRUTH, truth_values(truth, METRICS))):
+            for key, value in {**found, "index": index}.items():
+                values[row].setdefault(key, []).append(value.cpu())
+    rows, samples, timing = {}, {}, {}
+    for sampler, steps_list in CURVES.items():
+        for steps in steps_list:
+            name = f"{sampler.upper()}-{steps}"
+            colorizer = load_colorizer(args.model, device, scheduler=sampler, num_inference_steps=steps)
+            k = args.num_samples if steps <= args.max_mean_steps else 1
+            started = time.perf_counter()
+            for truth, index in batches:
+                found, _, _ = measure(colorizer, truth, index, args.seed, METRICS, num_samples=k)
+                for key, value in {**found, "index": index}.items():
+                    rows.setdefault(name, {}).setdefault(key, []).append(value.cpu())
+            timing[name] = (time.perf_counter() - started) / (sum(len(i) for _, i in batches) * k)
+            print(f"{name}: {k} sample(s) per image, {timing[name]:.3f} s per sample", flush=True)
+    joined = {row: {k: torch.cat(v).numpy() for k, v in found.items()} for row, found in {**rows, **values}.items()}
+    for name in rows:
+        if "psnr_mean" in joined[name]:
+            samples[name] = {k: joined[name][k] for k in ("psnr_mean", "ssim_mean", "diversity", "index")}
+    summary = summarize(joined, args.seed, samples)
+    results = []
+    for name in rows:
+        sampler, steps = name.split("-")
+        stats, mean_stats = summary[name], summary.get("samples", {}).get(name, {})
+        results.append({"sampler": sampler.lower(), "steps": int(steps), "images": len(joined[TRUTH]["index"]),
+                        "psnr": stats["psnr"], "psnr_vs_gray": stats["psnr_vs_gray"],
+                        "psnr_mean_of_k": mean_stats.get("psnr_mean"), "diversity": mean_stats.get("diversity"),
+                        "k": args.num_samples if "psnr_mean" in mean_stats else 1,
+                        "colorfulness": stats["colorfulness"], "colorfulness_gap": stats["colorfulness_gap"],
+                        "ab_distance": stats["ab_distance"], "seconds_per_sample": round(timing[name], 4)})
+    reference = {"gray_psnr": summary[GRAY]["psnr"], "truth_colorfulness": summary[TRUTH]["colorfulness"],
+                 "gray_ab_distance": summary[GRAY]["ab_distance"]}
+    return results, reference
+
+
+def _cell(stat, digits=2) -> str:
+    if stat is None:
+        return "—"
+    low, high = stat["ci95"]
+    return f"{stat['mean']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def write(results: list[dict], reference: dict, args, hardware: str) -> None:
+    os.makedirs(args.output_dir, exist_ok=True)
+    with open(os.path.join(args.output_dir, "sampler_curve.json"), "w") as handle:
+        json.dump({"results": results, "reference": reference, "model": os.path.relpath(args.model),
+                   "model_step": read_export_config(args.model).get("training", {}).get("global_step"),
+                   "hardware": hardware, "seed": args.seed}, handle, indent=2)
+    k = args.num_samples
+    lines = [f"| Sampler | Steps | PSNR, one sample | Δ vs gray | PSNR, mean of {k} | Diversity | Colorfulness | "
+             "Colorfulness gap ↓ | ab distance ↓ | s per sample |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['sampler'].upper()} | {r['steps']} | {_cell(r['psnr'])} | {_cell(r['psnr_vs_gray'])} | "
+                     f"{_cell(r['psnr_mean_of_k'])} | {_cell(r['diversity'])} | {_cell(r['colorfulness'])} | "
+                     f"{_cell(r['colorfulness_gap'])} | {_cell(r['ab_distance'])} | {r['seconds_per_sample']:.3f} |")
+    lines += ["", f"{results[0]['images']} held-out images at {args.resolution}x{args.resolution}; gray (ab = 0) PSNR "
+              f"{_cell(reference['gray_psnr'])}, ground-truth colorfulness {_cell(reference['truth_colorfulness'])}, "
+              f"gray's ab distance {_cell(reference['gray_ab_distance'])}. Mean [95% bootstrap interval over images]; "
+              f"seconds per sample on {hardware}, fp32, batch {args.batch_size}."]
+    with open(os.path.join(args.output_dir, "sampler_curve.md"), "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+    _plot(results, reference, args)
+
+
+def _plot(results: list[dict], reference: dict, args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for sampler, style in (("ddpm", "o-"), ("ddim", "s-"), ("dpm", "^-")):
+        rows = [r for r in results if r["sampler"] == sampler]
+        steps = [r["steps"] for r in rows]
+        line, = axes[0].plot(steps, [r["psnr"]["mean"] for r in rows], style, label=f"{sampler.upper()}, one sample")
+        with_mean = [r for r in rows if r["psnr_mean_of_k"]]
+        if with_mean:
+            axes[0].plot([r["steps"] for r in with_mean], [r["psnr_mean_of_k"]["mean"] for r in with_mean], style,
+                         color=line.get_color(), alpha=0.5, linestyle="--",
+                         label=f"{sampler.upper()}, mean of {args.num_samples}")
+        axes[1].plot(steps, [r["colorfulness_gap"]["mean"] for r in rows], style, label=sampler.upper())
+        axes[2].plot(steps, [r["ab_distance"]["mean"] for r in rows], style, label=sampler.upper())
+    axes[0].axhline(reference["gray_psnr"]["mean"], color="gray", linestyle=":", label="gray (ab = 0)")
+    for axis, title in zip(axes, ("PSNR (dB) ↑", "Colorfulness gap to the truth ↓", "ab distance to the truth ↓")):
+        axis.set_xscale("log")
+        axis.set_xlabel("sampling steps")
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(os.path.join(args.output_dir, "sampler_curve.png"), dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="an exported diffusion model")
+    parser.add_argument("--train_data_dir", required=True, help="the model's training folder (its held-out split)")
+    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--num_samples", type=int, default=8)
+    parser.add_argument("--max_mean_steps", type=int, default=100, help="mean of K only up to this many steps")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output_dir", default="results/sampler-curve")
+    args = parser.parse_args()
+    results, reference = run(args)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    write(results, reference, args, describe_hardware(device))
+    print(open(os.path.join(args.output_dir, "sampler_curve.md")).read())
+
+
+if __name__ == "__main__":
+    main()
