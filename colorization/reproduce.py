@@ -8,7 +8,8 @@ training images, one after the other (each through ``accelerate launch train_*.p
 
     results/<preset>/
       README.md            the table, the grid, what was run, where, when, from which commit
-      commands.sh          every command this folder's runs executed, in order, exactly
+      commands.sh          every command this folder's runs executed, in order, exactly (run from this
+                           folder: paths are relative to it; python: the interpreter that ran reproduce)
       reproduce.json       the plan, each model's status and wall-clock, the hardware
       models/<model>/      each training run: exported model, checkpoints, TensorBoard logs, samples
       logs/<step>.log      each command's full output
@@ -137,7 +138,7 @@ class Reproduction:
             launch += ["--multi_gpu", "--num_processes", str(self.num_processes), "--num_machines", "1",
                        "--dynamo_backend", "no"]
         else:
-            launch += ["--config_file", os.path.join(ROOT, "accelerate_config.yaml")]
+            launch += ["--config_file", self._here(os.path.join(ROOT, "accelerate_config.yaml"))]
         return launch
 
     def _data_args(self) -> list[str]:
@@ -145,7 +146,7 @@ class Reproduction:
         if args.embedded:
             source = []
         elif args.train_data_dir:
-            source = ["--train_data_dir", os.path.abspath(args.train_data_dir)]
+            source = ["--train_data_dir", self._here(os.path.abspath(args.train_data_dir))]
         else:
             source = ["--dataset_name", args.dataset_name or "huggan/AFHQ"]
         return source + ["--resolution", str(args.resolution or self.preset.resolution)] + shlex.split(args.data_args)
@@ -153,15 +154,20 @@ class Reproduction:
     def model_dir(self, model: str) -> str:
         return os.path.join(self.output_dir, "models", model)
 
+    def _here(self, path: str) -> str:
+        """``path`` as the commands name it: they run in the results folder, with paths relative to it, so
+        that what is recorded (commands.sh, reproduce.json, the tables) holds no path of this machine."""
+        return os.path.relpath(path, self.output_dir)
+
     def training_command(self, model: str) -> list[str]:
         args, preset = self.args, self.preset
         budget = (["--max_train_steps", str(args.max_train_steps)] if args.max_train_steps
                   else ["--num_train_epochs", str(args.epochs or preset.epochs)])
-        command = [*self._launcher(), os.path.join(ROOT, f"train_{model}.py"), *self._data_args(), *budget,
+        command = [*self._launcher(), self._here(os.path.join(ROOT, f"train_{model}.py")), *self._data_args(), *budget,
                    "--train_batch_size", str(args.train_batch_size or preset.train_batch_size),
                    "--eval_batch_size", str(preset.eval_batch_size),
                    "--mixed_precision", args.mixed_precision or preset.mixed_precision,
-                   "--seed", str(args.seed), "--output_dir", self.model_dir(model),
+                   "--seed", str(args.seed), "--output_dir", self._here(self.model_dir(model)),
                    # an interrupted run continues from its last checkpoint (a fresh run when there is none)
                    "--resume_from_checkpoint", "latest", *preset.model_args.get(model, [])]
         if model == "diffusion":  # validation samples as the table's first sampler does
@@ -181,12 +187,12 @@ class Reproduction:
     def evaluation_command(self, slow: bool = False) -> list[str]:
         """evaluate.py on the held-out images; ``slow``: the slow samplers' table, on the first images only."""
         args, preset = self.args, self.preset
-        command = [*self._launcher(), os.path.join(ROOT, "evaluate.py"),
-                   "--checkpoints", *[self.model_dir(m) for m in self.models],
+        command = [*self._launcher(), self._here(os.path.join(ROOT, "evaluate.py")),
+                   "--checkpoints", *[self._here(self.model_dir(m)) for m in self.models],
                    "--names", *[DISPLAY_NAMES[m] for m in self.models], *self._data_args(),
                    "--batch_size", str(preset.eval_batch_size), "--seed", str(args.seed),
                    "--samplers", self.slow_samplers() if slow else self.samplers(),
-                   "--output_dir", os.path.join(self.output_dir, "evaluation_slow" if slow else "evaluation")]
+                   "--output_dir", "evaluation_slow" if slow else "evaluation"]
         images = args.slow_sampler_images or preset.slow_sampler_images if slow else args.max_eval_images
         if images:
             command += ["--max_images", str(images)]
@@ -249,15 +255,20 @@ class Reproduction:
         if self._finished(step, command, outputs, folder):
             print(f"[reproduce] {step}: finished earlier, skipped", flush=True)
             return False
-        record = self.state["steps"].setdefault(step, {"command": command, "seconds": 0.0, "attempts": 0})
+        # recorded with "python" for the interpreter: the same run, whichever Python starts it
+        record = self.state["steps"].setdefault(step, {"command": ["python", *command[1:]], "seconds": 0.0,
+                                                       "attempts": 0})
         record.update(status="running", attempts=record["attempts"] + 1, commit=self.state["commit"])
         self._save_state()
         log_path = os.path.join(self.output_dir, "logs", f"{step}.log")
-        with open(os.path.join(self.output_dir, "commands.sh"), "a") as script:
-            script.write(f"# {_now()} {step} (attempt {record['attempts']})\n{shlex.join(command)}\n")
+        script_path = os.path.join(self.output_dir, "commands.sh")
+        with open(script_path, "a") as script:
+            if script.tell() == 0:
+                script.write("# Run from this folder: every path is relative to it.\n")
+            script.write(f"# {_now()} {step} (attempt {record['attempts']})\n{shlex.join(record['command'])}\n")
         print(f"[reproduce] {step}: {shlex.join(command)}\n[reproduce] output also in {log_path}", flush=True)
         started = time.perf_counter()
-        code = _tee(command, log_path)
+        code = _tee(command, log_path, cwd=self.output_dir)
         record["seconds"] += time.perf_counter() - started
         record["status"] = "finished" if code == 0 else f"failed (exit {code})"
         self._save_state()
@@ -354,11 +365,11 @@ def _commit() -> str:
         return "unknown (not a git checkout)"
 
 
-def _tee(command: list[str], log_path: str) -> int:
-    """Run ``command``, showing its output and appending it to ``log_path``; -> its exit code."""
+def _tee(command: list[str], log_path: str, cwd: str) -> int:
+    """Run ``command`` in ``cwd``, showing its output and appending it to ``log_path``; -> its exit code."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log_path, "ab") as log:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=cwd)
         try:
             while chunk := os.read(process.stdout.fileno(), 65536):
                 log.write(chunk)

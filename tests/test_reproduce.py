@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shlex
 import sys
 
 from colorization.evaluation import GRAY, MEAN_AB, TRUTH
@@ -71,6 +72,21 @@ def test_reproduce_writes_one_consistent_comparison_and_skips_finished_models(tm
         logs = out / "models" / model / "logs"
         assert any(name.startswith("events.out.tfevents") for _, _, files in os.walk(logs) for name in files), model
         assert (out / "logs" / f"{model}.log").stat().st_size > 0
+    # what is recorded holds no absolute path of this machine: the commands run in the results folder, with
+    # paths relative to it (reproduce.json's argv is the command as typed, here with an absolute --output_dir)
+    def strings(value):
+        if isinstance(value, dict):
+            return [s for v in value.values() for s in strings(v)]
+        if isinstance(value, list):
+            return [s for v in value for s in strings(v)]
+        return [value] if isinstance(value, str) else []
+
+    recorded = [word for c in commands for word in shlex.split(c)]
+    recorded += strings(json.loads((out / "reproduce.json").read_text())["steps"])
+    for name in ("evaluation/results.json", "evaluation_slow/results.json"):
+        recorded += strings(json.loads((out / name).read_text())["settings"])
+    assert not [word for word in recorded if os.path.isabs(word)]
+    assert all(c.startswith("python -m accelerate.commands.launch") for c in commands)
     readme = (out / "README.md").read_text()
     assert (evaluation / "table.md").read_text().strip() in readme
     assert "python -m colorization.reproduce" in readme and "comparison.png" in readme
