@@ -27,7 +27,7 @@ from colorization.hardware import describe_hardware
 from colorization.inference import load_colorizer
 from colorization.measure import gray_baseline, measure, truth_values
 
-CURVES = {"ddpm": (50, 100, 250, 1000), "ddim": (10, 20, 50, 100), "dpm": (5, 10, 20, 50)}
+CURVES = "ddpm:50,ddpm:100,ddpm:250,ddpm:1000,ddim:10,ddim:20,ddim:50,ddim:100,dpm:5,dpm:10,dpm:20,dpm:50"
 METRICS = ("psnr", "ssim", "colorfulness", "ab_histogram")
 
 
@@ -45,18 +45,17 @@ def run(args) -> list[dict]:
             for key, value in {**found, "index": index}.items():
                 values[row].setdefault(key, []).append(value.cpu())
     rows, samples, timing = {}, {}, {}
-    for sampler, steps_list in CURVES.items():
-        for steps in steps_list:
-            name = f"{sampler.upper()}-{steps}"
-            colorizer = load_colorizer(args.model, device, scheduler=sampler, num_inference_steps=steps)
-            k = args.num_samples if steps <= args.max_mean_steps else 1
-            started = time.perf_counter()
-            for truth, index in batches:
-                found, _, _ = measure(colorizer, truth, index, args.seed, METRICS, num_samples=k)
-                for key, value in {**found, "index": index}.items():
-                    rows.setdefault(name, {}).setdefault(key, []).append(value.cpu())
-            timing[name] = (time.perf_counter() - started) / (sum(len(i) for _, i in batches) * k)
-            print(f"{name}: {k} sample(s) per image, {timing[name]:.3f} s per sample", flush=True)
+    for sampler, steps in ((name, int(steps)) for name, steps in (e.split(":") for e in args.samplers.split(","))):
+        name = f"{sampler.upper()}-{steps}"
+        colorizer = load_colorizer(args.model, device, scheduler=sampler, num_inference_steps=steps)
+        k = args.num_samples if steps <= args.max_mean_steps else 1
+        started = time.perf_counter()
+        for truth, index in batches:
+            found, _, _ = measure(colorizer, truth, index, args.seed, METRICS, num_samples=k)
+            for key, value in {**found, "index": index}.items():
+                rows.setdefault(name, {}).setdefault(key, []).append(value.cpu())
+        timing[name] = (time.perf_counter() - started) / (sum(len(i) for _, i in batches) * k)
+        print(f"{name}: {k} sample(s) per image, {timing[name]:.3f} s per sample", flush=True)
     joined = {row: {k: torch.cat(v).numpy() for k, v in found.items()} for row, found in {**rows, **values}.items()}
     for name in rows:
         if "psnr_mean" in joined[name]:
@@ -143,6 +142,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--num_samples", type=int, default=8)
     parser.add_argument("--max_mean_steps", type=int, default=100, help="mean of K only up to this many steps")
+    parser.add_argument("--samplers", default=CURVES, help="SCHEDULER:STEPS, comma-separated (evaluate.py's form)")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output_dir", default="results/sampler-curve")
