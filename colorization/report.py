@@ -170,7 +170,8 @@ def _write_per_image_csv(path: str, result: dict) -> None:
     values = result["values"]
     metrics = sorted({m for row in values.values() for m in row if m not in ("index", "ab_histogram")})
     samples = result.get("samples") or {}
-    sample_metrics = sorted({m for row in samples.values() for m in row if m != "index"})
+    # the samples' own one-sample psnr/ssim are the main columns' values for the same image and seed
+    sample_metrics = sorted({m for row in samples.values() for m in row if m != "index"} - set(metrics))
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["image_index", "model"] + metrics + sample_metrics)

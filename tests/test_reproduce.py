@@ -53,6 +53,9 @@ def test_reproduce_writes_one_consistent_comparison_and_skips_finished_models(tm
         assert training["images_per_second"] > 0 and training["hardware"]
         assert training["resolution"] == 32 and training["data"] == settings["data"]
     with open(evaluation / "per_image.csv") as handle:
+        header = next(csv.reader(handle))
+        assert len(header) == len(set(header)) and {"psnr_mean", "ssim_mean", "diversity"} <= set(header)
+        handle.seek(0)
         rows = list(csv.DictReader(handle))
     images = {r["image_index"] for r in rows}
     for row in MODEL_ROWS | {MEAN_AB, GRAY}:  # every row measured on the same held-out images
