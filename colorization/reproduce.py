@@ -73,8 +73,9 @@ PRESETS = {
         num_samples=8, num_samples_images=96),
     "paper": Preset(
         description="AFHQ cats at 256x256, 20 epochs per model, bf16, on the GPUs of this machine",
-        resolution=256, epochs=20, train_batch_size=32, mixed_precision="bf16", samplers="dpm:20,ddim:50,ddpm:1000",
-        model_args={"diffusion": ["--unet_preset", "base"]}),
+        resolution=256, epochs=20, train_batch_size=32, mixed_precision="bf16", samplers="dpm:20,ddim:50",
+        model_args={"diffusion": ["--unet_preset", "base"]}, num_samples=8, num_samples_images=128,
+        slow_samplers="ddpm:1000"),  # on the first 64 held-out images (slow_sampler_images)
 }
 
 

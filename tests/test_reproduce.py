@@ -133,3 +133,15 @@ def test_a_failing_model_run_fails_the_whole_command_and_a_fixed_rerun_continues
     assert steps["gan"]["status"] == "finished" and steps["gan"]["attempts"] == 1
     with open(out / "evaluation" / "results.json") as handle:
         assert set(json.load(handle)["summary"]) == {"CNN", "GAN", MEAN_AB, GRAY, TRUTH}
+
+
+def test_the_paper_preset_samples_ddpm_1000_on_a_subset_and_the_mean_of_8():
+    from colorization.reproduce import Reproduction, parse_args
+
+    plan = Reproduction(parse_args(["--preset", "paper", "--num_processes", "1"]))
+    table, slow = plan.evaluation_command(), plan.evaluation_command(slow=True)
+    assert table[table.index("--samplers") + 1] == "dpm:20,ddim:50"
+    assert table[table.index("--num_samples") + 1] == "8" and "--max_images" not in table
+    assert slow[slow.index("--samplers") + 1] == "ddpm:1000" and slow[slow.index("--max_images") + 1] == "64"
+    diffusion = plan.training_command("diffusion")
+    assert diffusion[diffusion.index("--resolution") + 1] == "256" and "base" in diffusion
