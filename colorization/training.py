@@ -88,8 +88,9 @@ class TrainConfig:
     initial_validation: bool = field(True, "Also validate before the first step (the untrained baseline).")
     num_grid_images: int = field(8, "Validation images shown in the gray | prediction | truth grid.")
     model_selection: str = field("last", "Which step is exported: last, or best: the last validated step whose "
-                                         "PSNR is within 0.3 dB of the best so far and whose colorfulness is not "
-                                         "above the ground truth's (see the README).", choices=("last", "best"))
+                                         f"PSNR is within {SELECTION_PSNR_TOLERANCE_DB} dB of the best so far and "
+                                         "whose colorfulness is not above the ground truth's (see the README).",
+                                 choices=("last", "best"))
     checkpointing_steps: int = field(500, "Save a resumable checkpoint every N steps, and at the end.")
     checkpoints_total_limit: Optional[int] = field(3, "Keep at most N complete checkpoints (oldest pruned once a "
                                                       "newer one is complete).")
