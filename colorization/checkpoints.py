@@ -29,8 +29,18 @@ FREE_SETTINGS = {
     "data": {"dataloader_num_workers", "cache_dir", "max_validation_samples", "preprocess"},
     "model": {"validation_sampler", "validation_inference_steps"},
 }
+# The chosen step's export (--model_selection best) is written beside the previous one and swapped in.
+PARTIAL_SUFFIX, REPLACED_SUFFIX = ".partial", ".replaced"
+# ... except under --model_selection best, where these choose the exported step: changed mid-run, they would
+# compare "the best PSNR so far" across different images, cadences or samplers.
+SELECTION_SETTINGS = {
+    "train": {"validation_images", "validation_steps"},
+    "data": {"max_validation_samples"},
+    "model": {"validation_sampler", "validation_inference_steps"},
+}
 # What a run writes into its output folder (besides the exported model, which each family names).
-RUN_FILES = (CHECKPOINTS_DIR, "logs", "samples", RUN_CONFIG_NAME, "validation_metrics.json", "selected_model")
+RUN_FILES = (CHECKPOINTS_DIR, "logs", "samples", RUN_CONFIG_NAME, "validation_metrics.json", "selected_model",
+             "selected_model" + PARTIAL_SUFFIX, "selected_model" + REPLACED_SUFFIX)
 
 
 def checkpoint_dir(output_dir: str, step: int) -> str:
@@ -92,10 +102,12 @@ def changed_settings(saved: dict, current: dict) -> list[str]:
     """The settings that differ between a checkpoint's run config and this run's, and could change the
     trained weights -> 'group.name: before -> now' lines."""
     differences = []
+    selecting = "best" in (saved.get("train", {}).get("model_selection"), current.get("train", {}).get("model_selection"))
     for group in ("train", "data", "model"):
         before, now = saved.get(group, {}), current.get(group, {})
+        free = FREE_SETTINGS.get(group, set()) - (SELECTION_SETTINGS.get(group, set()) if selecting else set())
         for key in sorted(set(before) | set(now)):
-            if key in FREE_SETTINGS.get(group, set()):
+            if key in free:
                 continue
             if before.get(key, "(absent)") != now.get(key, "(absent)"):
                 differences.append(f"--{key}: {before.get(key, '(absent)')!r} -> {now.get(key, '(absent)')!r}")

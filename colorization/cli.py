@@ -2,21 +2,26 @@
 
     colorize --model runs/diffusion old_photo.jpg scans/ --output_dir colorized/
 
-Files and folders (searched recursively; hidden files are ignored) are colorized in batches; each output
-is named after its input (same relative path under --output_dir, same format) and never overwrites an
-input. A file that is not a readable image gets one line saying why; the others go on, and the exit
-code is 1 if any failed.
+Files and folders (searched recursively; hidden files are ignored) are colorized in batches. Each output
+keeps its input's path below the inputs' common parent folder (so ``a/x.jpg`` and ``b/x.jpg`` become
+``colorized/a/x.jpg`` and ``colorized/b/x.jpg``) and its format (PNG where that format cannot be written, or
+cannot keep an alpha channel). Nothing is overwritten: not an input, and not an existing output unless
+``--overwrite``. A file that is not a readable image, or cannot be written, gets one line saying why; the
+others go on, and the exit code is 1 if any failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+from PIL import Image
 from tqdm.auto import tqdm
 
 from colorization.colorizer import default_device
+from colorization.config import SAMPLER_NAMES, HelpFormatter, device_name, existing_path, output_folder, positive_int
 from colorization.errors import ColorizationError, cli_entry_point
 from colorization.images import UNREADABLE_IMAGE_ERRORS, open_image
 from colorization.inference import load_colorizer
@@ -26,54 +31,126 @@ _FORMATS_WITHOUT_ALPHA = {"JPEG", "BMP"}
 
 
 def collect_inputs(paths: list[str]) -> list[tuple[Path, Path]]:
-    """-> (file, path relative to its named root) for every file named or found under a named folder."""
-    found = []
+    """-> (file, its output path relative to --output_dir) for every file named or found under a named folder.
+
+    The relative path is the file's path below the common parent of the named inputs' folders (a named
+    folder keeps its own name), so two different inputs never get the same output path."""
+    found: list[Path] = []
+    anchors: list[str] = []  # where each named input's relative paths start
     for name in paths:
         path = Path(name)
         if path.is_dir():
             for file in sorted(path.rglob("*")):
                 relative = file.relative_to(path)
                 if file.is_file() and not any(part.startswith(".") for part in relative.parts):
-                    found.append((file, Path(path.name) / relative))
+                    found.append(file)
         elif path.is_file():
-            found.append((path, Path(path.name)))
+            found.append(path)
         else:
             raise ColorizationError(f"input {name!r} does not exist")
+        # absolute without resolving links: a linked photo's output sits where the link was named
+        anchors.append(os.path.dirname(os.path.abspath(path)))
     if not found:
         raise ColorizationError(f"no files found in {', '.join(paths)}")
-    return found
+    root = os.path.commonpath(anchors)
+    inputs, seen = [], set()
+    for file in found:
+        absolute = os.path.abspath(file)
+        if absolute not in seen:  # the same file named twice is colorized once
+            seen.add(absolute)
+            inputs.append((file, Path(os.path.relpath(absolute, root))))
+    return inputs
 
 
-def output_path(source: Path, relative: Path, output_dir: Path, image_format: str, has_alpha: bool) -> Path:
-    target = output_dir / relative
-    if has_alpha and image_format in _FORMATS_WITHOUT_ALPHA:
-        target = target.with_suffix(".png")  # keep the alpha channel
-    if target.resolve() == source.resolve():
-        target = target.with_name(f"{target.stem}_colorized{target.suffix}")
-    return target
+def _savable_format(image_format: str) -> str:
+    Image.init()
+    return image_format if image_format in Image.SAVE else "PNG"
 
 
-def run(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="colorize", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("inputs", nargs="+", help="image files and folders")
-    parser.add_argument("--model", required=True, help="an exported model folder (a training run's output_dir)")
-    parser.add_argument("--output_dir", default="colorized", help="where the colorized images are written")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: a GPU when there is one)")
-    parser.add_argument("--batch_size", type=int, default=8, help="images per model batch")
-    parser.add_argument("--num_inference_steps", type=int, default=None,
+class OutputPlan:
+    """Where each output goes: never onto an input, never onto another output of this run, and never onto an
+    existing file unless ``overwrite``."""
+
+    def __init__(self, output_dir: Path, overwrite: bool):
+        self.output_dir = output_dir
+        self.overwrite = overwrite
+        self.claimed: set[Path] = set()
+
+    def target(self, source: Path, relative: Path, image_format: str, has_alpha: bool) -> tuple[Path, str]:
+        """-> (the output path, the format to save it in)."""
+        save_format = _savable_format(image_format)
+        target = self.output_dir / relative
+        if save_format != image_format or (has_alpha and save_format in _FORMATS_WITHOUT_ALPHA):
+            save_format = "PNG"  # keep the alpha channel, or a format Pillow reads but cannot write (PSD)
+            target = target.with_suffix(".png")
+        if target.resolve() == source.resolve():
+            target = target.with_name(f"{target.stem}_colorized{target.suffix}")
+        candidate, number = target, 1
+        while candidate.resolve() in self.claimed:  # e.g. x.jpg with alpha and x.png, both as x.png
+            number += 1
+            candidate = target.with_name(f"{target.stem}_{number}{target.suffix}")
+        self.claimed.add(candidate.resolve())
+        return candidate, save_format
+
+    def existing(self, inputs: list[tuple[Path, Path]]) -> list[Path]:
+        """The outputs (as named after their inputs) that already exist, before anything is written."""
+        found = []
+        for source, relative in inputs:
+            target = self.output_dir / relative
+            if target.resolve() == source.resolve():
+                target = target.with_name(f"{target.stem}_colorized{target.suffix}")
+            if target.exists():
+                found.append(target)
+        return found
+
+
+def save_output(image: Image.Image, target: Path, save_format: str, overwrite: bool) -> None:
+    """Write through a temporary file beside ``target``, so a failed save leaves no half-written image."""
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} already exists (add --overwrite to replace it)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.tmp")
+    try:
+        image.save(temporary, format=save_format, **_SAVE_OPTIONS.get(save_format, {}))
+        os.replace(temporary, target)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="colorize", description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
+    parser.add_argument("inputs", nargs="+", type=existing_path, help="image files and folders")
+    parser.add_argument("--model", required=True, type=existing_path,
+                        help="an exported model folder (a training run's output_dir)")
+    parser.add_argument("--output_dir", default="colorized", type=output_folder,
+                        help="where the colorized images are written")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace outputs that already exist (never an input)")
+    parser.add_argument("--device", default=None, type=device_name,
+                        help="cpu, cuda, cuda:1, ... (default: a GPU when there is one)")
+    parser.add_argument("--batch_size", type=positive_int, default=8, help="images per model batch")
+    parser.add_argument("--num_inference_steps", type=positive_int, default=None,
                         help="diffusion: sampling steps (default: the model's, 20)")
-    parser.add_argument("--scheduler", choices=("ddpm", "ddim", "dpm"), default=None,
+    parser.add_argument("--scheduler", choices=SAMPLER_NAMES, default=None,
                         help="diffusion: sampler (default: the model's, dpm)")
     parser.add_argument("--seed", type=int, default=0,
                         help="diffusion: seed of the noise (the same photo and seed give the same colors)")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def run(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     inputs = collect_inputs(args.inputs)
+    output_dir = Path(args.output_dir)
+    plan = OutputPlan(output_dir, args.overwrite)
+    existing = plan.existing(inputs)
+    if existing and not args.overwrite:
+        raise ColorizationError(f"{len(existing)} of the {len(inputs)} outputs already exist in {output_dir} (e.g. "
+                                f"{existing[0]}); add --overwrite to replace them, or choose another --output_dir")
     sampling = {k: v for k, v in (("scheduler", args.scheduler), ("num_inference_steps", args.num_inference_steps)) if v}
     colorizer = load_colorizer(args.model, args.device or default_device(), seed=args.seed, **sampling)
-    output_dir = Path(args.output_dir)
-    failures = 0
+    failures = written = 0
     bar = tqdm(total=len(inputs), desc="colorizing", unit="image")
     for start in range(0, len(inputs), args.batch_size):
         batch = []
@@ -88,14 +165,15 @@ def run(argv=None) -> int:
             continue
         colored = colorizer.colorize([image for _, _, image in batch], batch_size=args.batch_size)
         for (source, relative, image), result in zip(batch, colored):
-            image_format = image.format or "PNG"
-            target = output_path(source, relative, output_dir, image_format, result.mode == "RGBA")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            save_format = "PNG" if target.suffix.lower() == ".png" else image_format
-            result.save(target, format=save_format, **_SAVE_OPTIONS.get(save_format, {}))
+            target, save_format = plan.target(source, relative, image.format or "PNG", result.mode == "RGBA")
+            try:
+                save_output(result, target, save_format, args.overwrite)
+                written += 1
+            except (OSError, ValueError, KeyError) as error:
+                failures += 1
+                tqdm.write(f"error: {source}: cannot write {target} ({error})", file=sys.stderr)
             bar.update(1)
     bar.close()
-    written = len(inputs) - failures
     print(f"{written} image(s) colorized into {output_dir}" + (f"; {failures} failed" if failures else ""),
           file=sys.stderr if failures else sys.stdout)
     return 1 if failures else 0

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torchvision.transforms.functional import pil_to_tensor
 
@@ -134,13 +135,27 @@ def read_export_config(path: str) -> dict:
 
 def load_feed_forward_colorizer(path: str, config: dict, device: torch.device, build) -> "Colorizer":
     """Rebuild a one-pass network with ``build(**architecture)``, load its safetensors weights strictly."""
+    weights, config_file, model_type = os.path.join(path, WEIGHTS_NAME), os.path.join(path, CONFIG_NAME), config["model_type"]
+    try:
+        state = load_file(weights)
+    except (OSError, SafetensorError) as error:
+        raise ColorizationError(f"cannot read {weights}: {_first_line(error)} (a truncated or damaged file? "
+                                "copy or export the model again)") from None
     try:
         module = build(**config["architecture"])
-        module.load_state_dict(load_file(os.path.join(path, WEIGHTS_NAME)), strict=True)
-    except (OSError, RuntimeError, TypeError, KeyError) as error:
-        raise ColorizationError(f"cannot load the {config['model_type']} model in {path!r}: "
-                                f"{str(error).splitlines()[0]}") from None
+    except (TypeError, KeyError, ValueError) as error:
+        raise ColorizationError(f"{config_file} does not describe a {model_type} network: {_first_line(error)}") from None
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ColorizationError(f"{weights} does not hold the {model_type} network that {config_file} describes "
+                                f"({_first_line(error)} ...): is one of the two files from another model?") from None
     return FeedForwardColorizer(config["model_type"], module, int(config["resolution"]), device)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def default_device() -> torch.device:

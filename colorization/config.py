@@ -1,20 +1,243 @@
-"""Defaults are declared once, as dataclasses, and become command-line flags.
+"""Defaults are declared once, as dataclasses, and become command-line flags; every flag is checked where it is parsed.
 
 Each field's ``metadata["help"]`` is its flag's help; ``bool`` fields become ``--flag/--no-flag``;
-``Optional[...]`` fields accept ``none``; ``metadata["choices"]`` restricts the values.
+``Optional[...]`` fields accept ``none``; ``metadata["choices"]`` restricts the values and ``metadata["type"]``
+(one of the checked types below) parses and checks a value, so that a wrong one ends in argparse's one
+``error:`` line at once, not in a traceback an hour into a run.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import types
 import typing
-from typing import Any, Union
+from typing import Any, Callable, Optional, Union
 
 
-def field(default: Any, help: str, choices: tuple | None = None):  # noqa: A002 - mirrors argparse
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+def field(default: Any, help: str, choices: tuple | None = None, type: Optional[Callable] = None):  # noqa: A002
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "type": type})
+
+
+# ----- checked types: each parses one flag value or raises argparse.ArgumentTypeError with the reason -----
+
+
+def _named(name: str):
+    def rename(function):
+        function.__name__ = name
+        return function
+
+    return rename
+
+
+def _number(text: str, parse, what: str):
+    try:
+        value = parse(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if isinstance(value, float) and value != value:  # NaN passes every comparison below
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+    return value
+
+
+@_named("positive_int")
+def positive_int(text: str) -> int:
+    """A count: a whole number of at least 1."""
+    value = _number(text, int, "a whole number")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+@_named("non_negative_int")
+def non_negative_int(text: str) -> int:
+    value = _number(text, int, "a whole number")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+@_named("positive_float")
+def positive_float(text: str) -> float:
+    """A rate or scale: a finite number above 0."""
+    value = _number(text, float, "a number")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+    return value
+
+
+@_named("non_negative_float")
+def non_negative_float(text: str) -> float:
+    value = _number(text, float, "a number")
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of 0 or more, got {text}")
+    return value
+
+
+@_named("fraction")
+def fraction(text: str) -> float:
+    """A share of something: 0 <= value < 1."""
+    value = _number(text, float, "a number")
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {text}")
+    return value
+
+
+@_named("open_fraction")
+def open_fraction(text: str) -> float:
+    """0 < value < 1 (e.g. the held-out share: neither nothing nor everything)."""
+    value = _number(text, float, "a number")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be above 0 and below 1, got {text}")
+    return value
+
+
+@_named("decay")
+def decay(text: str) -> float:
+    """An exponential moving average's decay: 0 < value <= 1."""
+    value = _number(text, float, "a number")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, got {text}")
+    return value
+
+
+def _int_list(text: str, minimum: int, allow_empty: bool) -> str:
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts and not allow_empty:
+        raise argparse.ArgumentTypeError("give at least one number, e.g. 32,64")
+    for part in parts:
+        if not (part.isdigit() or (part.startswith("-") and part[1:].isdigit())) or int(part) < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of whole numbers >= {minimum} "
+                                             f"({part!r})")
+    return ",".join(parts)
+
+
+@_named("positive_int_list")
+def positive_int_list(text: str) -> str:
+    """Comma-separated whole numbers >= 1 (e.g. widths 32,64,64,128), kept as text."""
+    return _int_list(text, 1, allow_empty=False)
+
+
+@_named("index_list")
+def index_list(text: str) -> str:
+    """Comma-separated indices >= 0, possibly none at all (the empty string)."""
+    return _int_list(text, 0, allow_empty=True)
+
+
+def choice_list(names: tuple, name: str):
+    """A checked type: comma-separated names among ``names``, at least one, kept as text."""
+
+    def parse(text: str) -> str:
+        chosen = [part.strip() for part in text.split(",") if part.strip()]
+        unknown = [part for part in chosen if part not in names]
+        if unknown or not chosen:
+            raise argparse.ArgumentTypeError(f"unknown: {', '.join(unknown)}; choose from {','.join(names)}" if unknown
+                                             else f"give at least one of {','.join(names)}")
+        return ",".join(chosen)
+
+    parse.__name__ = name
+    return parse
+
+
+def parse_ints(text: Optional[str]) -> Optional[tuple]:
+    """The numbers of a checked list flag, or None for an unset one."""
+    return None if text is None else tuple(int(part) for part in text.split(",") if part.strip())
+
+
+@_named("sampler_list")
+def sampler_list(text: str) -> str:
+    """Diffusion samplers as comma-separated SCHEDULER:STEPS, e.g. dpm:20,ddim:50."""
+    for entry in text.split(","):
+        name, _, steps = entry.strip().partition(":")
+        if name not in SAMPLER_NAMES or not steps.isdigit() or int(steps) < 1:
+            raise argparse.ArgumentTypeError(f"{entry.strip()!r} is not SCHEDULER:STEPS with SCHEDULER in "
+                                             f"{', '.join(SAMPLER_NAMES)} and STEPS >= 1 (e.g. dpm:20)")
+    return ",".join(entry.strip() for entry in text.split(","))
+
+
+def parse_samplers(text: str) -> list[tuple[str, int]]:
+    """The (scheduler, steps) pairs of a checked --samplers value."""
+    return [(name, int(steps)) for name, _, steps in (entry.partition(":") for entry in text.split(","))]
+
+
+# The diffusion samplers by name (the schedulers behind them: colorization.models.diffusion.SAMPLERS, which
+# checks that it names exactly these); here so that flags are checked without importing diffusers.
+SAMPLER_NAMES = ("dpm", "ddim", "ddpm")
+
+
+@_named("existing_folder")
+def existing_folder(text: str) -> str:
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a folder" if os.path.exists(text) else
+                                         f"{text!r} does not exist")
+    return text
+
+
+@_named("existing_path")
+def existing_path(text: str) -> str:
+    if not os.path.exists(text):
+        raise argparse.ArgumentTypeError(f"{text!r} does not exist")
+    return text
+
+
+@_named("output_folder")
+def output_folder(text: str) -> str:
+    """A folder to write into: it may not exist yet, but it must not be a file."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("give a folder name")
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is a file, not a folder")
+    return text
+
+
+@_named("device_name")
+def device_name(text: str) -> str:
+    """cpu, cuda, cuda:1, mps: a device that this machine has."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device (cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available on this machine (use cpu)")
+        if device.index is not None and device.index >= count:
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has {count} CUDA device(s)")
+    elif device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise argparse.ArgumentTypeError(f"{text!r}: MPS is not available on this machine (use cpu)")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"{text!r}: use cpu, cuda or mps")
+    return text
+
+
+@_named("port")
+def port(text: str) -> int:
+    value = _number(text, int, "a port number")
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, got {value}")
+    return value
+
+
+# ----- help -----
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Says each flag's default once, and truly: not when the help text already gives it, not "None", and not
+    for a switch (--x or --no-x alone), whose help says what it does."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text.lower() or action.default in (None, argparse.SUPPRESS)
+                or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+                or not action.option_strings):
+            return text
+        return text + " (default: %(default)s)"
+
+
+# ----- dataclasses <-> flags -----
 
 
 def _unwrap_optional(annotation) -> tuple[type, bool]:
@@ -28,9 +251,10 @@ def _unwrap_optional(annotation) -> tuple[type, bool]:
 
 def _optional(parse):
     def convert(text: str):
-        return None if text.lower() in ("none", "null", "") else parse(text)
+        return None if text.lower() in ("none", "null") else parse(text)
 
     convert.__name__ = getattr(parse, "__name__", "value")
+    convert.checked_type = parse  # what the value is checked as, for tests generated from the parsers
     return convert
 
 
@@ -47,8 +271,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, config_class, overr
         if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
             continue
-        parse = _optional(kind) if optional else kind
-        # the parsers use ArgumentDefaultsHelpFormatter, which adds "(default: ...)" to every help text
+        parse = f.metadata.get("type") or kind
+        parse = _optional(parse) if optional else parse
         group.add_argument(flag, type=parse, default=default, choices=f.metadata.get("choices"),
                            metavar=f.name.upper(), help=help_text)
 
@@ -56,7 +280,3 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, config_class, overr
 def build_dataclass(config_class, namespace: argparse.Namespace):
     """Pick the fields of ``config_class`` out of a parsed namespace."""
     return config_class(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(config_class)})
-
-
-def to_plain_dict(config) -> dict:
-    return dataclasses.asdict(config)

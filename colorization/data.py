@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from colorization.config import field
+from colorization.config import existing_folder, field, non_negative_int, open_fraction, positive_int
 from colorization.errors import ColorizationError
 from colorization.images import UNREADABLE_IMAGE_ERRORS, decode_image, resize_and_crop, to_unit_float
 
@@ -51,20 +51,22 @@ class DataConfig:
     dataset_name: Optional[str] = field(None, "Hub data set to train on, e.g. huggan/AFHQ. Neither this nor "
                                               "--train_data_dir: the embedded procedural data.")
     dataset_config_name: Optional[str] = field(None, "Configuration of the Hub data set, if it has several.")
-    train_data_dir: Optional[str] = field(None, "A local folder of images (read with the imagefolder loader).")
+    train_data_dir: Optional[str] = field(None, "A local folder of images (read with the imagefolder loader).",
+                                          type=existing_folder)
     image_column: str = field("image", "Column that holds the images.")
     label_column: str = field("label", "Column of class labels used by --label_filter (Hub data sets).")
     label_filter: Optional[str] = field("cat", "Keep only this class of a Hub data set's label column "
                                                "(AFHQ: cat, dog or wild); none keeps all.")
     cache_dir: Optional[str] = field(None, "Where downloaded data sets are cached (datasets' default if none).")
-    resolution: int = field(256, "Training images are resized and center-cropped to this size.")
+    resolution: int = field(256, "Training images are resized and center-cropped to this size.", type=positive_int)
     validation_split: float = field(0.1, "Fraction of the images held out for validation when the data set "
-                                         "has no validation split.")
+                                         "has no validation split.", type=open_fraction)
     split_seed: int = field(0, "Seed of the train/validation split (independent of --seed).")
-    max_train_samples: Optional[int] = field(None, "Use only the first N training images (quick runs).")
-    max_validation_samples: Optional[int] = field(None, "Use only the first N validation images.")
-    embedded_num_images: int = field(1200, "Number of images of the embedded data set.")
-    dataloader_num_workers: int = field(2, "Worker processes that decode images.")
+    max_train_samples: Optional[int] = field(None, "Use only the first N training images (quick runs).",
+                                             type=positive_int)
+    max_validation_samples: Optional[int] = field(None, "Use only the first N validation images.", type=positive_int)
+    embedded_num_images: int = field(1200, "Number of images of the embedded data set.", type=positive_int)
+    dataloader_num_workers: int = field(2, "Worker processes that decode images.", type=non_negative_int)
     preprocess: bool = field(True, "Decode, resize and crop every image once into a uint8 cache (datasets' "
                                    "cache folder), so that loading keeps up with the accelerator; "
                                    "--no-preprocess decodes the files at every epoch instead.")

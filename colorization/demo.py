@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
+import tempfile
 import time
 from typing import Optional
 
@@ -24,12 +26,12 @@ import numpy as np
 from PIL import Image
 
 from colorization.colorizer import Colorizer, default_device
+from colorization.config import SAMPLER_NAMES, HelpFormatter, device_name, existing_path, port
 from colorization.errors import ColorizationError, cli_entry_point
 from colorization.images import UNREADABLE_IMAGE_ERRORS, open_image, to_rgb
 from colorization.inference import load_colorizer
 
 EXAMPLES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_examples")
-SAMPLERS = ("dpm", "ddim", "ddpm")
 MAX_STEPS = 1000
 
 
@@ -85,11 +87,26 @@ def read_photo(path: Optional[str]) -> tuple[Image.Image, bool]:
     return photo, has_color
 
 
+def download_name(photo_path: str, model: str) -> str:
+    """The file name a result downloads as: the photo's and the model's names, so downloads never collide."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", os.path.splitext(os.path.basename(photo_path))[0]).strip("-.") or "photo"
+    return f"{stem}_{re.sub(r'[^A-Za-z0-9._-]+', '-', model).strip('-.') or 'model'}.png"
+
+
 def build_page(demo: Demo):
     """The Gradio page (a ``gr.Blocks``)."""
     import gradio as gr
 
     names = list(demo.colorizers)
+    # Each result is written as <photo>_<model>.png into a folder of its own (Gradio serves files from the
+    # system's temporary folder), so each download is named after the photo and the model, not "image.png".
+    results_dir = tempfile.TemporaryDirectory(prefix="colorization-demo-")
+
+    def save(result: Image.Image, path: str, name: str) -> str:
+        folder = tempfile.mkdtemp(dir=results_dir.name)
+        target = os.path.join(folder, download_name(path, name))
+        result.save(target, format="PNG")
+        return target
 
     def run(path, sampler, steps, seed):
         try:
@@ -97,6 +114,7 @@ def build_page(demo: Demo):
         except ColorizationError as error:
             return [None, None, *[None] * len(names), f"**Could not colorize:** {error}"]
         results, seconds = demo.colorize(photo, sampler, int(steps), int(seed))
+        results = {name: save(result, path, name) for name, result in results.items()}
         gray = to_rgb(photo).convert("L")
         times = " · ".join(f"{name}: {seconds[name] * 1000:.0f} ms" for name in names)
         sampling = f" Diffusion sampling: {sampler.upper()}-{int(steps)}, seed {int(seed)}." if demo.stochastic else ""
@@ -114,7 +132,7 @@ def build_page(demo: Demo):
                 examples = sorted(os.path.join(EXAMPLES_DIR, f) for f in os.listdir(EXAMPLES_DIR) if f.endswith(".jpg"))
                 gr.Examples(examples=[[path] for path in examples], inputs=[upload], label="Examples (CC0 / public domain)")
             with gr.Column(scale=1, visible=demo.stochastic):
-                sampler = gr.Dropdown(list(SAMPLERS), value="dpm", label="Diffusion sampler", elem_id="sampler")
+                sampler = gr.Dropdown(list(SAMPLER_NAMES), value="dpm", label="Diffusion sampler", elem_id="sampler")
                 steps = gr.Slider(1, MAX_STEPS, value=20, step=1, label="Sampling steps", elem_id="steps")
                 seed = gr.Number(value=0, precision=0, label="Seed", elem_id="seed")
                 new_sample = gr.Button("New sample", elem_id="new-sample")
@@ -125,27 +143,37 @@ def build_page(demo: Demo):
                                 buttons=["download", "fullscreen"], elem_id="original")
             gray = gr.Image(label="Gray input", type="pil", format="png", interactive=False,
                             buttons=["download", "fullscreen"], elem_id="gray")
-            outputs = [gr.Image(label=name, type="pil", format="png", interactive=False,
+            outputs = [gr.Image(label=name, type="filepath", format="png", interactive=False,
                                 buttons=["download", "fullscreen"], elem_id=f"output-{index}")
                        for index, name in enumerate(names)]
         inputs, targets = [upload, sampler, steps, seed], [original, gray, *outputs, status]
         go.click(run, inputs, targets)
         upload.change(run, inputs, targets)
         new_sample.click(lambda value: int(value) + 1, seed, seed).then(run, inputs, targets)
+    page.results_dir = results_dir  # removed with the page
     return page
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="colorize-demo", description="A web page that colorizes your photo with "
                                      "each trained model, side by side.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--models", nargs="+", required=True, help="exported model folders")
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--models", nargs="+", required=True, type=existing_path, help="exported model folders")
     parser.add_argument("--names", nargs="+", help="a name per model (default: folder names)")
-    parser.add_argument("--port", type=int, default=7860, help="local port of the page")
+    parser.add_argument("--port", type=port, default=7860, help="local port of the page")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--share", action="store_true", help="also a temporary public link (Gradio's share)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: a GPU when there is one)")
-    return parser.parse_args(argv)
+    parser.add_argument("--device", default=None, type=device_name,
+                        help="cpu, cuda, ... (default: a GPU when there is one)")
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.names is not None and len(args.names) != len(args.models):
+        parser.error(f"{len(args.names)} --names for {len(args.models)} --models")
+    return args
 
 
 def run(argv=None) -> None:

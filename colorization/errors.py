@@ -12,6 +12,8 @@ class ColorizationError(Exception):
     Entry points catch it and print only its message; anything else is a bug and keeps its traceback.
     """
 
+    reported = False  # True once the message has been printed where it was raised (several processes)
+
 
 def cli_entry_point(main):
     """Wrap a command-line ``main`` so that known failures exit with one line instead of a traceback."""
@@ -21,7 +23,8 @@ def cli_entry_point(main):
         try:
             return main(*args, **kwargs)
         except ColorizationError as error:
-            print(f"error: {error}", file=sys.stderr, flush=True)
+            if not error.reported:
+                print(f"error: {error}", file=sys.stderr, flush=True)
             sys.exit(1)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr, flush=True)

@@ -30,7 +30,8 @@ from colorization import report
 from colorization.report import GRAY, TRUTH
 from colorization.version import __version__
 from colorization.colorizer import read_export_config, read_mean_ab, read_training_images
-from colorization.config import add_dataclass_arguments, build_dataclass, field
+from colorization.config import (SAMPLER_NAMES, HelpFormatter, add_dataclass_arguments, build_dataclass, choice_list,
+                                 existing_path, field, output_folder, parse_samplers, positive_int, sampler_list)
 from colorization.data import DataConfig, batch_to_rgb, collate, describe_source, load_splits, prepare_split, split_hashes
 from colorization.errors import ColorizationError, cli_entry_point
 from colorization.hardware import count_parameters, describe_hardware, use_all_cores
@@ -39,32 +40,44 @@ from colorization.measure import gray_baseline, mean_ab_baseline, measure, truth
 from colorization.metrics import (bootstrap_mean, percentile_interval, resample_counts, sliced_wasserstein)
 from colorization.pretrained import load_pretrained
 
-METRICS = ("lpips", "psnr", "ssim", "colorfulness", "ab_distance")
 MEAN_AB = "Mean training ab"
+
+
+METRICS = ("lpips", "psnr", "ssim", "colorfulness", "ab_distance")
+
+
+metric_list = choice_list(METRICS, "metric_list")  # --metrics
 
 
 @dataclass
 class EvaluationConfig:
     split: str = field("validation", "validation: the held-out images training used; all: every image (e.g. a "
                                      "separate folder of test photos).", choices=("validation", "all"))
-    max_images: Optional[int] = field(None, "Evaluate only the first N images.")
-    batch_size: int = field(16, "Images per batch and process.")
+    max_images: Optional[int] = field(None, "Evaluate only the first N images.", type=positive_int)
+    batch_size: int = field(16, "Images per batch and process.", type=positive_int)
     seed: int = field(0, "Seed of the diffusion model's noise (per image) and of the bootstrap.")
-    metrics: str = field("lpips,psnr,ssim,colorfulness,ab_distance", "Comma-separated metrics.")
-    num_inference_steps: Optional[int] = field(None, "Diffusion sampling steps (default: the model's, 20).")
-    scheduler: Optional[str] = field(None, "Diffusion sampler: ddpm, ddim or dpm (default: the model's, dpm).")
+    metrics: str = field(",".join(METRICS), "Comma-separated metrics.", type=metric_list)
+    num_inference_steps: Optional[int] = field(None, "Diffusion sampling steps (default: the model's, 20).",
+                                               type=positive_int)
+    scheduler: Optional[str] = field(None, "Diffusion sampler (default: the model's, dpm).",
+                                     choices=(None, *SAMPLER_NAMES))
     samplers: Optional[str] = field(None, "Compare diffusion samplers: comma-separated SCHEDULER:STEPS (e.g. "
                                           "dpm:20,ddim:50); each diffusion model gets a row per sampler. "
-                                          "Overrides --scheduler and --num_inference_steps.")
+                                          "Overrides --scheduler and --num_inference_steps.", type=sampler_list)
     num_samples: int = field(1, "Stochastic models: also colorize each image K times and report the PSNR/SSIM "
-                                "of the mean of the K samples and their diversity.")
-    num_samples_images: Optional[int] = field(None, "The mean of K samples on the first N images only (none: all).")
+                                "of the mean of the K samples and their diversity.", type=positive_int)
+    num_samples_images: Optional[int] = field(None, "The mean of K samples on the first N images only (none: all).",
+                                              type=positive_int)
     allow_training_images: bool = field(False, "Score a model on images it was trained on (refused by default; "
                                                "the table then says so).")
     keep_selection_images: bool = field(False, "Keep the images a model's checkpoint was chosen on (left out of "
                                                "every row by default).")
-    output_dir: str = field("results/evaluation", "Where the tables, per-image values and grid are written.")
-    grid_images: int = field(8, "Images (rows) in the comparison grid.")
+    output_dir: str = field("results/evaluation", "Where the tables, per-image values and grid are written: a new "
+                                                  "or empty folder, or an earlier evaluation's (with "
+                                                  "--overwrite_output_dir).", type=output_folder)
+    overwrite_output_dir: bool = field(False, "Replace the files of an earlier evaluation in --output_dir (only "
+                                              "those: other files stay, and a folder with a model is refused).")
+    grid_images: int = field(8, "Images (rows) in the comparison grid.", type=positive_int)
 
 
 def load_lpips(device: torch.device):
@@ -119,13 +132,8 @@ class Evaluator:
         if not self.config.samplers:
             sampling = {"scheduler": self.config.scheduler, "num_inference_steps": self.config.num_inference_steps}
             return [{k: v for k, v in sampling.items() if v is not None}]
-        samplings = []
-        for entry in self.config.samplers.split(","):
-            scheduler, _, steps = entry.strip().partition(":")
-            if not steps.isdigit() or int(steps) < 1:
-                raise ColorizationError(f"--samplers entry {entry!r} is not SCHEDULER:STEPS (e.g. dpm:20)")
-            samplings.append({"scheduler": scheduler, "num_inference_steps": int(steps)})
-        return samplings
+        return [{"scheduler": scheduler, "num_inference_steps": steps}
+                for scheduler, steps in parse_samplers(self.config.samplers)]
 
     def _mean_ab_rows(self) -> dict[str, torch.Tensor]:
         """One mean-ab baseline row per distinct map among the models' exports."""
@@ -381,6 +389,7 @@ def _versions() -> dict:
 def evaluate(checkpoints: list[str], names: Optional[list[str]], config: EvaluationConfig, data: DataConfig,
              accelerator: Optional[Accelerator] = None, lpips_model=None) -> Optional[dict]:
     names = names or [os.path.basename(os.path.normpath(p)) for p in checkpoints]
+    report.check_output_dir(config.output_dir, config.overwrite_output_dir)  # before an hour of measuring
     evaluator = Evaluator(checkpoints, names, config, data, accelerator, lpips_model)
     result = evaluator.run()
     if not evaluator.accelerator.is_main_process:
@@ -399,20 +408,31 @@ def evaluate(checkpoints: list[str], names: Optional[list[str]], config: Evaluat
                                if "selection" in export},
                 "evaluation": asdict(config), "data_config": asdict(data), "versions": _versions(),
                 "costs": result["costs"], "hardware": describe_hardware(device, evaluator.accelerator.num_processes)}
-    table = report.write_outputs(result, summary, settings, config.output_dir)
+    table = report.write_outputs(result, summary, settings, config.output_dir, config.overwrite_output_dir)
     print(table, flush=True)
     return {"summary": summary, "settings": settings, "values": result["values"], "samples": result["samples"]}
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Compare colorization models on the same images.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--checkpoints", nargs="+", required=True, help="exported model folders (training output_dir)")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="evaluate.py", description="Compare colorization models on the same images.",
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--checkpoints", nargs="+", required=True, type=existing_path,
+                        help="exported model folders (training output_dir)")
     parser.add_argument("--names", nargs="+", help="a name per checkpoint (default: folder names)")
     add_dataclass_arguments(parser, EvaluationConfig)
     add_dataclass_arguments(parser, DataConfig)
+    return parser
+
+
+def parse_args(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
-    return args.checkpoints, args.names, build_dataclass(EvaluationConfig, args), build_dataclass(DataConfig, args)
+    config, data = build_dataclass(EvaluationConfig, args), build_dataclass(DataConfig, args)
+    if args.names is not None and len(args.names) != len(args.checkpoints):
+        parser.error(f"{len(args.names)} --names for {len(args.checkpoints)} --checkpoints")
+    if data.dataset_name and data.train_data_dir:
+        parser.error("give either --dataset_name or --train_data_dir, not both")
+    return args.checkpoints, args.names, config, data
 
 
 def run(argv=None) -> None:

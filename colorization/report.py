@@ -1,7 +1,10 @@
 """Writing an evaluation down: the Markdown tables, CSV, JSON and the comparison grid.
 
 Nothing here measures; :mod:`colorization.evaluation` does. Every file is written into a temporary folder
-that is moved into place at the end, so a failed run leaves nothing partial.
+and moved into place at the end, so a failed run leaves nothing partial. An evaluation only ever replaces
+its own files: it writes into a new or empty folder, or (``--overwrite_output_dir``) over an earlier
+evaluation, recognised by the record of its files (:data:`FILES_RECORD`) that it leaves there; a folder with
+anything else in it, and above all a model or a training run, is refused before anything is measured.
 """
 
 from __future__ import annotations
@@ -16,7 +19,14 @@ from typing import Optional
 
 import torch
 
+from colorization.colorizer import CONFIG_NAME, WEIGHTS_NAME, read_json_if_present, write_json
+from colorization.errors import ColorizationError
+
 GRAY, TRUTH = "Gray (ab = 0)", "Ground truth"
+# written last into every evaluation folder: which files are the evaluation's own (all it may replace)
+FILES_RECORD = "evaluation_files.json"
+# what says a folder holds a model or a training run, which an evaluation never writes into
+_MODEL_OR_RUN = (CONFIG_NAME, WEIGHTS_NAME, "model_index.json", "checkpoints", "run_config.json", "unet")
 # column key -> (title, digits)
 QUALITY_COLUMNS = {
     "psnr": ("PSNR (dB) ↑", 2), "psnr_vs_gray": ("Δ PSNR vs gray", 2), "ssim": ("SSIM ↑", 4),
@@ -119,10 +129,38 @@ def _describe_sampling(sampling) -> str:
     return "; ".join(f"{row}: {how}" for row, how in sampling.items())
 
 
-def write_outputs(result: dict, summary: dict, settings: dict, output_dir: str) -> str:
+def check_output_dir(output_dir: str, overwrite: bool) -> list[str]:
+    """Refuse an --output_dir that holds anything but an earlier evaluation (and that one unless ``overwrite``)
+    -> the files of the earlier evaluation there (to be replaced), or [] for a new or empty folder."""
+    if not os.path.exists(output_dir):
+        return []
+    if not os.path.isdir(output_dir):
+        raise ColorizationError(f"--output_dir {output_dir} is a file, not a folder")
+    entries = sorted(os.listdir(output_dir))
+    if not entries:
+        return []
+    model = [name for name in entries if name in _MODEL_OR_RUN]
+    if model:
+        raise ColorizationError(f"--output_dir {output_dir} holds a model or a training run ({', '.join(model)}); "
+                                "write the evaluation into a folder of its own, e.g. results/evaluation")
+    try:
+        record = read_json_if_present(os.path.join(output_dir, FILES_RECORD))
+    except (OSError, ValueError):
+        record = None
+    if not isinstance(record, dict) or not isinstance(record.get("files"), list):
+        raise ColorizationError(f"--output_dir {output_dir} holds files that evaluate.py did not write (e.g. "
+                                f"{entries[0]}); choose a new or empty folder")
+    if not overwrite:
+        raise ColorizationError(f"--output_dir {output_dir} holds an earlier evaluation; add --overwrite_output_dir "
+                                "to replace its files (nothing else there is touched), or choose another folder")
+    return [name for name in record["files"] if isinstance(name, str) and os.path.basename(name) == name]
+
+
+def write_outputs(result: dict, summary: dict, settings: dict, output_dir: str, overwrite: bool = False) -> str:
     """table.md, table.csv, per_image.csv, results.json, comparison.png (+ its column names) -> the table."""
     from torchvision.utils import make_grid, save_image
 
+    check_output_dir(output_dir, overwrite)
     parent = os.path.dirname(os.path.abspath(output_dir)) or "."
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".evaluation-", dir=parent)
@@ -140,13 +178,27 @@ def write_outputs(result: dict, summary: dict, settings: dict, output_dir: str) 
         save_image(make_grid(grid, nrow=len(order), padding=2), os.path.join(staging, "comparison.png"))
         with open(os.path.join(staging, "comparison_columns.txt"), "w") as handle:
             handle.write(" | ".join(order) + "\n")
-        if os.path.isdir(output_dir):
-            shutil.rmtree(output_dir)
-        os.replace(staging, output_dir)
+        _move_into_place(staging, output_dir, overwrite)
         return table
-    except BaseException:
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+
+def _move_into_place(staging: str, output_dir: str, overwrite: bool) -> None:
+    """Move the new files into ``output_dir``, replacing only the earlier evaluation's own files there."""
+    earlier = check_output_dir(output_dir, overwrite)  # again: the folder may have changed while we measured
+    written = sorted(os.listdir(staging))
+    os.makedirs(output_dir, exist_ok=True)
+    # the record names both sets until the move is over, so an interrupted move leaves a folder that a later
+    # evaluation still recognises as its own
+    write_json(os.path.join(output_dir, FILES_RECORD), {"files": sorted(set(earlier) | set(written))})
+    for name in written:
+        os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
+    for name in set(earlier) - set(written) - {FILES_RECORD}:
+        path = os.path.join(output_dir, name)
+        if os.path.isfile(path):
+            os.remove(path)
+    write_json(os.path.join(output_dir, FILES_RECORD), {"files": written})
 
 
 def _write_table_csv(path: str, summary: dict, costs: dict) -> None:

@@ -34,6 +34,7 @@ import time
 from dataclasses import dataclass, field as dataclass_field
 from typing import Optional
 
+from colorization.config import HelpFormatter, choice_list, existing_folder, output_folder, positive_int, sampler_list
 from colorization.errors import ColorizationError, cli_entry_point
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -79,56 +80,79 @@ PRESETS = {
 }
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+model_list = choice_list(MODELS, "model_list")  # --models
+
+
+def slow_sampler_list(text: str) -> str:
+    return text if text == "none" else sampler_list(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m colorization.reproduce", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="python -m colorization.reproduce", formatter_class=HelpFormatter,
         description="Train the CNN, GAN and diffusion model with one budget and compare them in one table.")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small",
                         help="; ".join(f"{name}: {p.description}" for name, p in PRESETS.items()))
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--train_data_dir", help="a local folder of images, e.g. ../shared/data/afhq_cat")
+    source.add_argument("--train_data_dir", type=existing_folder,
+                        help="a local folder of images, e.g. ../shared/data/afhq_cat")
     source.add_argument("--dataset_name", help="a Hub data set (default: huggan/AFHQ, its cat images)")
     source.add_argument("--embedded", action="store_true", help="the embedded procedural data (no download)")
-    parser.add_argument("--output_dir", help="the results folder (default: results/<preset>)")
-    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of cnn,gan,diffusion")
+    parser.add_argument("--output_dir", type=output_folder,
+                        help="the results folder (default: results/<preset>): new, empty, or an earlier run's")
+    parser.add_argument("--models", default=",".join(MODELS), type=model_list,
+                        help="comma-separated subset of cnn,gan,diffusion")
     parser.add_argument("--no-pretrained", dest="pretrained", action="store_false",
                         help="download nothing: the CNN trunk from scratch, no VGG-16 perceptual loss for the GAN, "
-                             "no LPIPS column (for machines without internet)")
-    parser.add_argument("--num_processes", type=int,
+                             "no LPIPS column (for machines without internet). Without it, those weights are "
+                             "downloaded once")
+    parser.add_argument("--num_processes", type=positive_int,
                         help="processes per run (default: the number of GPUs, or 1 on a CPU)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every run and of the evaluation")
     budget = parser.add_argument_group("overrides of the preset's budget (the same for every model)")
-    budget.add_argument("--resolution", type=int)
-    budget.add_argument("--epochs", type=int)
-    budget.add_argument("--max_train_steps", type=int, help="optimizer steps instead of epochs")
-    budget.add_argument("--train_batch_size", type=int, help="per process")
+    budget.add_argument("--resolution", type=positive_int, help="images are resized and cropped to this size")
+    budget.add_argument("--epochs", type=positive_int, help="epochs per model")
+    budget.add_argument("--max_train_steps", type=positive_int, help="optimizer steps instead of epochs")
+    budget.add_argument("--train_batch_size", type=positive_int, help="per process")
     budget.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"))
-    budget.add_argument("--samplers", help="diffusion samplers in the table, e.g. dpm:20,ddim:50 (the first one "
-                                           "also validates during training)")
-    budget.add_argument("--max_eval_images", type=int, help="evaluate on the first N held-out images only")
-    budget.add_argument("--num_samples", type=int, help="the diffusion model's mean of K samples (1: none)")
-    budget.add_argument("--num_samples_images", type=int, help="... on the first N held-out images")
-    budget.add_argument("--slow_samplers", help="samplers evaluated in a second table on a subset, e.g. ddpm:1000 "
-                                                "('none': no second table)")
-    budget.add_argument("--slow_sampler_images", type=int, help="... on the first N held-out images")
+    budget.add_argument("--samplers", type=sampler_list, help="diffusion samplers in the table, e.g. dpm:20,ddim:50 "
+                                                              "(the first one also validates during training)")
+    budget.add_argument("--max_eval_images", type=positive_int, help="evaluate on the first N held-out images only")
+    budget.add_argument("--num_samples", type=positive_int, help="the diffusion model's mean of K samples (1: none)")
+    budget.add_argument("--num_samples_images", type=positive_int, help="... on the first N held-out images")
+    budget.add_argument("--slow_samplers", type=slow_sampler_list,
+                        help="samplers evaluated in a second table on a subset, e.g. ddpm:1000 ('none': no second "
+                             "table)")
+    budget.add_argument("--slow_sampler_images", type=positive_int, help="... on the first N held-out images")
     extra = parser.add_argument_group("extra flags, appended to the commands (they win over the preset)")
     extra.add_argument("--data_args", default="", help="for every command, e.g. '--dataloader_num_workers 0'")
     for model in MODELS:
         extra.add_argument(f"--{model}_args", default="", help=f"for train_{model}.py")
     extra.add_argument("--eval_args", default="", help="for evaluate.py")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in ("data_args", *[f"{model}_args" for model in MODELS], "eval_args"):
+        try:
+            shlex.split(getattr(args, name))
+        except ValueError as error:  # e.g. an unclosed quote
+            parser.error(f"argument --{name}: {error}")
+    return args
 
 
 class Reproduction:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.preset = PRESETS[args.preset]
-        self.models = [m.strip() for m in args.models.split(",") if m.strip()]
-        unknown = set(self.models) - set(MODELS)
-        if unknown or not self.models:
-            raise ColorizationError(f"--models: unknown {sorted(unknown)}; choose from {','.join(MODELS)}")
+        self.models = args.models.split(",")
         self.output_dir = os.path.abspath(args.output_dir or os.path.join("results", args.preset))
         self.state_path = os.path.join(self.output_dir, STATE_NAME)
+        if os.path.isdir(self.output_dir) and os.listdir(self.output_dir) and not os.path.isfile(self.state_path):
+            raise ColorizationError(f"{self.output_dir} holds files that reproduce did not write (no {STATE_NAME}); "
+                                    "choose a new or empty --output_dir")
         self.num_processes = args.num_processes or _gpu_count() or 1
 
     # ----- the commands -----
@@ -193,7 +217,8 @@ class Reproduction:
                    "--names", *[DISPLAY_NAMES[m] for m in self.models], *self._data_args(),
                    "--batch_size", str(preset.eval_batch_size), "--seed", str(args.seed),
                    "--samplers", self.slow_samplers() if slow else self.samplers(),
-                   "--output_dir", "evaluation_slow" if slow else "evaluation"]
+                   # the folder is this command's own: each evaluation replaces the previous one's files
+                   "--output_dir", "evaluation_slow" if slow else "evaluation", "--overwrite_output_dir"]
         images = args.slow_sampler_images or preset.slow_sampler_images if slow else args.max_eval_images
         if images:
             command += ["--max_images", str(images)]

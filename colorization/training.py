@@ -39,8 +39,10 @@ from tqdm.auto import tqdm
 
 from colorization import checkpoints, color
 from colorization.colorizer import (CONFIG_NAME, MEAN_AB_NAME, TRAINING_IMAGES_NAME, WEIGHTS_NAME, Colorizer,
-                                    save_export_config, save_module_weights, save_training_data_record, write_json)
-from colorization.config import add_dataclass_arguments, build_dataclass, field
+                                    read_json_if_present, save_export_config, save_module_weights,
+                                    save_training_data_record, write_json)
+from colorization.config import (HelpFormatter, add_dataclass_arguments, build_dataclass, field, fraction,
+                                 non_negative_float, non_negative_int, output_folder, positive_float, positive_int)
 from colorization.data import (DataConfig, EpochShuffleSampler, batch_to_rgb, build_datasets, collate,
                                describe_source, split_hashes)
 from colorization.errors import ColorizationError, cli_entry_point
@@ -60,48 +62,63 @@ MIN_VALIDATIONS_FOR_SELECTION = 10
 SELECTION_PSNR_TOLERANCE_DB = 0.3
 
 
+def checkpoint_request(text: str) -> str:
+    """--resume_from_checkpoint: latest, or a checkpoint folder that exists."""
+    if text != "latest" and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is neither 'latest' nor a checkpoint folder")
+    return text
+
+
 @dataclass
 class TrainConfig:
-    output_dir: str = field("runs/model", "Where checkpoints, TensorBoard logs and the exported model go.")
+    output_dir: str = field("runs/model", "Where checkpoints, TensorBoard logs and the exported model go.",
+                            type=output_folder)
     seed: int = field(0, "Seed of weights, data order, flips and noise.")
-    train_batch_size: int = field(32, "Images per process per step.")
-    eval_batch_size: int = field(32, "Images per process per validation batch.")
-    num_train_epochs: int = field(20, "Epochs to train (ignored when --max_train_steps is set).")
-    max_train_steps: Optional[int] = field(None, "Total optimizer steps; overrides --num_train_epochs.")
-    gradient_accumulation_steps: int = field(1, "Batches accumulated per optimizer step.")
-    learning_rate: float = field(1e-4, "Peak learning rate.")
+    train_batch_size: int = field(32, "Images per process per step.", type=positive_int)
+    eval_batch_size: int = field(32, "Images per process per validation batch.", type=positive_int)
+    num_train_epochs: int = field(20, "Epochs to train (ignored when --max_train_steps is set).", type=positive_int)
+    max_train_steps: Optional[int] = field(None, "Total optimizer steps; overrides --num_train_epochs.",
+                                            type=positive_int)
+    gradient_accumulation_steps: int = field(1, "Batches accumulated per optimizer step.", type=positive_int)
+    learning_rate: float = field(1e-4, "Peak learning rate.", type=positive_float)
     lr_scheduler: str = field("cosine", "Learning-rate schedule: diffusers' constant, constant_with_warmup, linear "
                                         "or cosine, or constant_then_linear (pix2pix: constant for the first half, "
                                         "then linear decay to zero).",
                               choices=("constant", "constant_with_warmup", "linear", "cosine", "constant_then_linear"))
-    lr_warmup_steps: int = field(0, "Linear warm-up steps.")
-    adam_beta1: float = field(0.9, "Adam beta1.")
-    adam_beta2: float = field(0.999, "Adam beta2.")
-    adam_weight_decay: float = field(0.0, "Weight decay (AdamW when non-zero).")
-    max_grad_norm: Optional[float] = field(1.0, "Clip gradients to this norm; none: no clipping (still logged).")
+    lr_warmup_steps: int = field(0, "Linear warm-up steps.", type=non_negative_int)
+    adam_beta1: float = field(0.9, "Adam beta1.", type=fraction)
+    adam_beta2: float = field(0.999, "Adam beta2.", type=fraction)
+    adam_weight_decay: float = field(0.0, "Weight decay (AdamW when non-zero).", type=non_negative_float)
+    max_grad_norm: Optional[float] = field(1.0, "Clip gradients to this norm; none: no clipping (still logged).",
+                                           type=positive_float)
     mixed_precision: Optional[str] = field(None, "no, fp16 or bf16; none: as set by accelerate launch/config.",
                                            choices=(None, "no", "fp16", "bf16"))
-    logging_steps: int = field(10, "Log training scalars every N steps.")
-    validation_steps: int = field(500, "Validate (metrics and image grid) every N steps, and at the end.")
+    logging_steps: int = field(10, "Log training scalars every N steps.", type=positive_int)
+    validation_steps: int = field(500, "Validate (metrics and image grid) every N steps, and at the end.",
+                                  type=positive_int)
     validation_images: Optional[int] = field(64, "Validate on the first N held-out images (the same every time; "
-                                                 "none: all of them).")
+                                                 "none: all of them).", type=positive_int)
     initial_validation: bool = field(True, "Also validate before the first step (the untrained baseline).")
-    num_grid_images: int = field(8, "Validation images shown in the gray | prediction | truth grid.")
+    num_grid_images: int = field(8, "Validation images shown in the gray | prediction | truth grid.",
+                                 type=positive_int)
     model_selection: str = field("last", "Which step is exported: last, or best: the last validated step whose "
                                          f"PSNR is within {SELECTION_PSNR_TOLERANCE_DB} dB of the best so far and "
                                          "whose colorfulness is not above the ground truth's (see the README).",
                                  choices=("last", "best"))
-    checkpointing_steps: int = field(500, "Save a resumable checkpoint every N steps, and at the end.")
+    checkpointing_steps: int = field(500, "Save a resumable checkpoint every N steps, and at the end.",
+                                     type=positive_int)
     checkpoints_total_limit: Optional[int] = field(3, "Keep at most N complete checkpoints (oldest pruned once a "
-                                                      "newer one is complete).")
-    resume_from_checkpoint: Optional[str] = field(None, "latest, or a checkpoint folder, to continue a run.")
+                                                      "newer one is complete).", type=positive_int)
+    resume_from_checkpoint: Optional[str] = field(None, "latest, or a checkpoint folder, to continue a run.",
+                                                  type=checkpoint_request)
     overwrite_output_dir: bool = field(False, "Start over in an --output_dir that holds an earlier run, deleting "
                                               "its checkpoints, logs and exported model.")
     allow_changed_settings: bool = field(False, "Resume even where settings that change the trained weights "
                                                 "differ from the checkpoint's (recorded in run_config.json).")
     report_to: str = field("tensorboard", "Where to log.", choices=("tensorboard", "none"))
     cpu_threads: Optional[int] = field(None, "On a CPU: threads per process; none: the machine's cores shared "
-                                             "among the processes on it (accelerate launch alone would use 1).")
+                                             "among the processes on it (accelerate launch alone would use 1).",
+                                             type=positive_int)
     torch_compile: bool = field(False, "Compile the trained networks with torch.compile (inductor).")
     channels_last: bool = field(False, "Keep convolution inputs and weights in channels-last memory format.")
 
@@ -128,6 +145,11 @@ class TrainingTask:
 
     def check_resolution(self, resolution: int) -> None:
         """Raise ColorizationError for a resolution the networks cannot handle."""
+
+    @classmethod
+    def check_flags(cls, config) -> Optional[str]:
+        """What is wrong with a combination of the family's own flags, or None (checked when they are parsed)."""
+        return None
 
     def build(self, train_config: TrainConfig, statistics: dict) -> None:
         """Create ``self.models`` and ``self.optimizers`` (one per trained model name). ``statistics`` holds
@@ -269,9 +291,16 @@ class Trainer:
         worst = self.accelerator.reduce(self._first_nonfinite.clone(), reduction="max")
         if worst.item() >= 0:
             where = f"; the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else ""
-            raise NonFiniteLossError(
+            error = NonFiniteLossError(
                 f"the loss became nan or infinite at step {int(worst.item())}{where}. Lower --learning_rate, keep "
                 "--max_grad_norm, or try --mixed_precision no, then resume with --resume_from_checkpoint latest.")
+            # Every process stops here together. The message is said once, by the main process, before any
+            # process exits: a launcher ends the others as soon as one exits, mid-sentence.
+            if self.accelerator.is_main_process:
+                tqdm.write(f"error: {error}", file=sys.stderr)  # on a line of its own, under the progress bar
+            error.reported = True
+            self.accelerator.wait_for_everyone()
+            raise error
 
     # ----- set-up -----
 
@@ -590,9 +619,16 @@ class Trainer:
                                    # evaluate.py leaves these out: a model is not scored on what chose it
                                    "images": split_hashes(self.validation_set)[:validation_images]}
         if self.accelerator.is_main_process:
+            # exported beside the previous choice and swapped in: a crash leaves one whole export or none
             folder = os.path.join(self.config.output_dir, SELECTED_DIR)
-            shutil.rmtree(folder, ignore_errors=True)
-            self._export(folder, metrics)
+            partial, previous = folder + checkpoints.PARTIAL_SUFFIX, folder + checkpoints.REPLACED_SUFFIX
+            for leftover in (partial, previous):
+                shutil.rmtree(leftover, ignore_errors=True)
+            self._export(partial, metrics)
+            if os.path.isdir(folder):
+                os.replace(folder, previous)
+            os.replace(partial, folder)
+            shutil.rmtree(previous, ignore_errors=True)
         self.accelerator.wait_for_everyone()
 
     def _log_grid(self, truth: torch.Tensor, lightness: torch.Tensor, prediction: torch.Tensor) -> None:
@@ -617,8 +653,6 @@ class Trainer:
         accelerator, config, task, progress = self.accelerator, self.config, self.task, self.progress
         task.check_resolution(self.data_config.resolution)
         resume_path = self._start_or_resume()
-        if resume_path:
-            self._check_settings(resume_path)
         set_seed(config.seed)
         train_loader, self.validation_loader = self._data_loaders()
         if len(train_loader) == 0:
@@ -633,6 +667,8 @@ class Trainer:
             config.validation_steps = max(1, (last - first + 1) // MIN_VALIDATIONS_FOR_SELECTION)
             self.log(f"--model_selection best: validating every {config.validation_steps} steps (at least "
                      f"{MIN_VALIDATIONS_FOR_SELECTION} validations to choose from, steps {first} to {last})")
+        if resume_path:  # after the cadence is settled: under --model_selection best it is part of the run
+            self._check_settings(resume_path)
         if resume_path:  # the data statistics of the run, not measured again
             statistics = load_file(os.path.join(resume_path, STATISTICS_NAME))
         else:
@@ -773,15 +809,33 @@ class Trainer:
                   "data": describe_source(self.data_config)}
         save_training_data_record(folder, self.statistics["mean_ab"], hashes)
 
+    def _selected_export_ready(self) -> bool:
+        """Whether selected_model/ holds the export of the step that the selection chose (and nothing else)."""
+        if self.config.model_selection != "best" or not self.progress.selection:
+            return False
+        try:
+            exported = read_json_if_present(os.path.join(self.config.output_dir, SELECTED_DIR, CONFIG_NAME))
+        except (OSError, ValueError):
+            return False
+        return bool(exported) and (exported.get("selection") or {}).get("step") == self.progress.selection["step"]
+
     def _finish(self, metrics: dict) -> dict:
         """Export (the chosen step's model under --model_selection best) -> the exported model's metrics."""
         accelerator, config = self.accelerator, self.config
         selected = os.path.join(config.output_dir, SELECTED_DIR)
-        if config.model_selection == "best" and self.progress.selection:
+        use_selected = self._selected_export_ready()  # the same answer on every process: one shared folder
+        accelerator.wait_for_everyone()
+        if config.model_selection == "best" and self.progress.selection and not use_selected:
+            # The chosen step's weights are gone (a crash while they were exported): export the weights there
+            # are, under their own step's label and metrics, never under the chosen step's.
+            self.log(f"warning: the export of the chosen step {self.progress.selection['step']} ({selected}) is "
+                     f"missing or incomplete; exporting the last step ({self.progress.global_step}) instead")
+            self.progress.selection = None
+        if use_selected:
             chosen = {k: v for k, v in self.progress.selection.items() if k != "images"}
             metrics = {**chosen, "validation_at_last_step": metrics}
         if accelerator.is_main_process:
-            if config.model_selection == "best" and self.progress.selection and os.path.isdir(selected):
+            if use_selected:
                 # the chosen step's export, with the whole run's costs
                 shutil.copytree(selected, config.output_dir, dirs_exist_ok=True)
                 shutil.rmtree(selected)
@@ -792,6 +846,7 @@ class Trainer:
                 write_json(exported, record)
             else:
                 self._export(config.output_dir, metrics)
+                shutil.rmtree(selected, ignore_errors=True)  # a stale choice, if any, is not left to mislead
             write_json(os.path.join(config.output_dir, METRICS_NAME),
                        {"step": self.progress.global_step, **metrics, "training": self.training_costs()})
             print(format_metrics(metrics, self.progress.global_step, config.output_dir), flush=True)
@@ -864,15 +919,32 @@ def _check_flag_defaults(task_class: type[TrainingTask]) -> None:
         raise TypeError(f"{task_class.__name__}.flag_defaults names unknown flags {sorted(unknown)}")
 
 
-def parse_args(task_class: type[TrainingTask], argv=None) -> tuple[TrainConfig, DataConfig, object]:
+def build_parser(task_class: type[TrainingTask]) -> argparse.ArgumentParser:
     _check_flag_defaults(task_class)
     parser = argparse.ArgumentParser(description=f"Train the {task_class.model_type} colorization model.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     add_dataclass_arguments(parser, TrainConfig, {"output_dir": f"runs/{task_class.model_type}", **task_class.flag_defaults})
     add_dataclass_arguments(parser, DataConfig, task_class.flag_defaults)
     add_dataclass_arguments(parser, task_class.config_class, task_class.flag_defaults)
+    return parser
+
+
+def parse_args(task_class: type[TrainingTask], argv=None) -> tuple[TrainConfig, DataConfig, object]:
+    """The flags, each checked, and the combinations checked too: a wrong value ends here in one line."""
+    parser = build_parser(task_class)
     args = parser.parse_args(argv)
-    return build_dataclass(TrainConfig, args), build_dataclass(DataConfig, args), build_dataclass(task_class.config_class, args)
+    train, data, model = (build_dataclass(TrainConfig, args), build_dataclass(DataConfig, args),
+                          build_dataclass(task_class.config_class, args))
+    if data.dataset_name and data.train_data_dir:
+        parser.error("give either --dataset_name or --train_data_dir, not both")
+    try:
+        task_class(model, data.resolution).check_resolution(data.resolution)
+    except ColorizationError as error:
+        parser.error(str(error))
+    problem = task_class.check_flags(model)
+    if problem:
+        parser.error(problem)
+    return train, data, model
 
 
 def run_training(task_class: type[TrainingTask], argv=None) -> dict:

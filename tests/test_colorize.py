@@ -131,6 +131,60 @@ def test_missing_model_or_input_is_one_line(models, tmp_path, capsys):
     from colorization.cli import main
 
     code, _, error = run_in_process(main, ["--model", tmp_path / "nope", tmp_path], capsys)
-    assert code == 1 and error.strip().startswith("error:") and "Traceback" not in error
+    assert code == 2 and "error: argument --model" in error and "Traceback" not in error
     code, _, error = run_in_process(main, ["--model", models / "cnn", tmp_path / "absent.jpg"], capsys)
-    assert code == 1 and "does not exist" in error
+    assert code == 2 and "does not exist" in error
+    code, _, error = run_in_process(main, ["--model", tmp_path, tmp_path], capsys)  # a folder, but no model
+    assert code == 1 and error.strip().startswith("error:") and "Traceback" not in error
+
+
+def _psd(width, height):
+    """A Photoshop file (raw RGB): Pillow reads PSD but cannot write it."""
+    import struct
+
+    planes = np.random.default_rng(1).integers(60, 200, (3, height, width), dtype=np.uint8)
+    return (b"8BPS" + struct.pack(">H6xHIIHH", 1, 3, height, width, 8, 3) + struct.pack(">IIIH", 0, 0, 0, 0)
+            + planes.tobytes())
+
+
+def test_inputs_named_alike_never_share_an_output_and_nothing_is_overwritten(models, tmp_path, capsys):
+    from colorization.cli import main
+
+    for folder, seed in (("a", 1), ("b", 2)):
+        (tmp_path / folder).mkdir()
+        _photo(9, 7, seed).save(tmp_path / folder / "x.png")
+    (tmp_path / "b" / "layers.psd").write_bytes(_psd(6, 5))  # read, but not writable as PSD: saved as PNG
+    _photo(8, 8, 3).convert("RGBA").save(tmp_path / "b" / "shape.png")
+    _photo(8, 8, 4).convert("RGBA").save(tmp_path / "b" / "shape.webp", lossless=True)
+    out = tmp_path / "out"
+    inputs = [tmp_path / "a" / "x.png", tmp_path / "b" / "x.png", tmp_path / "b" / "layers.psd",
+              tmp_path / "b" / "shape.png", tmp_path / "b" / "shape.webp"]
+    args = ["--model", models / "cnn", *inputs, "--output_dir", out, "--device", "cpu"]
+    code, printed, _ = run_in_process(main, args, capsys)
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert code == 0 and written == ["a/x.png", "b/layers.png", "b/shape.png", "b/shape.webp", "b/x.png"], written
+    assert "5 image(s) colorized" in printed
+    first = (out / "a" / "x.png").read_bytes()
+    assert first != (out / "b" / "x.png").read_bytes()  # two photos, two outputs
+    assert Image.open(out / "b" / "layers.png").size == (6, 5)
+
+    (out / "a" / "x.png").write_bytes(b"someone's file")
+    code, _, error = run_in_process(main, args, capsys)  # existing outputs: refused before anything is written
+    assert code == 1 and "already exist" in error and "--overwrite" in error and "Traceback" not in error
+    assert (out / "a" / "x.png").read_bytes() == b"someone's file"
+    code, printed, _ = run_in_process(main, args + ["--overwrite"], capsys)
+    assert code == 0 and "5 image(s) colorized" in printed and (out / "a" / "x.png").read_bytes() == first
+
+
+def test_a_file_that_cannot_be_written_is_one_line_and_the_rest_go_on(models, tmp_path, capsys):
+    from colorization.cli import main
+
+    for name in ("one", "two"):
+        _photo(8, 8).save(tmp_path / f"{name}.png")
+    out = tmp_path / "out"
+    (out / "one.png").mkdir(parents=True)  # a folder where the output file should go: it cannot be written
+    code, printed, error = run_in_process(main, ["--model", models / "gan", tmp_path / "one.png", tmp_path / "two.png",
+                                                 "--output_dir", out, "--overwrite"], capsys)
+    lines = [line for line in error.splitlines() if line.startswith("error:")]
+    assert code == 1 and len(lines) == 1 and "one.png" in lines[0] and "Traceback" not in error
+    assert "1 image(s) colorized" in error and (out / "two.png").is_file()

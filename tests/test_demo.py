@@ -88,9 +88,10 @@ def test_the_page_colorizes_a_cat_with_every_model_and_reports_a_broken_file(dem
         page.goto(demo_url)
         page.locator("#upload input[type=file]").set_input_files(str(CAT))
         expect(page.locator("#status")).to_contain_text("Colorized 451x300 px", timeout=120_000)
-        for index in range(3):  # every model's output, downloaded as a PNG as a user would
+        for index, name in enumerate(("CNN", "GAN", "Diffusion")):  # each output downloaded as a user would
             with page.expect_download(timeout=30_000) as download:
                 page.locator(f"#output-{index} a[download]").click()  # the image's download button
+            assert download.value.suggested_filename == f"cat_chelsea_{name}.png"  # never three "image.png"
             path = tmp_path / f"output-{index}.png"
             download.value.save_as(path)
             result = Image.open(path)
@@ -124,7 +125,7 @@ def test_the_demo_gives_the_same_pixels_as_the_command_line(models, tmp_path, in
 
 
 def test_a_model_folder_that_does_not_load_stops_the_start(tmp_path, models):
-    result = run_command([sys.executable, "-m", "colorization.demo", "--models", models[0], tmp_path / "missing",
-                          "--names", "CNN", "Broken"], check=False)
+    result = run_command([sys.executable, "-m", "colorization.demo", "--models", models[0], tmp_path,
+                          "--names", "CNN", "Broken"], check=False)  # a folder, but no model in it
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: model 'Broken'")

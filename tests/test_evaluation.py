@@ -4,6 +4,7 @@ training-image and selection checks, determinism, bad input."""
 import csv
 import json
 import math
+import os
 import sys
 import urllib.error
 
@@ -250,7 +251,7 @@ def test_command_line_end_to_end_and_bad_input(three_models, tmp_path, capsys):
     result = run_command([sys.executable, "evaluate.py", *args])  # the real script, once
     assert "| CNN |" in result.stdout and "| Gray (ab = 0) |" in result.stdout
     code, _, error = run_in_process(main, ["--checkpoints", tmp_path / "nowhere"] + args[6:], capsys)
-    assert code == 1 and "does not exist" in error and "Traceback" not in error
+    assert code == 2 and "does not exist" in error and "Traceback" not in error
     (tmp_path / "not_a_model").mkdir()
     code, _, error = run_in_process(main, ["--checkpoints", tmp_path / "not_a_model"] + args[6:] +
                                     ["--output_dir", tmp_path / "x"], capsys)
@@ -275,3 +276,33 @@ def test_two_processes_give_the_same_table_as_one(three_models, tmp_path):
     for row, metrics in one["summary"].items():
         for metric, stats in metrics.items():
             assert two["summary"][row][metric]["mean"] == pytest.approx(stats["mean"], rel=1e-4, abs=1e-4), (row, metric)
+
+
+def test_an_evaluation_never_deletes_what_it_did_not_write(three_models, tmp_path, capsys):
+    from colorization.evaluation import main
+
+    model = three_models["CNN"]
+    before = sorted(p.name for p in model.iterdir())
+    args = ["--checkpoints", model, *TINY_DATA, "--metrics", "psnr", "--max_images", "4", "--keep_selection_images"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    for folder in (mine, model, tmp_path):  # someone's files, the evaluated model's own folder, a parent folder
+        code, _, error = run_in_process(main, args + ["--output_dir", folder], capsys)
+        assert code == 1 and len(error.strip().splitlines()) == 1 and "Traceback" not in error, error
+        assert "--output_dir" in error
+    assert (mine / "notes.txt").read_text() == "keep me" and sorted(p.name for p in model.iterdir()) == before
+
+    out = tmp_path / "evaluation"
+    assert run_in_process(main, args + ["--output_dir", out], capsys)[0] == 0
+    first = json.loads((out / "results.json").read_text())["summary"]
+    (out / "my_notes.md").write_text("mine")
+    code, _, error = run_in_process(main, args + ["--output_dir", out], capsys)  # an earlier evaluation
+    assert code == 1 and "--overwrite_output_dir" in error
+    code, _, _ = run_in_process(main, args + ["--output_dir", out, "--overwrite_output_dir"], capsys)
+    assert code == 0 and json.loads((out / "results.json").read_text())["summary"] == first
+    assert (out / "my_notes.md").read_text() == "mine" and "evaluation_files.json" in os.listdir(out)
+    code, _, error = run_in_process(main, args + ["--output_dir", mine, "--overwrite_output_dir"], capsys)
+    assert code == 1 and (mine / "notes.txt").read_text() == "keep me"  # overwriting is for evaluations only
+    code, _, error = run_in_process(main, args + ["--output_dir", model, "--overwrite_output_dir"], capsys)
+    assert code == 1 and "holds a model" in error and sorted(p.name for p in model.iterdir()) == before

@@ -145,3 +145,16 @@ def test_the_paper_preset_samples_ddpm_1000_on_a_subset_and_the_mean_of_8():
     assert slow[slow.index("--samplers") + 1] == "ddpm:1000" and slow[slow.index("--max_images") + 1] == "64"
     diffusion = plan.training_command("diffusion")
     assert diffusion[diffusion.index("--resolution") + 1] == "256" and "base" in diffusion
+
+
+def test_a_results_folder_with_someone_elses_files_is_refused(tmp_path):
+    import pytest
+
+    from colorization.errors import ColorizationError
+    from colorization.reproduce import Reproduction, parse_args
+
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(ColorizationError, match="did not write"):
+        Reproduction(parse_args(["--embedded", "--output_dir", str(tmp_path)]))
+    assert os.listdir(tmp_path) == ["notes.txt"]
+    Reproduction(parse_args(["--embedded", "--output_dir", str(tmp_path / "new")]))  # a new folder is fine

@@ -17,7 +17,7 @@ from colorization.errors import ColorizationError
 from colorization.tasks.cnn import CNNConfig, CNNTask
 from colorization.tasks.gan import GANConfig, GANTask
 from colorization.training import NonFiniteLossError, Trainer, TrainConfig, constant_then_linear, main, parse_args
-from conftest import (TINY_CNN, TINY_DATA, TINY_GAN, accelerate_launch, assert_same_weights, run_command,
+from conftest import (ROOT, TINY_CNN, TINY_DATA, TINY_GAN, accelerate_launch, assert_same_weights, run_command,
                       run_in_process, train_in_process)
 
 
@@ -261,67 +261,98 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_p
     assert not (tmp_path / "model.safetensors").exists()  # nothing half-trained was exported
 
 
+def test_two_processes_stop_together_when_one_loss_turns_nan(tmp_path):
+    result = accelerate_launch("tests/diverging_probe.py", [
+        *TINY_DATA, *TINY_CNN, "--max_train_steps", "8", "--checkpointing_steps", "2", "--logging_steps", "1",
+        "--validation_steps", "100", "--no-initial_validation", "--report_to", "none", "--output_dir", tmp_path,
+        "--nan_at_step", "3"], num_processes=2, check=False, timeout=300)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode != 0 and len(errors) == 1, result.stderr[-3000:]  # said once, for both processes
+    assert "at step 3" in errors[0] and "checkpoint_2" in errors[0]
+    # no traceback of ours (the launcher reports that a process exited non-zero, in its own words)
+    assert 'File "' + str(ROOT / "colorization") not in result.stderr and "diverging_probe.py\", line" not in result.stderr
+    kept = tmp_path / "checkpoints" / "checkpoint_2"
+    assert (kept / "checkpoint_complete.json").is_file()
+    assert all(torch.isfinite(t).all() for t in load_file(kept / "model.safetensors").values())
+    assert not (tmp_path / "checkpoints" / "checkpoint_4").exists() and not (tmp_path / "model.safetensors").exists()
+
+
 def test_user_errors_are_one_line_not_a_traceback(tmp_path, capsys):
     result = run_command([sys.executable, "train_cnn.py", *TINY_DATA, *TINY_CNN, "--output_dir", tmp_path,
                           "--resume_from_checkpoint", tmp_path / "nowhere"], check=False)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("error: --resume_from_checkpoint")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("train_cnn.py: error: argument --resume_from_checkpoint")
     code, _, error = run_in_process(lambda argv: main(CNNTask, argv), ["--train_data_dir", tmp_path / "missing"],
                                     capsys)
-    assert code == 1 and "is not a folder" in error and "Traceback" not in error
+    assert code == 2 and "does not exist" in error and "Traceback" not in error
+    (tmp_path / "no_images").mkdir()
+    code, _, error = run_in_process(lambda argv: main(CNNTask, argv), ["--train_data_dir", tmp_path / "no_images",
+                                                                       "--output_dir", tmp_path / "run"], capsys)
+    assert code == 1 and "no images" in error and "Traceback" not in error
 
 
-def test_help_prints_each_default_once_and_flag_defaults_are_checked(capsys):
-    with pytest.raises(SystemExit):
-        parse_args(CNNTask, ["--help"])
-    text = capsys.readouterr().out
-    assert "(default: None) (default: None)" not in text and text.count("(default: 0.001)") == 1
-
-    class Misspelled(CNNTask):
-        flag_defaults = {"learning_rat": 1e-3}
-
-    with pytest.raises(TypeError, match="learning_rat"):
-        parse_args(Misspelled, [])
+_SELECTING_CNN = [*TINY_DATA, *TINY_CNN, "--max_train_steps", "6", "--checkpointing_steps", "3",
+                  "--model_selection", "best", "--no-initial_validation", "--report_to", "none"]
 
 
-def test_load_colorizer_rejects_what_is_not_a_model(tmp_path, cnn_run):
-    with pytest.raises(ColorizationError, match="does not exist"):
-        load_colorizer(str(tmp_path / "missing"))
-    with pytest.raises(ColorizationError, match="not an exported colorization model"):
-        load_colorizer(str(tmp_path))
-    output, _ = cnn_run
-    with pytest.raises(ColorizationError, match="training checkpoint"):
-        load_colorizer(str(output / "checkpoints" / "checkpoint_12"))
-    newer = tmp_path / "newer"
-    shutil.copytree(output, newer, ignore=shutil.ignore_patterns("checkpoints", "logs"))
-    config = json.loads((newer / "colorizer.json").read_text())
-    (newer / "colorizer.json").write_text(json.dumps({**config, "format_version": 99}))
-    with pytest.raises(ColorizationError, match="Upgrade"):
-        load_colorizer(str(newer))
+def test_an_export_carries_the_label_of_the_weights_it_holds(tmp_path, monkeypatch):
+    # A crash between deleting the chosen step's export and writing the new one leaves no selected_model/:
+    # the export is then the last step's weights, labelled as the last step, never under the chosen step's label.
+    finish = Trainer._finish
+
+    def finish_after_losing_the_chosen_export(self, metrics):
+        shutil.rmtree(tmp_path / "selected_model")
+        return finish(self, metrics)
+
+    monkeypatch.setattr(Trainer, "_finish", finish_after_losing_the_chosen_export)
+    metrics = train_in_process(CNNTask, _SELECTING_CNN + ["--output_dir", tmp_path])
+    exported = json.loads((tmp_path / "colorizer.json").read_text())
+    recorded = json.loads((tmp_path / "validation_metrics.json").read_text())
+    assert "selection" not in exported and exported["training"]["global_step"] == 6
+    assert recorded["step"] == 6 and "validation_at_last_step" not in recorded and "rule" not in metrics
+    assert_same_weights(load_file(tmp_path / "checkpoints" / "checkpoint_6" / "model.safetensors"),
+                        load_file(tmp_path / "model.safetensors"))
+    assert exported["training"]["validation"]["psnr"] == pytest.approx(recorded["psnr"])
 
 
-def test_torch_compile_trains_the_same_model_on_cpu(tmp_path, monkeypatch):
-    # The compiled run takes the same steps as the eager one (up to float rounding, which Adam can turn into
-    # a learning rate's worth on a weight whose gradient is about zero) and exports plain weights. Inductor's
-    # code generation costs a minute on two cores, so the test compiles through AOT autograd without it: what
-    # is ours to test (wrapping, unwrapping, saving) is the same. benchmarks/ time the real inductor.
-    from colorization.tasks.gan import GANTask
+def test_a_stale_chosen_export_is_not_exported_under_the_choice(tmp_path, monkeypatch):
+    finish = Trainer._finish
 
-    compile_, compiled_models = torch.compile, []
+    def finish_with_a_stale_choice(self, metrics):  # selected_model/ written for another step than the chosen one
+        record = json.loads((tmp_path / "selected_model" / "colorizer.json").read_text())
+        record["selection"]["step"] += 1
+        (tmp_path / "selected_model" / "colorizer.json").write_text(json.dumps(record))
+        return finish(self, metrics)
 
-    def compile_without_inductor(model, **kwargs):
-        compiled_models.append(type(model).__name__)
-        return compile_(model, **{**kwargs, "backend": "aot_eager"})
+    monkeypatch.setattr(Trainer, "_finish", finish_with_a_stale_choice)
+    train_in_process(CNNTask, _SELECTING_CNN + ["--output_dir", tmp_path])
+    assert "selection" not in json.loads((tmp_path / "colorizer.json").read_text())
+    assert not (tmp_path / "selected_model").exists()
 
-    monkeypatch.setattr(torch, "compile", compile_without_inductor)
-    args = [*TINY_DATA, "--lambda_perceptual", "0", "--base_channels", "8", "--train_batch_size", "8",
-            "--max_train_steps", "2", "--validation_steps", "2", "--no-initial_validation", "--model_selection", "last",
-            "--report_to", "none"]
-    eager = train_in_process(GANTask, args + ["--output_dir", tmp_path / "eager"])
-    compiled = train_in_process(GANTask, args + ["--output_dir", tmp_path / "compiled", "--torch_compile"])
-    assert json.loads((tmp_path / "compiled" / "run_config.json").read_text())["train"]["torch_compile"]
-    assert sorted(compiled_models) == ["PatchDiscriminator", "UNetGenerator"]
-    first, second = (load_file(tmp_path / name / "model.safetensors") for name in ("eager", "compiled"))
-    for name in first:
-        torch.testing.assert_close(second[name], first[name], rtol=0, atol=3 * 2e-4, msg=name)
-    assert compiled["psnr"] == pytest.approx(eager["psnr"], abs=0.1)
+
+@pytest.mark.parametrize("change", [["--validation_images", "8"], ["--max_validation_samples", "10"]])
+def test_settings_that_choose_the_exported_step_cannot_change_on_resume(tmp_path, change, capsys):
+    for selection in ("best", "last"):
+        args = [a if a != "best" else selection for a in _SELECTING_CNN] + ["--output_dir", tmp_path / selection]
+        train_in_process(CNNTask, args)
+        resumed = args + ["--resume_from_checkpoint", tmp_path / selection / "checkpoints" / "checkpoint_3", *change]
+        code, _, error = run_in_process(lambda argv: main(CNNTask, argv), resumed, capsys)
+        if selection == "best":  # they chose the exported step: refused, with the list
+            assert code == 1 and f"{change[0]}:" in error and "--allow_changed_settings" in error, error
+            assert "Traceback" not in error and "--max_train_steps" not in error
+        else:  # under --model_selection last they change no weights and no choice: free
+            assert code == 0, error
+
+
+def test_the_selection_settings_are_free_only_without_selection():
+    from colorization.checkpoints import changed_settings
+
+    def run(selection, **changes):
+        return {"train": {"model_selection": selection, "validation_steps": 10, "validation_images": 64, **changes},
+                "model": {"validation_sampler": "dpm", "validation_inference_steps": 20}}
+
+    assert changed_settings(run("last"), run("last", validation_steps=5)) == []
+    assert changed_settings(run("best"), run("best", validation_steps=5)) == ["--validation_steps: 10 -> 5"]
+    changed = run("best")
+    changed["model"]["validation_sampler"] = "ddim"
+    assert changed_settings(run("best"), changed) == ["--validation_sampler: 'dpm' -> 'ddim'"]

@@ -22,10 +22,12 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.utils.torch_utils import randn_tensor
 
 from colorization.colorizer import Colorizer
+from colorization.config import SAMPLER_NAMES
 from colorization.errors import ColorizationError
 
 NUM_TRAIN_TIMESTEPS = 1000
 SAMPLERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}
+assert set(SAMPLERS) == set(SAMPLER_NAMES), "the flags check sampler names against config.SAMPLER_NAMES"
 DEFAULT_SAMPLER = ("dpm", 20)  # validation, evaluate.py and colorize, unless told otherwise
 # DDIM and DPM-Solver start at the last training timestep ("trailing", Lin et al. 2024): with "leading" a
 # 20-step sampler starts at t = 950 from pure noise, a noisier input than any the model saw at that step.

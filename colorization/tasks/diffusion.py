@@ -18,27 +18,22 @@ from diffusers import DDPMScheduler
 from diffusers.training_utils import EMAModel, compute_snr
 
 from colorization.colorizer import Colorizer, save_export_config
-from colorization.config import field
+from colorization.config import decay, field, index_list, parse_ints, positive_float, positive_int, positive_int_list
 from colorization.models.diffusion import (DEFAULT_SAMPLER, NUM_TRAIN_TIMESTEPS, PRESETS, SAMPLERS,
                                            LabColorizationPipeline, LabConditionedUNet, build_unet,
                                            colorizer_from_parts)
 from colorization.training import TrainConfig, TrainingTask, make_optimizer
 
 
-def _parse_ints(text: Optional[str]) -> Optional[tuple]:
-    if text is None:
-        return None
-    return tuple(int(part) for part in text.split(",") if part.strip() != "")
-
-
 @dataclass
 class DiffusionConfig:
     unet_preset: str = field("base", "UNet size: small (~3M parameters, for 64x64 CPU runs) or base (~71M, for "
                                      "256x256).", choices=tuple(PRESETS))
-    block_out_channels: Optional[str] = field(None, "Override the preset's widths, e.g. 32,64,64,128.")
-    layers_per_block: Optional[int] = field(None, "Override the preset's ResNet layers per level.")
+    block_out_channels: Optional[str] = field(None, "Override the preset's widths, e.g. 32,64,64,128.",
+                                              type=positive_int_list)
+    layers_per_block: Optional[int] = field(None, "Override the preset's ResNet layers per level.", type=positive_int)
     attention_levels: Optional[str] = field(None, "Override the preset's attention levels (indices, e.g. 2,3; "
-                                                  "empty string: none).")
+                                                  "empty string: none).", type=index_list)
     prediction_type: str = field("epsilon", "What the UNet predicts: the noise, v, or the clean ab (sample).",
                                  choices=("epsilon", "v_prediction", "sample"))
     beta_schedule: str = field("linear", "Noise schedule of DDPMScheduler (1000 steps).",
@@ -47,18 +42,19 @@ class DiffusionConfig:
                                            "2024), as samplers starting from pure noise assume; needs v or sample "
                                            "prediction.")
     snr_gamma: Optional[float] = field(None, "Min-SNR loss weighting (Hang et al. 2023) with this gamma, e.g. 5; "
-                                             "none: uniform weights.")
+                                             "none: uniform weights.", type=positive_float)
     use_ema: bool = field(True, "Keep an EMA of the weights (diffusers' EMAModel) for validation and export.")
-    ema_max_decay: float = field(0.9999, "Largest EMA decay.")
+    ema_max_decay: float = field(0.9999, "Largest EMA decay.", type=decay)
     ema_power: float = field(2 / 3, "EMA warm-up: the decay at step t is 1 - (1 + t) ** -power (smaller: a "
-                                    "shorter memory early in training).")
+                                    "shorter memory early in training).", type=positive_float)
     ab_scale: Optional[float] = field(None, "The UNet diffuses ab x this factor, so the data has about unit "
                                             "variance like the noise; none: 1 / std of the training images' "
-                                            "normalized ab (measured once per run, stored in the model).")
+                                            "normalized ab (measured once per run, stored in the model).",
+                                            type=positive_float)
     validation_sampler: str = field(DEFAULT_SAMPLER[0], "Sampler of validation (and evaluate.py's default for "
                                                         "this model).", choices=tuple(SAMPLERS))
     validation_inference_steps: int = field(DEFAULT_SAMPLER[1], "Sampling steps of validation (and evaluate.py's "
-                                                                "default for this model).")
+                                                                "default for this model).", type=positive_int)
 
 
 class DiffusionTask(TrainingTask):
@@ -68,15 +64,23 @@ class DiffusionTask(TrainingTask):
     exported_model_name = "unet"
     exported_files = TrainingTask.exported_files + ("unet", "scheduler", "model_index.json")
 
+    @classmethod
+    def check_flags(cls, config: DiffusionConfig):
+        if config.zero_terminal_snr and config.prediction_type == "epsilon":
+            # at the last timestep alpha_bar is 0: the clean ab cannot be recovered from a noise prediction
+            return "--zero_terminal_snr needs --prediction_type v_prediction or sample (with epsilon prediction the " \
+                   "last timestep is pure noise and sampling divides by zero)"
+        return None
+
     def __init__(self, config: DiffusionConfig, resolution: int):
         super().__init__(config, resolution)
         self.ema: Optional[EMAModel] = None
 
     def _unet(self, ab_scale: float = 1.0) -> LabConditionedUNet:
         config = self.config
-        return build_unet(self.resolution, config.unet_preset, _parse_ints(config.block_out_channels),
+        return build_unet(self.resolution, config.unet_preset, parse_ints(config.block_out_channels),
                           config.layers_per_block,
-                          _parse_ints(config.attention_levels) if config.attention_levels is not None else None,
+                          parse_ints(config.attention_levels),
                           ab_scale)
 
     def check_resolution(self, resolution: int) -> None:

@@ -30,7 +30,7 @@ from torch import nn
 
 from colorization import color
 from colorization.colorizer import Colorizer, FeedForwardColorizer
-from colorization.config import field
+from colorization.config import field, fraction, non_negative_float, positive_float, positive_int
 from colorization.models.gan import MAX_CHANNELS_MULTIPLIER, UNetGenerator, generator_depth
 from colorization.pretrained import load_pretrained
 from colorization.training import TrainConfig, TrainingTask, make_optimizer
@@ -45,7 +45,7 @@ PHASES = ("content", "discriminator", "adversarial")
 class GANConfig:
     output_space: str = field("ab", "What the generator predicts: ab (joined with the input L) or rgb (the "
                                     "report's variant).", choices=("ab", "rgb"))
-    base_channels: int = field(64, "Channels of the first generator and discriminator layer.")
+    base_channels: int = field(64, "Channels of the first generator and discriminator layer.", type=positive_int)
     upsampling: str = field("resize", "The generator decoder's x2: resize (bilinear x2 + 3x3 convolution) or "
                                       "transposed (4x4 stride-2 transposed convolutions: pix2pix's and the "
                                       "report's, whose checkerboard chroma noise costs SSIM).",
@@ -53,21 +53,23 @@ class GANConfig:
     generator_norm: str = field("group", "The generator's normalization: group (the same in training and at "
                                          "inference) or batch (pix2pix's: batch statistics in training, running "
                                          "statistics at inference).", choices=("group", "batch"))
-    lambda_content: float = field(100.0, "Weight of the smooth-L1 content loss.")
+    lambda_content: float = field(100.0, "Weight of the smooth-L1 content loss.", type=non_negative_float)
     smooth_l1_beta: float = field(0.01, "Where the content loss turns from quadratic to linear, in normalized "
                                         "units (0.01 ~ 1 Lab unit). PyTorch's default 1.0 would keep ab errors "
                                         "(~0.1) in the quadratic part, where x100 is weaker than the adversarial "
-                                        "loss.")
-    lambda_perceptual: float = field(0.5, "Weight of the VGG-16 perceptual loss (0 skips VGG: no download).")
-    label_smoothing: float = field(0.1, "One-sided label smoothing: real targets are 1 - this value.")
+                                        "loss.", type=positive_float)
+    lambda_perceptual: float = field(0.5, "Weight of the VGG-16 perceptual loss (0 skips VGG: no download).",
+                                     type=non_negative_float)
+    label_smoothing: float = field(0.1, "One-sided label smoothing: real targets are 1 - this value.", type=fraction)
     discriminator_learning_rate: Optional[float] = field(None, "The discriminator's learning rate (none: "
-                                                               "--learning_rate).")
+                                                               "--learning_rate).", type=positive_float)
     spectral_norm: bool = field(True, "Spectral norm on the discriminator's convolutions, and no batch norm "
                                       "(--no-spectral_norm: batch norm, as in pix2pix and the report).")
     content_fraction: float = field(0.4, "Fraction of the steps in which the generator learns the content loss "
-                                         "alone (warm start).")
+                                         "alone (warm start).", type=fraction)
     discriminator_warmup_fraction: float = field(0.05, "Fraction of the steps, after the content phase, in which "
-                                                       "only the discriminator learns, on that generator's outputs.")
+                                                       "only the discriminator learns, on that generator's outputs.",
+                                                       type=fraction)
 
 
 class PatchDiscriminator(nn.Module):
@@ -131,6 +133,13 @@ class GANTask(TrainingTask):
 
     def check_resolution(self, resolution: int) -> None:
         generator_depth(resolution)
+
+    @classmethod
+    def check_flags(cls, config: GANConfig):
+        if config.content_fraction + config.discriminator_warmup_fraction >= 1:
+            return (f"--content_fraction {config.content_fraction} + --discriminator_warmup_fraction "
+                    f"{config.discriminator_warmup_fraction} leave no adversarial steps: their sum must be below 1")
+        return None
 
     def build(self, train_config: TrainConfig, statistics: dict) -> None:
         config = self.config
