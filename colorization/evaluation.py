@@ -40,13 +40,9 @@ from colorization.measure import gray_baseline, mean_ab_baseline, measure, truth
 from colorization.metrics import (bootstrap_mean, percentile_interval, resample_counts, sliced_wasserstein)
 from colorization.pretrained import load_pretrained
 
-MEAN_AB = "Mean training ab"
-
-
 METRICS = ("lpips", "psnr", "ssim", "colorfulness", "ab_distance")
-
-
 metric_list = choice_list(METRICS, "metric_list")  # --metrics
+MEAN_AB = "Mean training ab"
 
 
 @dataclass
