@@ -8,16 +8,26 @@ pruned only after a newer one is complete, so a run killed at any moment keeps a
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
-from typing import Optional
+from dataclasses import asdict, dataclass
+from typing import Callable, Optional
+
+from safetensors.torch import load_file, save_file
 
 from colorization.colorizer import read_json_if_present, write_json
+from colorization.errors import ColorizationError
 
 CHECKPOINTS_DIR = "checkpoints"
 COMPLETE_MARKER = "checkpoint_complete.json"
 RUN_CONFIG_NAME = "run_config.json"
 PREFIX = "checkpoint_"
+# the harness's own files in a checkpoint, next to accelerate's (never pickles)
+PROGRESS_NAME = "training_progress.json"
+TASK_STATE_NAME = "task_state.json"
+TASK_TENSORS_NAME = "task_state.safetensors"
+STATISTICS_NAME = "data_statistics.safetensors"
 
 # Settings that cannot change the trained weights: a resumed run may change them freely.
 # (Everything else in the run config must match, or resuming is refused.)
@@ -131,3 +141,159 @@ def clear_run_files(output_dir: str, exported: tuple[str, ...]) -> None:
             shutil.rmtree(path)
         else:
             os.remove(path)
+
+
+@dataclass
+class TrainingProgress:
+    """Where the run is and what it has cost; saved as JSON with every checkpoint."""
+
+    global_step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    images_skipped: int = 0
+    images_seen: int = 0  # summed over resumed runs, like the times
+    wall_seconds: float = 0.0  # training loop, validation and checkpoints (not start-up)
+    overhead_seconds: float = 0.0  # validation and checkpoints within wall_seconds
+    selection: Optional[dict] = None  # --model_selection best: the chosen step and why
+    best_validation_psnr: Optional[float] = None  # --model_selection best: among the selectable steps
+
+
+class Checkpointer:
+    """The checkpoints of one run: where it starts (new, resumed, or refused), saving, and loading.
+
+    Accelerate saves the models, optimizers, schedulers and every process's RNG states; the save and load hooks
+    add the progress, the task's own state, the gradient scalers of the further optimizers, and the training
+    data's statistics, as JSON and safetensors."""
+
+    def __init__(self, accelerator, config, task, progress: TrainingProgress, run_config: Callable[[], dict],
+                 log: Callable[[str], None]):
+        self.accelerator, self.config, self.task, self.progress = accelerator, config, task, progress
+        self.run_config, self.log = run_config, log
+        self.statistics: dict = {}  # the training data's, measured once per run
+        self.scalers: dict = {}  # fp16: each optimizer's gradient scaler
+        self.max_steps = 0
+        self.last_checkpoint: Optional[str] = None
+        self.changed_settings: list[str] = []  # what --allow_changed_settings let through, recorded
+
+    def register_hooks(self) -> None:
+        self.accelerator.register_save_state_pre_hook(self._save_hook)
+        self.accelerator.register_load_state_pre_hook(self._load_hook)
+
+    # ----- where the run starts -----
+
+    def start_or_resume(self) -> Optional[str]:
+        """Check the output folder -> the checkpoint to resume from, or None to start a new run there."""
+        config, exported = self.config, self.task.exported_files
+        request = config.resume_from_checkpoint
+        previous = run_files(config.output_dir, exported)
+        if not request:
+            if previous and not config.overwrite_output_dir:
+                raise ColorizationError(
+                    f"--output_dir {config.output_dir} holds an earlier run ({', '.join(previous)}). Continue it with "
+                    "--resume_from_checkpoint latest, start over with --overwrite_output_dir (deletes that run), or "
+                    "choose another --output_dir.")
+            if previous:
+                self._clear_previous_run(f"--overwrite_output_dir: deleted the earlier run in {config.output_dir}")
+            return None
+        if request == "latest":
+            path, incomplete = latest_complete(config.output_dir)
+            for skipped in incomplete:
+                self.log(f"skipping {skipped}: incomplete (its save was interrupted)")
+            if path is None:
+                if any(os.path.exists(os.path.join(config.output_dir, name)) for name in exported):
+                    raise ColorizationError(
+                        f"--output_dir {config.output_dir} holds an exported model but no complete checkpoint to "
+                        "resume; use --overwrite_output_dir to train anew, or another --output_dir.")
+                if previous:
+                    self._clear_previous_run(f"no complete checkpoint in {config.output_dir}: starting a new run "
+                                             "(the earlier attempt's logs were deleted)")
+                else:
+                    self.log(f"no checkpoint in {config.output_dir}: starting a new run")
+                return None
+            return path
+        if not os.path.isdir(request):
+            raise ColorizationError(f"--resume_from_checkpoint {request!r} is not a checkpoint folder")
+        if not is_complete(request):
+            raise ColorizationError(f"--resume_from_checkpoint {request!r} is incomplete (no "
+                                    f"{COMPLETE_MARKER}: its save was interrupted); use an earlier one")
+        return request
+
+    def _clear_previous_run(self, message: str) -> None:
+        if self.accelerator.is_main_process:
+            clear_run_files(self.config.output_dir, self.task.exported_files)
+        self.accelerator.wait_for_everyone()
+        self.log(message)
+
+    def check_settings(self, path: str) -> None:
+        """Refuse to resume with settings that would make a different run (unless --allow_changed_settings)."""
+        saved = read_run_config(path)
+        if saved is None:
+            raise ColorizationError(f"cannot resume from {path!r}: it has no {RUN_CONFIG_NAME}")
+        differences = changed_settings(saved, self.run_config())
+        if differences and not self.config.allow_changed_settings:
+            raise ColorizationError(
+                f"cannot resume from {path}: these settings differ from the checkpoint's and would make a different "
+                "run:\n  " + "\n  ".join(differences) + "\nResume with the same settings, or add "
+                "--allow_changed_settings to go on anyway (recorded in run_config.json).")
+        self.changed_settings = saved.get("changed_settings", []) + (
+            [f"at step {saved.get('global_step')}: {d}" for d in differences])
+
+    def saved_statistics(self, path: str) -> dict:
+        """The training data's statistics as the run measured them (not measured again on resume)."""
+        return load_file(os.path.join(path, STATISTICS_NAME))
+
+    def resume(self, path: str) -> None:
+        try:
+            self.accelerator.load_state(path)
+        except (FileNotFoundError, KeyError, RuntimeError, ValueError, TypeError) as error:
+            raise ColorizationError(f"cannot resume from {path!r}: {str(error).splitlines()[0]} "
+                                    "(was it written by a different model or configuration?)") from None
+        self.last_checkpoint = path
+        self.log(f"resumed from {path} at step {self.progress.global_step}")
+
+    # ----- saving -----
+
+    def save(self) -> None:
+        """A checkpoint of this step, complete once its marker is written; then older ones are pruned."""
+        accelerator, config = self.accelerator, self.config
+        path = checkpoint_dir(config.output_dir, self.progress.global_step)
+        if accelerator.is_main_process and os.path.exists(path):
+            shutil.rmtree(path)  # the remains of an interrupted save, or this run's own, replaced
+        accelerator.wait_for_everyone()
+        accelerator.save_state(path)  # every process: each saves its own RNG state
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            write_json(os.path.join(path, RUN_CONFIG_NAME), self.run_config())
+            mark_complete(path, {"global_step": self.progress.global_step})  # last: now it counts
+            prune(config.output_dir, config.checkpoints_total_limit)
+        self.last_checkpoint = path
+        accelerator.wait_for_everyone()
+
+    def _save_hook(self, models, weights, output_dir: str) -> None:
+        """Our state next to accelerate's: JSON and safetensors, written by the main process."""
+        if not self.accelerator.is_main_process:
+            return
+        write_json(os.path.join(output_dir, PROGRESS_NAME), {**asdict(self.progress), "max_steps": self.max_steps})
+        state = self.task.state_dict()
+        tensors = state.pop("tensors", {})
+        state["scalers"] = {name: scaler.state_dict() for name, scaler in self.scalers.items()
+                            if scaler is not self.accelerator.scaler}
+        write_json(os.path.join(output_dir, TASK_STATE_NAME), state)
+        if tensors:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+                      os.path.join(output_dir, TASK_TENSORS_NAME))
+        save_file({k: v.contiguous().cpu() for k, v in self.statistics.items()}, os.path.join(output_dir, STATISTICS_NAME))
+
+    def _load_hook(self, models, input_dir: str) -> None:
+        with open(os.path.join(input_dir, PROGRESS_NAME)) as handle:
+            progress = json.load(handle)
+        progress.pop("max_steps", None)
+        vars(self.progress).update(TrainingProgress(**progress).__dict__)  # in place: the loop holds this object
+        with open(os.path.join(input_dir, TASK_STATE_NAME)) as handle:
+            state = json.load(handle)
+        for name, scaler_state in state.pop("scalers", {}).items():
+            self.scalers[name].load_state_dict(scaler_state)
+        tensors_file = os.path.join(input_dir, TASK_TENSORS_NAME)
+        if os.path.isfile(tensors_file):
+            state["tensors"] = load_file(tensors_file, device=str(self.accelerator.device))
+        self.task.load_state_dict(state)

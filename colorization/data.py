@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import socket
 import urllib.parse
@@ -33,8 +34,9 @@ from typing import Optional
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
+from colorization import color
 from colorization.config import existing_folder, field, non_negative_int, open_fraction, positive_int
 from colorization.errors import ColorizationError
 from colorization.images import UNREADABLE_IMAGE_ERRORS, decode_image, resize_and_crop, to_unit_float
@@ -421,3 +423,39 @@ def split_hashes(images: ColorizationImages) -> list[str]:
     if images.decoded:
         return [str(h) for h in images.images["hash"]]
     return [image_hash(images.images[i][images.image_column]) for i in range(len(images))]
+
+
+def make_loaders(train_set: ColorizationImages, validation_set: ColorizationImages, batch_size: int,
+                 eval_batch_size: int, validation_images: Optional[int], seed: int, num_workers: int):
+    """-> (train loader, validation loader on the first ``validation_images``, the training sampler), unprepared.
+
+    The training order comes from an :class:`EpochShuffleSampler`; the loaders have their own generators, so
+    creating an iterator never draws from the global RNG (exact resume)."""
+    if validation_images is not None:
+        validation_set = Subset(validation_set, range(min(validation_images, len(validation_set))))
+    common = dict(num_workers=num_workers, collate_fn=collate, pin_memory=torch.cuda.is_available(),
+                  persistent_workers=num_workers > 0)
+    sampler = EpochShuffleSampler(len(train_set), seed)
+    train_loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, drop_last=True,
+                              generator=torch.Generator().manual_seed(seed), **common)
+    validation_loader = DataLoader(validation_set, batch_size=eval_batch_size, shuffle=False,
+                                   generator=torch.Generator().manual_seed(seed), **common)
+    return train_loader, validation_loader, sampler
+
+
+def data_statistics(train_set: ColorizationImages, num_workers: int) -> dict:
+    """The training images' per-pixel mean ab (Lab units, averaged with its mirror image, since training
+    flips half the images) and the standard deviation of their normalized ab, from one pass over them."""
+    loader = DataLoader(train_set, batch_size=64, shuffle=False, collate_fn=collate, num_workers=num_workers)
+    total = total_sq = None
+    count = 0
+    for batch in loader:  # flips change neither statistic (the mean is averaged with its mirror image)
+        _, ab = color.rgb_to_normalized_lab(batch_to_rgb(batch, torch.device("cpu")))
+        ab = ab.double()
+        total = ab.sum(dim=0) if total is None else total + ab.sum(dim=0)
+        total_sq = ab.pow(2).sum() if total_sq is None else total_sq + ab.pow(2).sum()
+        count += len(ab)
+    mean = total / count
+    ab_std = math.sqrt(max(float(total_sq / (count * mean.numel())) - float(mean.mean()) ** 2, 0.0))
+    mean_ab = color.denormalize_ab(0.5 * (mean + mean.flip(-1))).float()
+    return {"mean_ab": mean_ab, "ab_std": torch.tensor(ab_std)}

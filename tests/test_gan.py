@@ -218,7 +218,7 @@ def test_gan_beats_the_gray_baseline_on_real_cats(tmp_path, afhq_dir):
 
 
 def test_the_selection_rule_takes_the_last_faithful_step_that_does_not_over_paint():
-    from colorization.training import selection_step
+    from colorization.validation import selection_step
 
     def run(history):
         chosen, best = None, None

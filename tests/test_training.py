@@ -16,7 +16,8 @@ from colorization.data import DataConfig
 from colorization.errors import ColorizationError
 from colorization.tasks.cnn import CNNConfig, CNNTask
 from colorization.tasks.gan import GANConfig, GANTask
-from colorization.training import NonFiniteLossError, Trainer, TrainConfig, constant_then_linear, main, parse_args
+from colorization.optimization import NonFiniteLossError, constant_then_linear
+from colorization.training import Trainer, TrainConfig, main, parse_args
 from conftest import (ROOT, TINY_CNN, TINY_DATA, TINY_GAN, accelerate_launch, assert_same_weights, run_command,
                       run_in_process, train_in_process)
 
@@ -177,7 +178,7 @@ def test_fp16_bookkeeping_unscales_each_optimizer_once(tmp_path):
         if scaled:
             trainer.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
         trainer._prepare_models(max_steps=4)
-        assert len(trainer.scalers) == (2 if scaled else 0)
+        assert len(trainer.optimization.scalers) == (2 if scaled else 0)
         rgb = torch.rand(4, 4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
         for batch in rgb:
             lightness, ab = color.rgb_to_normalized_lab(batch)
