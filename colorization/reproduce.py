@@ -67,7 +67,7 @@ PRESETS = {
         description="AFHQ cats at 64x64, 10 epochs per model, bf16, on one CPU (about an hour on a laptop)",
         resolution=64, epochs=10, train_batch_size=32, mixed_precision="bf16", samplers="dpm:20",
         # The small UNet, clean-ab prediction, lr 5e-4 after 100 warm-up steps: measured over 1,300 steps on
-        # these cats against v-prediction with min-SNR 5 and zero terminal SNR (README, Models). Samplers are
+        # these cats against v-prediction with min-SNR 5 and zero terminal SNR (docs/models.md, Diffusion). Samplers are
         # compared by benchmarks/sampler_curve.py; the mean of 8 samples on a fixed subset keeps it near an hour.
         model_args={"diffusion": ["--unet_preset", "small", "--prediction_type", "sample", "--learning_rate", "5e-4",
                                   "--lr_warmup_steps", "100"]},

@@ -94,7 +94,7 @@ class TrainConfig:
                                  type=positive_int)
     model_selection: str = field("last", "Which step is exported: last, or best: the last validated step whose "
                                          f"PSNR is within {SELECTION_PSNR_TOLERANCE_DB} dB of the best so far and "
-                                         "whose colorfulness is not above the ground truth's (see the README).",
+                                         "whose colorfulness is not above the ground truth's (see docs/models.md).",
                                  choices=("last", "best"))
     checkpointing_steps: int = field(500, "Save a resumable checkpoint every N steps, and at the end.",
                                      type=positive_int)

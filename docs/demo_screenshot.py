@@ -1,4 +1,4 @@
-"""The README's screenshot of the web demo: start it on real models, colorize one photo, take the picture.
+"""The web demo's screenshot in docs/colorize-and-demo.md: start it on real models, colorize one photo, take the picture.
 
     python docs/demo_screenshot.py --models results/cpu-small/models/cnn results/cpu-small/models/gan \\
         results/cpu-small/models/diffusion --names CNN GAN Diffusion --output docs/demo.png

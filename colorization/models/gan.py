@@ -2,7 +2,7 @@
 
 4x4 stride-2 convolutions (normalization, LeakyReLU 0.2) down to 1x1 at the training resolution (the depth
 follows it), x2 upsamplings (normalization, ReLU) back up, skip connections between mirrored levels, tanh
-output. Training's defaults differ from pix2pix in two places, each measured on the cats (README, Models):
+output. Training's defaults differ from pix2pix in two places, each measured on the cats (docs/models.md, GAN):
 resize-convolution (bilinear x2, then a 3x3 convolution) instead of 4x4 stride-2 transposed convolutions,
 whose checkerboard patterns put high-frequency noise into the chroma, and group norm instead of batch norm,
 which computes the same thing in training and at inference. Exports record both choices; the constructor's

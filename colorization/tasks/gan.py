@@ -126,7 +126,7 @@ class GANTask(TrainingTask):
     model_type = "gan"
     config_class = GANConfig
     # Adam 2e-4, beta1 0.5 and no clipping as in the report and pix2pix; pix2pix's schedule; the exported
-    # generator is the validated step with the best PSNR that does not over-color (see the README)
+    # generator is the validated step with the best PSNR that does not over-color (see docs/models.md, GAN)
     flag_defaults = {"learning_rate": 2e-4, "adam_beta1": 0.5, "lr_scheduler": "constant_then_linear",
                      "max_grad_norm": None, "model_selection": "best"}
     exported_model_name = "generator"
