@@ -15,17 +15,23 @@ import os
 import time
 
 import torch
-from torch.utils.data import DataLoader
-
 from records import device_name, record
+from torch.utils.data import DataLoader
 
 from colorization.data import DataConfig, EpochShuffleSampler, batch_to_rgb, build_datasets, collate
 
 
 def measure(train_set, batch_size: int, workers: int, device: torch.device, images: int) -> float:
-    loader = DataLoader(train_set, batch_size=batch_size, sampler=EpochShuffleSampler(len(train_set), 0),
-                        collate_fn=collate, num_workers=workers, drop_last=True, pin_memory=device.type == "cuda",
-                        persistent_workers=workers > 0)
+    loader = DataLoader(
+        train_set,
+        batch_size=batch_size,
+        sampler=EpochShuffleSampler(len(train_set), 0),
+        collate_fn=collate,
+        num_workers=workers,
+        drop_last=True,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
     seen, started = 0, None
     for epoch in range(100):
         loader.sampler.set_epoch(epoch)
@@ -51,22 +57,42 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--workers", default="0,2,4", help="comma-separated numbers of loader workers")
     parser.add_argument("--images", type=int, default=4000, help="images timed per worker count")
-    parser.add_argument("--no-preprocess", dest="preprocess", action="store_false",
-                        help="decode the files every epoch instead of reading the decoded cache")
+    parser.add_argument(
+        "--no-preprocess",
+        dest="preprocess",
+        action="store_false",
+        help="decode the files every epoch instead of reading the decoded cache",
+    )
     parser.add_argument("--output", help="append the results as JSON lines to this file")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    config = DataConfig(train_data_dir=args.train_data_dir, resolution=args.resolution, preprocess=args.preprocess,
-                        dataloader_num_workers=max(int(w) for w in args.workers.split(",")))
+    config = DataConfig(
+        train_data_dir=args.train_data_dir,
+        resolution=args.resolution,
+        preprocess=args.preprocess,
+        dataloader_num_workers=max(int(w) for w in args.workers.split(",")),
+    )
     started = time.perf_counter()
     train_set, _ = build_datasets(config, seed=0)
     build_seconds = time.perf_counter() - started
     for workers in (int(w) for w in args.workers.split(",")):
         rate = measure(train_set, args.batch_size, workers, device, args.images)
-        record({"benchmark": "loader", "resolution": args.resolution, "batch_size": args.batch_size,
-                "workers": workers, "preprocess": args.preprocess, "images_per_second": round(rate, 1),
-                "build_seconds": round(build_seconds, 2), "train_images": len(train_set),
-                "device": device_name(device), "cpu_cores": os.cpu_count()}, args.output)
+        record(
+            {
+                "benchmark": "loader",
+                "resolution": args.resolution,
+                "batch_size": args.batch_size,
+                "workers": workers,
+                "preprocess": args.preprocess,
+                "images_per_second": round(rate, 1),
+                "build_seconds": round(build_seconds, 2),
+                "train_images": len(train_set),
+                "device": device_name(device),
+                "cpu_cores": os.cpu_count(),
+            },
+            args.output,
+        )
+
 
 if __name__ == "__main__":
     main()

@@ -14,7 +14,6 @@ import time
 
 import torch
 from diffusers import DDPMScheduler
-
 from records import device_name, record
 
 from colorization.models.diffusion import LabColorizationPipeline, build_unet, make_sampler
@@ -54,12 +53,26 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.synchronize()
         elapsed = time.perf_counter() - started
-        record({"sampler": name, "steps": steps, "resolution": args.resolution, "preset": args.unet_preset,
-                "batch_size": args.batch_size, "mixed_precision": args.mixed_precision,
-                "seconds_per_image": round(elapsed / args.batch_size, 4), "device": device_name(device),
+        record(
+            {
+                "sampler": name,
+                "steps": steps,
+                "resolution": args.resolution,
+                "preset": args.unet_preset,
+                "batch_size": args.batch_size,
+                "mixed_precision": args.mixed_precision,
+                "seconds_per_image": round(elapsed / args.batch_size, 4),
+                "device": device_name(device),
                 "parameters": sum(p.numel() for p in unet.parameters()),
-                **({"peak_gpu_memory_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
-                   if device.type == "cuda" else {})}, args.output)
+                **(
+                    {"peak_gpu_memory_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
+                    if device.type == "cuda"
+                    else {}
+                ),
+            },
+            args.output,
+        )
+
 
 if __name__ == "__main__":
     main()

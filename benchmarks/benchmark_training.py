@@ -22,9 +22,8 @@ from typing import Optional
 
 import torch
 from accelerate import Accelerator
-from torch.utils.flop_counter import FlopCounterMode
-
 from records import record
+from torch.utils.flop_counter import FlopCounterMode
 
 from colorization import color
 from colorization.data import DataConfig
@@ -52,15 +51,29 @@ def device_peak(device_name: str, mixed_precision: str) -> Optional[float]:
     return None
 
 
-def benchmark(model: str, resolution: int, batch_size: int, mixed_precision: str, steps: int, warmup: int,
-              perceptual: float = 0.5, unet_preset: str = "base", torch_compile: bool = False,
-              channels_last: bool = False) -> dict:
-    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available(),
-                              dynamo_backend="inductor" if torch_compile else None)
+def benchmark(
+    model: str,
+    resolution: int,
+    batch_size: int,
+    mixed_precision: str,
+    steps: int,
+    warmup: int,
+    perceptual: float = 0.5,
+    unet_preset: str = "base",
+    torch_compile: bool = False,
+    channels_last: bool = False,
+) -> dict:
+    accelerator = Accelerator(
+        mixed_precision=mixed_precision,
+        cpu=not torch.cuda.is_available(),
+        dynamo_backend="inductor" if torch_compile else None,
+    )
     task_class = TRAINING_TASKS[model]
-    options = {"cnn": {"pretrained_backbone": False},
-               "gan": {"lambda_perceptual": perceptual, "content_fraction": 0.0, "discriminator_warmup_fraction": 0.0},
-               "diffusion": {"unet_preset": unet_preset}}[model]
+    options = {
+        "cnn": {"pretrained_backbone": False},
+        "gan": {"lambda_perceptual": perceptual, "content_fraction": 0.0, "discriminator_warmup_fraction": 0.0},
+        "diffusion": {"unet_preset": unet_preset},
+    }[model]
     task = task_class(task_class.config_class(**options), resolution)
     task.check_resolution(resolution)
     shared = {k: v for k, v in task_class.flag_defaults.items() if k in TrainConfig.__annotations__}
@@ -92,18 +105,30 @@ def benchmark(model: str, resolution: int, batch_size: int, mixed_precision: str
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - started
     images_per_second = steps * batch_size / elapsed
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else \
-        f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    device = (
+        torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    )
     peak = device_peak(device, mixed_precision) if torch.cuda.is_available() else None
     achieved = flops_per_image * images_per_second / 1e12
     result = {
-        "model": model, "resolution": resolution, "batch_size": batch_size, "mixed_precision": mixed_precision,
-        "torch_compile": torch_compile, "channels_last": channels_last, "steps": steps,
-        "images_per_second": round(images_per_second, 2), "seconds_per_step": round(elapsed / steps, 4),
-        "gflops_per_training_image": round(flops_per_image / 1e9, 2), "achieved_tflops": round(achieved, 2),
-        "peak_tflops": peak, "mfu": round(achieved / peak, 4) if peak else None,
+        "model": model,
+        "resolution": resolution,
+        "batch_size": batch_size,
+        "mixed_precision": mixed_precision,
+        "torch_compile": torch_compile,
+        "channels_last": channels_last,
+        "steps": steps,
+        "images_per_second": round(images_per_second, 2),
+        "seconds_per_step": round(elapsed / steps, 4),
+        "gflops_per_training_image": round(flops_per_image / 1e9, 2),
+        "achieved_tflops": round(achieved, 2),
+        "peak_tflops": peak,
+        "mfu": round(achieved / peak, 4) if peak else None,
         "parameters": sum(p.numel() for m in task.models.values() for p in m.parameters()),
-        "device": device, "torch": torch.__version__,
+        "device": device,
+        "torch": torch.__version__,
     }
     if model == "gan":
         result["lambda_perceptual"] = perceptual
@@ -124,12 +149,19 @@ def main() -> None:
     parser.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="no")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--lambda_perceptual", type=float, default=0.5,
-                        help="GAN: 0 skips the VGG-16 perceptual loss (whose weights need a download)")
+    parser.add_argument(
+        "--lambda_perceptual",
+        type=float,
+        default=0.5,
+        help="GAN: 0 skips the VGG-16 perceptual loss (whose weights need a download)",
+    )
     parser.add_argument("--unet_preset", default="base", help="diffusion: small or base")
-    parser.add_argument("--untrained_vgg", action="store_true",
-                        help="GAN: a randomly initialised VGG-16 for the perceptual loss (the same cost; for "
-                             "machines that cannot download its weights)")
+    parser.add_argument(
+        "--untrained_vgg",
+        action="store_true",
+        help="GAN: a randomly initialised VGG-16 for the perceptual loss (the same cost; for "
+        "machines that cannot download its weights)",
+    )
     parser.add_argument("--torch_compile", action="store_true", help="the harness's --torch_compile")
     parser.add_argument("--channels_last", action="store_true", help="the harness's --channels_last")
     parser.add_argument("--output", help="append the result as one JSON line to this file")
@@ -139,9 +171,19 @@ def main() -> None:
 
         from colorization.tasks import gan
 
-        gan.load_imagenet_vgg16_features = lambda: vgg16().features[:gan.VGG_RELU3_3].eval().requires_grad_(False)
-    result = benchmark(args.model, args.resolution, args.batch_size, args.mixed_precision, args.steps, args.warmup,
-                       args.lambda_perceptual, args.unet_preset, args.torch_compile, args.channels_last)
+        gan.load_imagenet_vgg16_features = lambda: vgg16().features[: gan.VGG_RELU3_3].eval().requires_grad_(False)
+    result = benchmark(
+        args.model,
+        args.resolution,
+        args.batch_size,
+        args.mixed_precision,
+        args.steps,
+        args.warmup,
+        args.lambda_perceptual,
+        args.unet_preset,
+        args.torch_compile,
+        args.channels_last,
+    )
     record(result, args.output)
 
 

@@ -40,17 +40,26 @@ def plain_loop(args) -> list[float]:
 
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     torch.set_num_threads(os.cpu_count() or 1)
-    train_set, _ = build_datasets(DataConfig(train_data_dir=args.train_data_dir, resolution=args.resolution,
-                                             dataloader_num_workers=2), seed=0)
-    loader = DataLoader(train_set, batch_size=args.batch_size, sampler=EpochShuffleSampler(len(train_set), 0),
-                        collate_fn=collate, num_workers=2, drop_last=True, persistent_workers=True)
+    train_set, _ = build_datasets(
+        DataConfig(train_data_dir=args.train_data_dir, resolution=args.resolution, dataloader_num_workers=2), seed=0
+    )
+    loader = DataLoader(
+        train_set,
+        batch_size=args.batch_size,
+        sampler=EpochShuffleSampler(len(train_set), 0),
+        collate_fn=collate,
+        num_workers=2,
+        drop_last=True,
+        persistent_workers=True,
+    )
     torch.manual_seed(0)
     unet = build_unet(args.resolution, "small", attention_levels=(3,), ab_scale=10.0)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-3, weight_decay=0.0)
     lr_scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=10, num_training_steps=args.steps)
     noise_scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type="v_prediction")
-    ema = EMAModel(unet.parameters(), use_ema_warmup=True, foreach=True, model_cls=LabConditionedUNet,
-                   model_config=unet.config)
+    ema = EMAModel(
+        unet.parameters(), use_ema_warmup=True, foreach=True, model_cls=LabConditionedUNet, model_config=unet.config
+    )
     unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
     ema.to(accelerator.device)
     rates, step, window_start = [], 0, time.perf_counter()
@@ -93,14 +102,46 @@ def harness(args) -> list[float]:
 
     with tempfile.TemporaryDirectory() as folder:
         try:
-            run_training(DiffusionTask, [
-                "--train_data_dir", args.train_data_dir, "--resolution", str(args.resolution), "--unet_preset",
-                "small", "--attention_levels", "3", "--prediction_type", "v_prediction", "--learning_rate", "1e-3",
-                "--lr_warmup_steps", "10", "--train_batch_size", str(args.batch_size), "--mixed_precision",
-                args.mixed_precision, "--max_train_steps", str(args.steps), "--logging_steps", "10",
-                "--validation_steps", str(10 * args.steps), "--no-initial_validation", "--validation_images", "8",
-                "--validation_inference_steps", "2", "--checkpointing_steps", str(10 * args.steps),
-                "--dataloader_num_workers", "2", "--output_dir", folder])
+            run_training(
+                DiffusionTask,
+                [
+                    "--train_data_dir",
+                    args.train_data_dir,
+                    "--resolution",
+                    str(args.resolution),
+                    "--unet_preset",
+                    "small",
+                    "--attention_levels",
+                    "3",
+                    "--prediction_type",
+                    "v_prediction",
+                    "--learning_rate",
+                    "1e-3",
+                    "--lr_warmup_steps",
+                    "10",
+                    "--train_batch_size",
+                    str(args.batch_size),
+                    "--mixed_precision",
+                    args.mixed_precision,
+                    "--max_train_steps",
+                    str(args.steps),
+                    "--logging_steps",
+                    "10",
+                    "--validation_steps",
+                    str(10 * args.steps),
+                    "--no-initial_validation",
+                    "--validation_images",
+                    "8",
+                    "--validation_inference_steps",
+                    "2",
+                    "--checkpointing_steps",
+                    str(10 * args.steps),
+                    "--dataloader_num_workers",
+                    "2",
+                    "--output_dir",
+                    folder,
+                ],
+            )
         finally:
             AcceleratorState._reset_state(True)
             GradientState._reset_state()
@@ -127,16 +168,33 @@ def main() -> None:
         for name, run in (("plain", plain_loop), ("harness", harness)):
             rates = run(args)
             results[name].append(statistics.median(rates))
-            lines.append({"benchmark": "harness_overhead", "loop": name, "repeat": repeat,
-                          "images_per_second": round(statistics.median(rates), 2),
-                          "windows": [round(r, 1) for r in rates]})
+            lines.append(
+                {
+                    "benchmark": "harness_overhead",
+                    "loop": name,
+                    "repeat": repeat,
+                    "images_per_second": round(statistics.median(rates), 2),
+                    "windows": [round(r, 1) for r in rates],
+                }
+            )
             print(json.dumps(lines[-1]), flush=True)
     plain, ours = statistics.mean(results["plain"]), statistics.mean(results["harness"])
-    lines.append({"benchmark": "harness_overhead", "summary": True, "plain_images_per_second": round(plain, 2),
-                  "harness_images_per_second": round(ours, 2), "ratio": round(ours / plain, 3),
-                  "resolution": args.resolution, "batch_size": args.batch_size, "precision": args.mixed_precision,
-                  "steps": args.steps, "repeats": args.repeats, "torch": torch.__version__,
-                  "threads": torch.get_num_threads()})
+    lines.append(
+        {
+            "benchmark": "harness_overhead",
+            "summary": True,
+            "plain_images_per_second": round(plain, 2),
+            "harness_images_per_second": round(ours, 2),
+            "ratio": round(ours / plain, 3),
+            "resolution": args.resolution,
+            "batch_size": args.batch_size,
+            "precision": args.mixed_precision,
+            "steps": args.steps,
+            "repeats": args.repeats,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        }
+    )
     print(json.dumps(lines[-1]), flush=True)
     if args.output:
         with open(args.output, "a") as handle:

@@ -36,8 +36,9 @@ def run(args) -> list[dict]:
     data = DataConfig(train_data_dir=args.train_data_dir, resolution=args.resolution, dataloader_num_workers=0)
     _, validation = load_splits(data)
     images = prepare_split(validation, data, train=False)
-    loader = DataLoader(Subset(images, range(min(args.images, len(images)))), batch_size=args.batch_size,
-                        collate_fn=collate)
+    loader = DataLoader(
+        Subset(images, range(min(args.images, len(images)))), batch_size=args.batch_size, collate_fn=collate
+    )
     batches = [(batch_to_rgb(batch, device), batch["index"]) for batch in loader]
     values = {GRAY: {}, TRUTH: {}}
     for truth, index in batches:
@@ -65,14 +66,27 @@ def run(args) -> list[dict]:
     for name in rows:
         sampler, steps = name.split("-")
         stats, mean_stats = summary[name], summary.get("samples", {}).get(name, {})
-        results.append({"sampler": sampler.lower(), "steps": int(steps), "images": len(joined[TRUTH]["index"]),
-                        "psnr": stats["psnr"], "psnr_vs_gray": stats["psnr_vs_gray"],
-                        "psnr_mean_of_k": mean_stats.get("psnr_mean"), "diversity": mean_stats.get("diversity"),
-                        "k": args.num_samples if "psnr_mean" in mean_stats else 1,
-                        "colorfulness": stats["colorfulness"], "colorfulness_gap": stats["colorfulness_gap"],
-                        "ab_distance": stats["ab_distance"], "seconds_per_sample": round(timing[name], 4)})
-    reference = {"gray_psnr": summary[GRAY]["psnr"], "truth_colorfulness": summary[TRUTH]["colorfulness"],
-                 "gray_ab_distance": summary[GRAY]["ab_distance"]}
+        results.append(
+            {
+                "sampler": sampler.lower(),
+                "steps": int(steps),
+                "images": len(joined[TRUTH]["index"]),
+                "psnr": stats["psnr"],
+                "psnr_vs_gray": stats["psnr_vs_gray"],
+                "psnr_mean_of_k": mean_stats.get("psnr_mean"),
+                "diversity": mean_stats.get("diversity"),
+                "k": args.num_samples if "psnr_mean" in mean_stats else 1,
+                "colorfulness": stats["colorfulness"],
+                "colorfulness_gap": stats["colorfulness_gap"],
+                "ab_distance": stats["ab_distance"],
+                "seconds_per_sample": round(timing[name], 4),
+            }
+        )
+    reference = {
+        "gray_psnr": summary[GRAY]["psnr"],
+        "truth_colorfulness": summary[TRUTH]["colorfulness"],
+        "gray_ab_distance": summary[GRAY]["ab_distance"],
+    }
     return results, reference
 
 
@@ -86,20 +100,37 @@ def _cell(stat, digits=2) -> str:
 def write(results: list[dict], reference: dict, args, hardware: str) -> None:
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "sampler_curve.json"), "w") as handle:
-        json.dump({"results": results, "reference": reference, "model": os.path.relpath(args.model),
-                   "model_step": read_export_config(args.model).get("training", {}).get("global_step"),
-                   "hardware": hardware, "seed": args.seed}, handle, indent=2)
+        json.dump(
+            {
+                "results": results,
+                "reference": reference,
+                "model": os.path.relpath(args.model),
+                "model_step": read_export_config(args.model).get("training", {}).get("global_step"),
+                "hardware": hardware,
+                "seed": args.seed,
+            },
+            handle,
+            indent=2,
+        )
     k = args.num_samples
-    lines = [f"| Sampler | Steps | PSNR, one sample | Δ vs gray | PSNR, mean of {k} | Diversity | Colorfulness | "
-             "Colorfulness gap ↓ | ab distance ↓ | s per sample |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| Sampler | Steps | PSNR, one sample | Δ vs gray | PSNR, mean of {k} | Diversity | Colorfulness | "
+        "Colorfulness gap ↓ | ab distance ↓ | s per sample |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
-        lines.append(f"| {r['sampler'].upper()} | {r['steps']} | {_cell(r['psnr'])} | {_cell(r['psnr_vs_gray'])} | "
-                     f"{_cell(r['psnr_mean_of_k'])} | {_cell(r['diversity'])} | {_cell(r['colorfulness'])} | "
-                     f"{_cell(r['colorfulness_gap'])} | {_cell(r['ab_distance'])} | {r['seconds_per_sample']:.3f} |")
-    lines += ["", f"{results[0]['images']} held-out images at {args.resolution}x{args.resolution}; gray (ab = 0) PSNR "
-              f"{_cell(reference['gray_psnr'])}, ground-truth colorfulness {_cell(reference['truth_colorfulness'])}, "
-              f"gray's ab distance {_cell(reference['gray_ab_distance'])}. Mean [95% bootstrap interval over images]; "
-              f"seconds per sample on {hardware}, fp32, batch {args.batch_size}."]
+        lines.append(
+            f"| {r['sampler'].upper()} | {r['steps']} | {_cell(r['psnr'])} | {_cell(r['psnr_vs_gray'])} | "
+            f"{_cell(r['psnr_mean_of_k'])} | {_cell(r['diversity'])} | {_cell(r['colorfulness'])} | "
+            f"{_cell(r['colorfulness_gap'])} | {_cell(r['ab_distance'])} | {r['seconds_per_sample']:.3f} |"
+        )
+    lines += [
+        "",
+        f"{results[0]['images']} held-out images at {args.resolution}x{args.resolution}; gray (ab = 0) PSNR "
+        f"{_cell(reference['gray_psnr'])}, ground-truth colorfulness {_cell(reference['truth_colorfulness'])}, "
+        f"gray's ab distance {_cell(reference['gray_ab_distance'])}. Mean [95% bootstrap interval over images]; "
+        f"seconds per sample on {hardware}, fp32, batch {args.batch_size}.",
+    ]
     with open(os.path.join(args.output_dir, "sampler_curve.md"), "w") as handle:
         handle.write("\n".join(lines) + "\n")
     _plot(results, reference, args)
@@ -115,12 +146,18 @@ def _plot(results: list[dict], reference: dict, args) -> None:
     for sampler, style in (("ddpm", "o-"), ("ddim", "s-"), ("dpm", "^-")):
         rows = [r for r in results if r["sampler"] == sampler]
         steps = [r["steps"] for r in rows]
-        line, = axes[0].plot(steps, [r["psnr"]["mean"] for r in rows], style, label=f"{sampler.upper()}, one sample")
+        (line,) = axes[0].plot(steps, [r["psnr"]["mean"] for r in rows], style, label=f"{sampler.upper()}, one sample")
         with_mean = [r for r in rows if r["psnr_mean_of_k"]]
         if with_mean:
-            axes[0].plot([r["steps"] for r in with_mean], [r["psnr_mean_of_k"]["mean"] for r in with_mean], style,
-                         color=line.get_color(), alpha=0.5, linestyle="--",
-                         label=f"{sampler.upper()}, mean of {args.num_samples}")
+            axes[0].plot(
+                [r["steps"] for r in with_mean],
+                [r["psnr_mean_of_k"]["mean"] for r in with_mean],
+                style,
+                color=line.get_color(),
+                alpha=0.5,
+                linestyle="--",
+                label=f"{sampler.upper()}, mean of {args.num_samples}",
+            )
         axes[1].plot(steps, [r["colorfulness_gap"]["mean"] for r in rows], style, label=sampler.upper())
         axes[2].plot(steps, [r["ab_distance"]["mean"] for r in rows], style, label=sampler.upper())
     axes[0].axhline(reference["gray_psnr"]["mean"], color="gray", linestyle=":", label="gray (ab = 0)")

@@ -32,10 +32,23 @@ STATISTICS_NAME = "data_statistics.safetensors"
 # Settings that cannot change the trained weights: a resumed run may change them freely.
 # (Everything else in the run config must match, or resuming is refused.)
 FREE_SETTINGS = {
-    "train": {"output_dir", "logging_steps", "validation_steps", "initial_validation", "num_grid_images",
-              "checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint", "report_to", "cpu_threads",
-              "eval_batch_size", "validation_images", "overwrite_output_dir", "allow_changed_settings",
-              "torch_compile"},
+    "train": {
+        "output_dir",
+        "logging_steps",
+        "validation_steps",
+        "initial_validation",
+        "num_grid_images",
+        "checkpointing_steps",
+        "checkpoints_total_limit",
+        "resume_from_checkpoint",
+        "report_to",
+        "cpu_threads",
+        "eval_batch_size",
+        "validation_images",
+        "overwrite_output_dir",
+        "allow_changed_settings",
+        "torch_compile",
+    },
     "data": {"dataloader_num_workers", "cache_dir", "max_validation_samples", "preprocess"},
     "model": {"validation_sampler", "validation_inference_steps"},
 }
@@ -49,8 +62,16 @@ SELECTION_SETTINGS = {
     "model": {"validation_sampler", "validation_inference_steps"},
 }
 # What a run writes into its output folder (besides the exported model, which each family names).
-RUN_FILES = (CHECKPOINTS_DIR, "logs", "samples", RUN_CONFIG_NAME, "validation_metrics.json", "selected_model",
-             "selected_model" + PARTIAL_SUFFIX, "selected_model" + REPLACED_SUFFIX)
+RUN_FILES = (
+    CHECKPOINTS_DIR,
+    "logs",
+    "samples",
+    RUN_CONFIG_NAME,
+    "validation_metrics.json",
+    "selected_model",
+    "selected_model" + PARTIAL_SUFFIX,
+    "selected_model" + REPLACED_SUFFIX,
+)
 
 
 def checkpoint_dir(output_dir: str, step: int) -> str:
@@ -59,7 +80,7 @@ def checkpoint_dir(output_dir: str, step: int) -> str:
 
 def step_of(path: str) -> Optional[int]:
     name = os.path.basename(os.path.normpath(path))
-    suffix = name[len(PREFIX):]
+    suffix = name[len(PREFIX) :]
     return int(suffix) if name.startswith(PREFIX) and suffix.isdigit() else None
 
 
@@ -112,7 +133,10 @@ def changed_settings(saved: dict, current: dict) -> list[str]:
     """The settings that differ between a checkpoint's run config and this run's, and could change the
     trained weights -> 'group.name: before -> now' lines."""
     differences = []
-    selecting = "best" in (saved.get("train", {}).get("model_selection"), current.get("train", {}).get("model_selection"))
+    selecting = "best" in (
+        saved.get("train", {}).get("model_selection"),
+        current.get("train", {}).get("model_selection"),
+    )
     for group in ("train", "data", "model"):
         before, now = saved.get(group, {}), current.get(group, {})
         free = FREE_SETTINGS.get(group, set()) - (SELECTION_SETTINGS.get(group, set()) if selecting else set())
@@ -165,8 +189,15 @@ class Checkpointer:
     add the progress, the task's own state, the gradient scalers of the further optimizers, and the training
     data's statistics, as JSON and safetensors."""
 
-    def __init__(self, accelerator, config, task, progress: TrainingProgress, run_config: Callable[[], dict],
-                 log: Callable[[str], None]):
+    def __init__(
+        self,
+        accelerator,
+        config,
+        task,
+        progress: TrainingProgress,
+        run_config: Callable[[], dict],
+        log: Callable[[str], None],
+    ):
         self.accelerator, self.config, self.task, self.progress = accelerator, config, task, progress
         self.run_config, self.log = run_config, log
         self.statistics: dict = {}  # the training data's, measured once per run
@@ -191,7 +222,8 @@ class Checkpointer:
                 raise ColorizationError(
                     f"--output_dir {config.output_dir} holds an earlier run ({', '.join(previous)}). Continue it with "
                     "--resume_from_checkpoint latest, start over with --overwrite_output_dir (deletes that run), or "
-                    "choose another --output_dir.")
+                    "choose another --output_dir."
+                )
             if previous:
                 self._clear_previous_run(f"--overwrite_output_dir: deleted the earlier run in {config.output_dir}")
             return None
@@ -203,10 +235,13 @@ class Checkpointer:
                 if any(os.path.exists(os.path.join(config.output_dir, name)) for name in exported):
                     raise ColorizationError(
                         f"--output_dir {config.output_dir} holds an exported model but no complete checkpoint to "
-                        "resume; use --overwrite_output_dir to train anew, or another --output_dir.")
+                        "resume; use --overwrite_output_dir to train anew, or another --output_dir."
+                    )
                 if previous:
-                    self._clear_previous_run(f"no complete checkpoint in {config.output_dir}: starting a new run "
-                                             "(the earlier attempt's logs were deleted)")
+                    self._clear_previous_run(
+                        f"no complete checkpoint in {config.output_dir}: starting a new run "
+                        "(the earlier attempt's logs were deleted)"
+                    )
                 else:
                     self.log(f"no checkpoint in {config.output_dir}: starting a new run")
                 return None
@@ -214,8 +249,10 @@ class Checkpointer:
         if not os.path.isdir(request):
             raise ColorizationError(f"--resume_from_checkpoint {request!r} is not a checkpoint folder")
         if not is_complete(request):
-            raise ColorizationError(f"--resume_from_checkpoint {request!r} is incomplete (no "
-                                    f"{COMPLETE_MARKER}: its save was interrupted); use an earlier one")
+            raise ColorizationError(
+                f"--resume_from_checkpoint {request!r} is incomplete (no "
+                f"{COMPLETE_MARKER}: its save was interrupted); use an earlier one"
+            )
         return request
 
     def _clear_previous_run(self, message: str) -> None:
@@ -234,9 +271,11 @@ class Checkpointer:
             raise ColorizationError(
                 f"cannot resume from {path}: these settings differ from the checkpoint's and would make a different "
                 "run:\n  " + "\n  ".join(differences) + "\nResume with the same settings, or add "
-                "--allow_changed_settings to go on anyway (recorded in run_config.json).")
+                "--allow_changed_settings to go on anyway (recorded in run_config.json)."
+            )
         self.changed_settings = saved.get("changed_settings", []) + (
-            [f"at step {saved.get('global_step')}: {d}" for d in differences])
+            [f"at step {saved.get('global_step')}: {d}" for d in differences]
+        )
 
     def saved_statistics(self, path: str) -> dict:
         """The training data's statistics as the run measured them (not measured again on resume)."""
@@ -246,8 +285,10 @@ class Checkpointer:
         try:
             self.accelerator.load_state(path)
         except (FileNotFoundError, KeyError, RuntimeError, ValueError, TypeError) as error:
-            raise ColorizationError(f"cannot resume from {path!r}: {str(error).splitlines()[0]} "
-                                    "(was it written by a different model or configuration?)") from None
+            raise ColorizationError(
+                f"cannot resume from {path!r}: {str(error).splitlines()[0]} "
+                "(was it written by a different model or configuration?)"
+            ) from None
         self.last_checkpoint = path
         self.log(f"resumed from {path} at step {self.progress.global_step}")
 
@@ -276,13 +317,18 @@ class Checkpointer:
         write_json(os.path.join(output_dir, PROGRESS_NAME), {**asdict(self.progress), "max_steps": self.max_steps})
         state = self.task.state_dict()
         tensors = state.pop("tensors", {})
-        state["scalers"] = {name: scaler.state_dict() for name, scaler in self.scalers.items()
-                            if scaler is not self.accelerator.scaler}
+        state["scalers"] = {
+            name: scaler.state_dict() for name, scaler in self.scalers.items() if scaler is not self.accelerator.scaler
+        }
         write_json(os.path.join(output_dir, TASK_STATE_NAME), state)
         if tensors:
-            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
-                      os.path.join(output_dir, TASK_TENSORS_NAME))
-        save_file({k: v.contiguous().cpu() for k, v in self.statistics.items()}, os.path.join(output_dir, STATISTICS_NAME))
+            save_file(
+                {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+                os.path.join(output_dir, TASK_TENSORS_NAME),
+            )
+        save_file(
+            {k: v.contiguous().cpu() for k, v in self.statistics.items()}, os.path.join(output_dir, STATISTICS_NAME)
+        )
 
     def _load_hook(self, models, input_dir: str) -> None:
         with open(os.path.join(input_dir, PROGRESS_NAME)) as handle:

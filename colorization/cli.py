@@ -121,21 +121,32 @@ def save_output(image: Image.Image, target: Path, save_format: str, overwrite: b
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="colorize", description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("inputs", nargs="+", type=existing_path, help="image files and folders")
-    parser.add_argument("--model", required=True, type=existing_path,
-                        help="an exported model folder (a training run's output_dir)")
-    parser.add_argument("--output_dir", default="colorized", type=output_folder,
-                        help="where the colorized images are written")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace outputs that already exist (never an input)")
-    parser.add_argument("--device", default=None, type=device_name,
-                        help="cpu, cuda, cuda:1, ... (default: a GPU when there is one)")
+    parser.add_argument(
+        "--model", required=True, type=existing_path, help="an exported model folder (a training run's output_dir)"
+    )
+    parser.add_argument(
+        "--output_dir", default="colorized", type=output_folder, help="where the colorized images are written"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace outputs that already exist (never an input)")
+    parser.add_argument(
+        "--device", default=None, type=device_name, help="cpu, cuda, cuda:1, ... (default: a GPU when there is one)"
+    )
     parser.add_argument("--batch_size", type=positive_int, default=8, help="images per model batch")
-    parser.add_argument("--num_inference_steps", type=positive_int, default=None,
-                        help="diffusion: sampling steps (default: the model's, 20)")
-    parser.add_argument("--scheduler", choices=SAMPLER_NAMES, default=None,
-                        help="diffusion: sampler (default: the model's, dpm)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="diffusion: seed of the noise (the same photo and seed give the same colors)")
+    parser.add_argument(
+        "--num_inference_steps",
+        type=positive_int,
+        default=None,
+        help="diffusion: sampling steps (default: the model's, 20)",
+    )
+    parser.add_argument(
+        "--scheduler", choices=SAMPLER_NAMES, default=None, help="diffusion: sampler (default: the model's, dpm)"
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="diffusion: seed of the noise (the same photo and seed give the same colors)",
+    )
     return parser
 
 
@@ -146,15 +157,19 @@ def run(argv=None) -> int:
     plan = OutputPlan(output_dir, args.overwrite)
     existing = plan.existing(inputs)
     if existing and not args.overwrite:
-        raise ColorizationError(f"{len(existing)} of the {len(inputs)} outputs already exist in {output_dir} (e.g. "
-                                f"{existing[0]}); add --overwrite to replace them, or choose another --output_dir")
-    sampling = {k: v for k, v in (("scheduler", args.scheduler), ("num_inference_steps", args.num_inference_steps)) if v}
+        raise ColorizationError(
+            f"{len(existing)} of the {len(inputs)} outputs already exist in {output_dir} (e.g. "
+            f"{existing[0]}); add --overwrite to replace them, or choose another --output_dir"
+        )
+    sampling = {
+        k: v for k, v in (("scheduler", args.scheduler), ("num_inference_steps", args.num_inference_steps)) if v
+    }
     colorizer = load_colorizer(args.model, args.device or default_device(), seed=args.seed, **sampling)
     failures = written = 0
     bar = tqdm(total=len(inputs), desc="colorizing", unit="image")
     for start in range(0, len(inputs), args.batch_size):
         batch = []
-        for source, relative in inputs[start:start + args.batch_size]:
+        for source, relative in inputs[start : start + args.batch_size]:
             try:
                 batch.append((source, relative, open_image(source)))
             except UNREADABLE_IMAGE_ERRORS as error:
@@ -174,8 +189,10 @@ def run(argv=None) -> int:
                 tqdm.write(f"error: {source}: cannot write {target} ({error})", file=sys.stderr)
             bar.update(1)
     bar.close()
-    print(f"{written} image(s) colorized into {output_dir}" + (f"; {failures} failed" if failures else ""),
-          file=sys.stderr if failures else sys.stdout)
+    print(
+        f"{written} image(s) colorized into {output_dir}" + (f"; {failures} failed" if failures else ""),
+        file=sys.stderr if failures else sys.stdout,
+    )
     return 1 if failures else 0
 
 

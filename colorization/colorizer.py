@@ -29,8 +29,8 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from colorization import color
 from colorization.errors import ColorizationError
-from colorization.version import __version__
 from colorization.images import to_rgb
+from colorization.version import __version__
 
 CONFIG_NAME = "colorizer.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -59,6 +59,7 @@ def atomic_write(path: str, write) -> None:
 
 def write_json(path: str, data) -> None:
     """Write ``data`` as indented JSON, atomically."""
+
     def write(temporary: str) -> None:
         with open(temporary, "w") as handle:
             json.dump(data, handle, indent=2, sort_keys=True)
@@ -67,27 +68,37 @@ def write_json(path: str, data) -> None:
     atomic_write(path, write)
 
 
-def save_export_config(output_dir: str, model_type: str, architecture: dict, resolution: int,
-                       extra: dict | None = None) -> None:
+def save_export_config(
+    output_dir: str, model_type: str, architecture: dict, resolution: int, extra: dict | None = None
+) -> None:
     """Write ``colorizer.json``: what the model is, how to rebuild it, at what resolution it was trained."""
-    config = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "model_type": model_type,
-              "architecture": architecture, "resolution": resolution, "package_version": __version__,
-              **(extra or {})}
+    config = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "model_type": model_type,
+        "architecture": architecture,
+        "resolution": resolution,
+        "package_version": __version__,
+        **(extra or {}),
+    }
     write_json(os.path.join(output_dir, CONFIG_NAME), config)
 
 
 def save_module_weights(output_dir: str, module: torch.nn.Module, model_type: str) -> None:
     """Write ``module``'s weights (parameters and buffers) as ``model.safetensors``."""
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    atomic_write(os.path.join(output_dir, WEIGHTS_NAME),
-                 lambda p: save_file(state, p, metadata={"model_type": model_type}))
+    atomic_write(
+        os.path.join(output_dir, WEIGHTS_NAME), lambda p: save_file(state, p, metadata={"model_type": model_type})
+    )
 
 
 def save_training_data_record(output_dir: str, mean_ab: Optional[torch.Tensor], image_hashes: Optional[dict]) -> None:
     """The training data's per-pixel mean ab (Lab units, (2, R, R)) and the hashes of its images."""
     if mean_ab is not None:
-        atomic_write(os.path.join(output_dir, MEAN_AB_NAME),
-                     lambda p: save_file({"mean_ab": mean_ab.detach().float().contiguous().cpu()}, p))
+        atomic_write(
+            os.path.join(output_dir, MEAN_AB_NAME),
+            lambda p: save_file({"mean_ab": mean_ab.detach().float().contiguous().cpu()}, p),
+        )
     if image_hashes is not None:
         write_json(os.path.join(output_dir, TRAINING_IMAGES_NAME), image_hashes)
 
@@ -116,8 +127,12 @@ def read_export_config(path: str) -> dict:
         raise ColorizationError(f"model path {path!r} does not exist")
     config_path = os.path.join(path, CONFIG_NAME)
     if not os.path.isdir(path) or not os.path.isfile(config_path):
-        hint = (" It looks like a training checkpoint; load the run's output folder, where the trained model "
-                "is exported when training ends." if os.path.isfile(os.path.join(path, WEIGHTS_NAME)) else "")
+        hint = (
+            " It looks like a training checkpoint; load the run's output folder, where the trained model "
+            "is exported when training ends."
+            if os.path.isfile(os.path.join(path, WEIGHTS_NAME))
+            else ""
+        )
         raise ColorizationError(f"{path!r} is not an exported colorization model (no {CONFIG_NAME}).{hint}")
     try:
         with open(config_path) as handle:
@@ -129,27 +144,37 @@ def read_export_config(path: str) -> dict:
     if config.get("format_version", 0) > FORMAT_VERSION:
         raise ColorizationError(
             f"{path!r} was written by colorization {config.get('package_version')} in model format "
-            f"{config.get('format_version')}; this installation reads format {FORMAT_VERSION}. Upgrade the package.")
+            f"{config.get('format_version')}; this installation reads format {FORMAT_VERSION}. Upgrade the package."
+        )
     return config
 
 
 def load_feed_forward_colorizer(path: str, config: dict, device: torch.device, build) -> "Colorizer":
     """Rebuild a one-pass network with ``build(**architecture)``, load its safetensors weights strictly."""
-    weights, config_file, model_type = os.path.join(path, WEIGHTS_NAME), os.path.join(path, CONFIG_NAME), config["model_type"]
+    weights, config_file, model_type = (
+        os.path.join(path, WEIGHTS_NAME),
+        os.path.join(path, CONFIG_NAME),
+        config["model_type"],
+    )
     try:
         state = load_file(weights)
     except (OSError, SafetensorError) as error:
-        raise ColorizationError(f"cannot read {weights}: {_first_line(error)} (a truncated or damaged file? "
-                                "copy or export the model again)") from None
+        raise ColorizationError(
+            f"cannot read {weights}: {_first_line(error)} (a truncated or damaged file? copy or export the model again)"
+        ) from None
     try:
         module = build(**config["architecture"])
     except (TypeError, KeyError, ValueError) as error:
-        raise ColorizationError(f"{config_file} does not describe a {model_type} network: {_first_line(error)}") from None
+        raise ColorizationError(
+            f"{config_file} does not describe a {model_type} network: {_first_line(error)}"
+        ) from None
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        raise ColorizationError(f"{weights} does not hold the {model_type} network that {config_file} describes "
-                                f"({_first_line(error)} ...): is one of the two files from another model?") from None
+        raise ColorizationError(
+            f"{weights} does not hold the {model_type} network that {config_file} describes "
+            f"({_first_line(error)} ...): is one of the two files from another model?"
+        ) from None
     return FeedForwardColorizer(config["model_type"], module, int(config["resolution"]), device)
 
 
@@ -201,8 +226,9 @@ class Colorizer:
     def _to_model_size(self, lightness: torch.Tensor) -> torch.Tensor:
         if lightness.shape[-2:] == (self.resolution, self.resolution):
             return lightness
-        return F.interpolate(lightness, size=(self.resolution, self.resolution), mode="bilinear", antialias=True,
-                             align_corners=False)
+        return F.interpolate(
+            lightness, size=(self.resolution, self.resolution), mode="bilinear", antialias=True, align_corners=False
+        )
 
     @torch.no_grad()
     def colorize_lightness(self, lightness: torch.Tensor, seeds: Optional[Sequence[int]] = None) -> torch.Tensor:
@@ -213,8 +239,9 @@ class Colorizer:
             ab = F.interpolate(ab, size=lightness.shape[-2:], mode="bilinear", align_corners=False)
         return ab.to(lightness.device)
 
-    def colorize(self, images: Union[Image.Image, Sequence[Image.Image]], batch_size: int = 8,
-                 seed: Optional[int] = None):
+    def colorize(
+        self, images: Union[Image.Image, Sequence[Image.Image]], batch_size: int = 8, seed: Optional[int] = None
+    ):
         """A PIL image -> a colorized PIL image of the same size; a list of images -> a list (any sizes).
 
         Any mode is accepted (16-bit, CMYK, palette...); EXIF orientation is applied; an alpha channel is
@@ -227,7 +254,7 @@ class Colorizer:
         seed = self.seed if seed is None else seed
         results = []
         for start in range(0, len(items), batch_size):
-            prepared = [_split_alpha(image) for image in items[start:start + batch_size]]
+            prepared = [_split_alpha(image) for image in items[start : start + batch_size]]
             small = torch.cat([self._model_input(rgb) for rgb, _ in prepared])
             with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
                 ab_small = self.predict_ab(small.to(self.device), [seed] * len(prepared)).float().cpu()
@@ -246,10 +273,10 @@ class Colorizer:
         output = np.empty_like(pixels)
         rows = max(1, _TILE_PIXELS // width)
         for top in range(0, height, rows):
-            tile = torch.from_numpy(pixels[top:top + rows]).permute(2, 0, 1)[None].float().div(255.0)
+            tile = torch.from_numpy(pixels[top : top + rows]).permute(2, 0, 1)[None].float().div(255.0)
             lightness = color.rgb_to_normalized_lab(tile)[0]
-            joined = color.normalized_lab_to_rgb(lightness, ab[..., top:top + rows, :])[0]
-            output[top:top + rows] = (joined.permute(1, 2, 0) * 255.0).round().byte().numpy()
+            joined = color.normalized_lab_to_rgb(lightness, ab[..., top : top + rows, :])[0]
+            output[top : top + rows] = (joined.permute(1, 2, 0) * 255.0).round().byte().numpy()
         result = Image.fromarray(output)
         if alpha is not None:
             result.putalpha(alpha)

@@ -108,8 +108,9 @@ def _int_list(text: str, minimum: int, allow_empty: bool) -> str:
         raise argparse.ArgumentTypeError("give at least one number, e.g. 32,64")
     for part in parts:
         if not (part.isdigit() or (part.startswith("-") and part[1:].isdigit())) or int(part) < minimum:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of whole numbers >= {minimum} "
-                                             f"({part!r})")
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a comma-separated list of whole numbers >= {minimum} ({part!r})"
+            )
     return ",".join(parts)
 
 
@@ -132,8 +133,11 @@ def choice_list(names: tuple, name: str):
         chosen = [part.strip() for part in text.split(",") if part.strip()]
         unknown = [part for part in chosen if part not in names]
         if unknown or not chosen:
-            raise argparse.ArgumentTypeError(f"unknown: {', '.join(unknown)}; choose from {','.join(names)}" if unknown
-                                             else f"give at least one of {','.join(names)}")
+            raise argparse.ArgumentTypeError(
+                f"unknown: {', '.join(unknown)}; choose from {','.join(names)}"
+                if unknown
+                else f"give at least one of {','.join(names)}"
+            )
         return ",".join(chosen)
 
     parse.__name__ = name
@@ -151,8 +155,10 @@ def sampler_list(text: str) -> str:
     for entry in text.split(","):
         name, _, steps = entry.strip().partition(":")
         if name not in SAMPLER_NAMES or not steps.isdigit() or int(steps) < 1:
-            raise argparse.ArgumentTypeError(f"{entry.strip()!r} is not SCHEDULER:STEPS with SCHEDULER in "
-                                             f"{', '.join(SAMPLER_NAMES)} and STEPS >= 1 (e.g. dpm:20)")
+            raise argparse.ArgumentTypeError(
+                f"{entry.strip()!r} is not SCHEDULER:STEPS with SCHEDULER in "
+                f"{', '.join(SAMPLER_NAMES)} and STEPS >= 1 (e.g. dpm:20)"
+            )
     return ",".join(entry.strip() for entry in text.split(","))
 
 
@@ -169,8 +175,9 @@ SAMPLER_NAMES = ("dpm", "ddim", "ddpm")
 @_named("existing_folder")
 def existing_folder(text: str) -> str:
     if not os.path.isdir(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a folder" if os.path.exists(text) else
-                                         f"{text!r} does not exist")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a folder" if os.path.exists(text) else f"{text!r} does not exist"
+        )
     return text
 
 
@@ -230,9 +237,12 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if ("default" in text.lower() or action.default in (None, argparse.SUPPRESS)
-                or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
-                or not action.option_strings):
+        if (
+            "default" in text.lower()
+            or action.default in (None, argparse.SUPPRESS)
+            or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+            or not action.option_strings
+        ):
             return text
         return text + " (default: %(default)s)"
 
@@ -273,8 +283,9 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, config_class, overr
             continue
         parse = f.metadata.get("type") or kind
         parse = _optional(parse) if optional else parse
-        group.add_argument(flag, type=parse, default=default, choices=f.metadata.get("choices"),
-                           metavar=f.name.upper(), help=help_text)
+        group.add_argument(
+            flag, type=parse, default=default, choices=f.metadata.get("choices"), metavar=f.name.upper(), help=help_text
+        )
 
 
 def build_dataclass(config_class, namespace: argparse.Namespace):

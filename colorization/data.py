@@ -50,28 +50,39 @@ _MAX_REPLACEMENT_TRIES = 64
 
 @dataclass
 class DataConfig:
-    dataset_name: Optional[str] = field(None, "Hub data set to train on, e.g. huggan/AFHQ. Neither this nor "
-                                              "--train_data_dir: the embedded procedural data.")
+    dataset_name: Optional[str] = field(
+        None,
+        "Hub data set to train on, e.g. huggan/AFHQ. Neither this nor --train_data_dir: the embedded procedural data.",
+    )
     dataset_config_name: Optional[str] = field(None, "Configuration of the Hub data set, if it has several.")
-    train_data_dir: Optional[str] = field(None, "A local folder of images (read with the imagefolder loader).",
-                                          type=existing_folder)
+    train_data_dir: Optional[str] = field(
+        None, "A local folder of images (read with the imagefolder loader).", type=existing_folder
+    )
     image_column: str = field("image", "Column that holds the images.")
     label_column: str = field("label", "Column of class labels used by --label_filter (Hub data sets).")
-    label_filter: Optional[str] = field("cat", "Keep only this class of a Hub data set's label column "
-                                               "(AFHQ: cat, dog or wild); none keeps all.")
+    label_filter: Optional[str] = field(
+        "cat", "Keep only this class of a Hub data set's label column (AFHQ: cat, dog or wild); none keeps all."
+    )
     cache_dir: Optional[str] = field(None, "Where downloaded data sets are cached (datasets' default if none).")
     resolution: int = field(256, "Training images are resized and center-cropped to this size.", type=positive_int)
-    validation_split: float = field(0.1, "Fraction of the images held out for validation when the data set "
-                                         "has no validation split.", type=open_fraction)
+    validation_split: float = field(
+        0.1,
+        "Fraction of the images held out for validation when the data set has no validation split.",
+        type=open_fraction,
+    )
     split_seed: int = field(0, "Seed of the train/validation split (independent of --seed).")
-    max_train_samples: Optional[int] = field(None, "Use only the first N training images (quick runs).",
-                                             type=positive_int)
+    max_train_samples: Optional[int] = field(
+        None, "Use only the first N training images (quick runs).", type=positive_int
+    )
     max_validation_samples: Optional[int] = field(None, "Use only the first N validation images.", type=positive_int)
     embedded_num_images: int = field(1200, "Number of images of the embedded data set.", type=positive_int)
     dataloader_num_workers: int = field(2, "Worker processes that decode images.", type=non_negative_int)
-    preprocess: bool = field(True, "Decode, resize and crop every image once into a uint8 cache (datasets' "
-                                   "cache folder), so that loading keeps up with the accelerator; "
-                                   "--no-preprocess decodes the files at every epoch instead.")
+    preprocess: bool = field(
+        True,
+        "Decode, resize and crop every image once into a uint8 cache (datasets' "
+        "cache folder), so that loading keeps up with the accelerator; "
+        "--no-preprocess decodes the files at every epoch instead.",
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -112,14 +123,25 @@ def decode_split(split, image_column: str, resolution: int, num_proc: int = 0):
     of decoding JPEGs: loading then costs almost nothing next to a training step."""
     import datasets
 
-    features = datasets.Features({"pixels": datasets.Array3D((3, resolution, resolution), "uint8"),
-                                  "readable": datasets.Value("bool"), "hash": datasets.Value("string"),
-                                  "source": datasets.Value("string")})
+    features = datasets.Features(
+        {
+            "pixels": datasets.Array3D((3, resolution, resolution), "uint8"),
+            "readable": datasets.Value("bool"),
+            "hash": datasets.Value("string"),
+            "source": datasets.Value("string"),
+        }
+    )
     workers = num_proc if num_proc > 1 and len(split) >= 2000 else None
-    decoded = split.map(_decode_batch, batched=True, batch_size=64, fn_kwargs={"image_column": image_column,
-                                                                                "resolution": resolution},
-                        features=features, remove_columns=split.column_names, num_proc=workers,
-                        desc=f"decoding images at {resolution}px (once; cached)")
+    decoded = split.map(
+        _decode_batch,
+        batched=True,
+        batch_size=64,
+        fn_kwargs={"image_column": image_column, "resolution": resolution},
+        features=features,
+        remove_columns=split.column_names,
+        num_proc=workers,
+        desc=f"decoding images at {resolution}px (once; cached)",
+    )
     return decoded.with_format("numpy", dtype=np.uint8)  # one numpy array per column, as stored
 
 
@@ -169,8 +191,13 @@ class ColorizationImages(Dataset):
             if self.train:
                 raise ColorizationError(f"none of the {skipped} images tried from #{index} on could be read")
             pixels = torch.zeros(3, self.resolution, self.resolution, dtype=torch.uint8)
-        return {"pixels": pixels, "flip": self._flip(epoch, index), "index": index, "skipped": skipped,
-                "readable": skipped == 0}
+        return {
+            "pixels": pixels,
+            "flip": self._flip(epoch, index),
+            "index": index,
+            "skipped": skipped,
+            "readable": skipped == 0,
+        }
 
     def __getitems__(self, keys: list) -> list[dict]:
         """A whole batch at once (the DataLoader's fetcher calls this): one read of the decoded cache instead of
@@ -179,9 +206,18 @@ class ColorizationImages(Dataset):
             return [self[key] for key in keys]
         keys = [key if isinstance(key, tuple) else (0, key) for key in keys]
         rows = self.images[[index for _, index in keys]]
-        return [{"pixels": torch.from_numpy(rows["pixels"][j]), "flip": self._flip(epoch, index), "index": index,
-                 "skipped": 0, "readable": True} if rows["readable"][j] else self[(epoch, index)]
-                for j, (epoch, index) in enumerate(keys)]
+        return [
+            {
+                "pixels": torch.from_numpy(rows["pixels"][j]),
+                "flip": self._flip(epoch, index),
+                "index": index,
+                "skipped": 0,
+                "readable": True,
+            }
+            if rows["readable"][j]
+            else self[(epoch, index)]
+            for j, (epoch, index) in enumerate(keys)
+        ]
 
     def _flip(self, epoch: int, index: int) -> bool:
         return bool(self.train and np.random.default_rng([self.seed, epoch, index]).random() < 0.5)
@@ -274,12 +310,18 @@ def _load_hub(config: DataConfig):
     import datasets
 
     if not datasets.config.HF_HUB_OFFLINE and not _hub_endpoint_reachable():
-        logger.warning("The Hugging Face Hub is unreachable; looking for %s in the local cache only.", config.dataset_name)
+        logger.warning(
+            "The Hugging Face Hub is unreachable; looking for %s in the local cache only.", config.dataset_name
+        )
         _go_offline()
     try:
         return datasets.load_dataset(config.dataset_name, config.dataset_config_name, cache_dir=config.cache_dir)
     except (ConnectionError, FileNotFoundError, OSError, ValueError) as error:
-        offline = " (offline: the Hub cannot be reached and it is not in the local cache)" if datasets.config.HF_HUB_OFFLINE else ""
+        offline = (
+            " (offline: the Hub cannot be reached and it is not in the local cache)"
+            if datasets.config.HF_HUB_OFFLINE
+            else ""
+        )
         raise ColorizationError(
             f"could not load the data set {config.dataset_name!r} from the Hugging Face Hub{offline}: "
             f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}\n"
@@ -295,8 +337,9 @@ def _load_folder(config: DataConfig):
         raise ColorizationError(f"--train_data_dir {config.train_data_dir!r} is not a folder")
     try:
         # drop_labels: subfolder names are not classes here; the data set is every image below the folder.
-        return datasets.load_dataset("imagefolder", data_dir=config.train_data_dir, drop_labels=True,
-                                     cache_dir=config.cache_dir)
+        return datasets.load_dataset(
+            "imagefolder", data_dir=config.train_data_dir, drop_labels=True, cache_dir=config.cache_dir
+        )
     except (FileNotFoundError, ValueError) as error:  # raised for a folder without any image file
         raise ColorizationError(f"no images found in --train_data_dir {config.train_data_dir!r}: {error}") from None
 
@@ -313,9 +356,16 @@ def _load_embedded(config: DataConfig):
 
     # from_generator caches the rendered images on disk, keyed by the arguments: later runs load in ms.
     features = datasets.Features({"image": datasets.Image()})
-    return datasets.DatasetDict({"train": datasets.Dataset.from_generator(
-        _embedded_generator, features=features, gen_kwargs={"num_images": config.embedded_num_images},
-        cache_dir=config.cache_dir)})
+    return datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_generator(
+                _embedded_generator,
+                features=features,
+                gen_kwargs={"num_images": config.embedded_num_images},
+                cache_dir=config.cache_dir,
+            )
+        }
+    )
 
 
 def describe_source(config: DataConfig) -> str:
@@ -335,8 +385,10 @@ def _filter_label(split, config: DataConfig):
     feature = split.features[config.label_column]
     if isinstance(feature, datasets.ClassLabel):
         if config.label_filter not in feature.names:
-            raise ColorizationError(f"--label_filter {config.label_filter!r} is not a class of column "
-                                    f"{config.label_column!r}; its classes are {feature.names}")
+            raise ColorizationError(
+                f"--label_filter {config.label_filter!r} is not a class of column "
+                f"{config.label_column!r}; its classes are {feature.names}"
+            )
         wanted = feature.str2int(config.label_filter)
     else:
         wanted = config.label_filter
@@ -360,8 +412,10 @@ def load_splits(config: DataConfig):
         raise ColorizationError(f"{describe_source(config)} has no 'train' split (it has {list(loaded)})")
     train = loaded["train"]
     if config.image_column not in train.column_names:
-        raise ColorizationError(f"{describe_source(config)} has no column {config.image_column!r} "
-                                f"(columns: {train.column_names}); set --image_column")
+        raise ColorizationError(
+            f"{describe_source(config)} has no column {config.image_column!r} "
+            f"(columns: {train.column_names}); set --image_column"
+        )
     if config.dataset_name:
         train = _filter_label(train, config)
     if "validation" in loaded:
@@ -386,8 +440,9 @@ def load_splits(config: DataConfig):
 
 def _split(dataset, config: DataConfig):
     if len(dataset) < 2:
-        raise ColorizationError(f"{describe_source(config)} has {len(dataset)} image(s): need at least 2 "
-                                "to hold one out for validation")
+        raise ColorizationError(
+            f"{describe_source(config)} has {len(dataset)} image(s): need at least 2 to hold one out for validation"
+        )
     num_validation = min(len(dataset) - 1, max(1, round(config.validation_split * len(dataset))))
     order = np.random.default_rng(config.split_seed).permutation(len(dataset))
     return dataset.select(np.sort(order[num_validation:])), dataset.select(np.sort(order[:num_validation]))
@@ -402,8 +457,9 @@ def _require_readable(split, config: DataConfig, probe: int = 32) -> None:
             return
         except UNREADABLE_IMAGE_ERRORS as error:
             errors.append(f"#{index} ({describe_image(split, index)}): {error}")
-    raise ColorizationError(f"none of the first {len(errors)} images of {describe_source(config)} can be read, "
-                            f"e.g. {errors[0]}")
+    raise ColorizationError(
+        f"none of the first {len(errors)} images of {describe_source(config)} can be read, e.g. {errors[0]}"
+    )
 
 
 def prepare_split(split, config: DataConfig, train: bool, seed: int = 0) -> ColorizationImages:
@@ -425,21 +481,43 @@ def split_hashes(images: ColorizationImages) -> list[str]:
     return [image_hash(images.images[i][images.image_column]) for i in range(len(images))]
 
 
-def make_loaders(train_set: ColorizationImages, validation_set: ColorizationImages, batch_size: int,
-                 eval_batch_size: int, validation_images: Optional[int], seed: int, num_workers: int):
+def make_loaders(
+    train_set: ColorizationImages,
+    validation_set: ColorizationImages,
+    batch_size: int,
+    eval_batch_size: int,
+    validation_images: Optional[int],
+    seed: int,
+    num_workers: int,
+):
     """-> (train loader, validation loader on the first ``validation_images``, the training sampler), unprepared.
 
     The training order comes from an :class:`EpochShuffleSampler`; the loaders have their own generators, so
     creating an iterator never draws from the global RNG (exact resume)."""
     if validation_images is not None:
         validation_set = Subset(validation_set, range(min(validation_images, len(validation_set))))
-    common = dict(num_workers=num_workers, collate_fn=collate, pin_memory=torch.cuda.is_available(),
-                  persistent_workers=num_workers > 0)
+    common = dict(
+        num_workers=num_workers,
+        collate_fn=collate,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=num_workers > 0,
+    )
     sampler = EpochShuffleSampler(len(train_set), seed)
-    train_loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, drop_last=True,
-                              generator=torch.Generator().manual_seed(seed), **common)
-    validation_loader = DataLoader(validation_set, batch_size=eval_batch_size, shuffle=False,
-                                   generator=torch.Generator().manual_seed(seed), **common)
+    train_loader = DataLoader(
+        train_set,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(seed),
+        **common,
+    )
+    validation_loader = DataLoader(
+        validation_set,
+        batch_size=eval_batch_size,
+        shuffle=False,
+        generator=torch.Generator().manual_seed(seed),
+        **common,
+    )
     return train_loader, validation_loader, sampler
 
 

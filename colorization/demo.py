@@ -80,8 +80,10 @@ def read_photo(path: Optional[str]) -> tuple[Image.Image, bool]:
     try:
         photo = open_image(path)
     except UNREADABLE_IMAGE_ERRORS as error:
-        raise ColorizationError(f"This file is not a readable image ({type(error).__name__}: "
-                                f"{str(error).splitlines()[0] if str(error) else 'no details'}).") from None
+        raise ColorizationError(
+            f"This file is not a readable image ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else 'no details'})."
+        ) from None
     rgb = np.asarray(to_rgb(photo), dtype=np.int16)
     has_color = bool(np.abs(rgb - rgb.mean(axis=2, keepdims=True)).max() > 2)
     return photo, has_color
@@ -118,19 +120,23 @@ def build_page(demo: Demo):
         gray = to_rgb(photo).convert("L")
         times = " · ".join(f"{name}: {seconds[name] * 1000:.0f} ms" for name in names)
         sampling = f" Diffusion sampling: {sampler.upper()}-{int(steps)}, seed {int(seed)}." if demo.stochastic else ""
-        status = (f"Colorized {photo.size[0]}x{photo.size[1]} px{' (a color photo: shown, then made gray)' if has_color else ''}."
-                  f" Time per model: {times}.{sampling}")
+        shown = " (a color photo: shown, then made gray)" if has_color else ""
+        status = f"Colorized {photo.size[0]}x{photo.size[1]} px{shown}. Time per model: {times}.{sampling}"
         return [to_rgb(photo) if has_color else None, gray, *[results[n] for n in names], status]
 
     with gr.Blocks(title="Colorization: CNN, GAN and diffusion side by side") as page:
-        gr.Markdown("# Colorize a photo with each model\nUpload a photo (color photos are made gray first) or "
-                    "pick an example. Every model keeps the photo's own lightness and size; download any result "
-                    "as PNG.")
+        gr.Markdown(
+            "# Colorize a photo with each model\nUpload a photo (color photos are made gray first) or "
+            "pick an example. Every model keeps the photo's own lightness and size; download any result "
+            "as PNG."
+        )
         with gr.Row():
             with gr.Column(scale=1):
                 upload = gr.File(label="Your photo", type="filepath", elem_id="upload")
                 examples = sorted(os.path.join(EXAMPLES_DIR, f) for f in os.listdir(EXAMPLES_DIR) if f.endswith(".jpg"))
-                gr.Examples(examples=[[path] for path in examples], inputs=[upload], label="Examples (CC0 / public domain)")
+                gr.Examples(
+                    examples=[[path] for path in examples], inputs=[upload], label="Examples (CC0 / public domain)"
+                )
             with gr.Column(scale=1, visible=demo.stochastic):
                 sampler = gr.Dropdown(list(SAMPLER_NAMES), value="dpm", label="Diffusion sampler", elem_id="sampler")
                 steps = gr.Slider(1, MAX_STEPS, value=20, step=1, label="Sampling steps", elem_id="steps")
@@ -139,13 +145,33 @@ def build_page(demo: Demo):
         go = gr.Button("Colorize", variant="primary", elem_id="colorize")
         status = gr.Markdown(elem_id="status")
         with gr.Row():
-            original = gr.Image(label="Original", type="pil", format="png", interactive=False,
-                                buttons=["download", "fullscreen"], elem_id="original")
-            gray = gr.Image(label="Gray input", type="pil", format="png", interactive=False,
-                            buttons=["download", "fullscreen"], elem_id="gray")
-            outputs = [gr.Image(label=name, type="filepath", format="png", interactive=False,
-                                buttons=["download", "fullscreen"], elem_id=f"output-{index}")
-                       for index, name in enumerate(names)]
+            original = gr.Image(
+                label="Original",
+                type="pil",
+                format="png",
+                interactive=False,
+                buttons=["download", "fullscreen"],
+                elem_id="original",
+            )
+            gray = gr.Image(
+                label="Gray input",
+                type="pil",
+                format="png",
+                interactive=False,
+                buttons=["download", "fullscreen"],
+                elem_id="gray",
+            )
+            outputs = [
+                gr.Image(
+                    label=name,
+                    type="filepath",
+                    format="png",
+                    interactive=False,
+                    buttons=["download", "fullscreen"],
+                    elem_id=f"output-{index}",
+                )
+                for index, name in enumerate(names)
+            ]
         inputs, targets = [upload, sampler, steps, seed], [original, gray, *outputs, status]
         go.click(run, inputs, targets)
         upload.change(run, inputs, targets)
@@ -155,16 +181,19 @@ def build_page(demo: Demo):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="colorize-demo", description="A web page that colorizes your photo with "
-                                     "each trained model, side by side.",
-                                     formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="colorize-demo",
+        description="A web page that colorizes your photo with each trained model, side by side.",
+        formatter_class=HelpFormatter,
+    )
     parser.add_argument("--models", nargs="+", required=True, type=existing_path, help="exported model folders")
     parser.add_argument("--names", nargs="+", help="a name per model (default: folder names)")
     parser.add_argument("--port", type=port, default=7860, help="local port of the page")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--share", action="store_true", help="also a temporary public link (Gradio's share)")
-    parser.add_argument("--device", default=None, type=device_name,
-                        help="cpu, cuda, ... (default: a GPU when there is one)")
+    parser.add_argument(
+        "--device", default=None, type=device_name, help="cpu, cuda, ... (default: a GPU when there is one)"
+    )
     return parser
 
 
@@ -184,8 +213,9 @@ def run(argv=None) -> None:
         raise ColorizationError('the demo needs Gradio, an optional extra: pip install -e ".[demo]"') from None
     demo = Demo(args.models, args.names, args.device)
     print(f"loaded {', '.join(demo.colorizers)}; open http://{args.host}:{args.port}", flush=True)
-    build_page(demo).launch(server_name=args.host, server_port=args.port, share=args.share, show_error=False,
-                            allowed_paths=[EXAMPLES_DIR])
+    build_page(demo).launch(
+        server_name=args.host, server_port=args.port, share=args.share, show_error=False, allowed_paths=[EXAMPLES_DIR]
+    )
 
 
 def main(argv=None) -> None:

@@ -76,7 +76,7 @@ def generate_images(num_images: int = DEFAULT_NUM_IMAGES, size: int = NATIVE_SIZ
     images = []
     for start in range(0, num_images, 64):
         scenes = [draw_scene(i, size, seed) for i in range(start, min(start + 64, num_images))]
-        lab = torch.from_numpy(np.stack([np.concatenate((l[None], ab)) for l, ab in scenes]))
+        lab = torch.from_numpy(np.stack([np.concatenate((lightness[None], ab)) for lightness, ab in scenes]))
         rgb = color.lab_to_rgb(lab)
         pixels = (rgb.permute(0, 2, 3, 1).numpy() * 255.0).round().astype(np.uint8)
         images.extend(Image.fromarray(p) for p in pixels)

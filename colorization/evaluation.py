@@ -27,18 +27,37 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from colorization import report
-from colorization.report import GRAY, TRUTH
-from colorization.version import __version__
 from colorization.colorizer import read_export_config, read_mean_ab, read_training_images
-from colorization.config import (SAMPLER_NAMES, HelpFormatter, add_dataclass_arguments, build_dataclass, choice_list,
-                                 existing_path, field, output_folder, parse_samplers, positive_int, sampler_list)
-from colorization.data import DataConfig, batch_to_rgb, collate, describe_source, load_splits, prepare_split, split_hashes
+from colorization.config import (
+    SAMPLER_NAMES,
+    HelpFormatter,
+    add_dataclass_arguments,
+    build_dataclass,
+    choice_list,
+    existing_path,
+    field,
+    output_folder,
+    parse_samplers,
+    positive_int,
+    sampler_list,
+)
+from colorization.data import (
+    DataConfig,
+    batch_to_rgb,
+    collate,
+    describe_source,
+    load_splits,
+    prepare_split,
+    split_hashes,
+)
 from colorization.errors import ColorizationError, cli_entry_point
 from colorization.hardware import count_parameters, describe_hardware, use_all_cores
 from colorization.inference import load_colorizer
 from colorization.measure import gray_baseline, mean_ab_baseline, measure, truth_values
-from colorization.metrics import (bootstrap_mean, percentile_interval, resample_counts, sliced_wasserstein)
+from colorization.metrics import bootstrap_mean, percentile_interval, resample_counts, sliced_wasserstein
 from colorization.pretrained import load_pretrained
+from colorization.report import GRAY, TRUTH
+from colorization.version import __version__
 
 METRICS = ("lpips", "psnr", "ssim", "colorfulness", "ab_distance")
 metric_list = choice_list(METRICS, "metric_list")  # --metrics
@@ -47,32 +66,55 @@ MEAN_AB = "Mean training ab"
 
 @dataclass
 class EvaluationConfig:
-    split: str = field("validation", "validation: the held-out images training used; all: every image (e.g. a "
-                                     "separate folder of test photos).", choices=("validation", "all"))
+    split: str = field(
+        "validation",
+        "validation: the held-out images training used; all: every image (e.g. a separate folder of test photos).",
+        choices=("validation", "all"),
+    )
     max_images: Optional[int] = field(None, "Evaluate only the first N images.", type=positive_int)
     batch_size: int = field(16, "Images per batch and process.", type=positive_int)
     seed: int = field(0, "Seed of the diffusion model's noise (per image) and of the bootstrap.")
     metrics: str = field(",".join(METRICS), "Comma-separated metrics.", type=metric_list)
-    num_inference_steps: Optional[int] = field(None, "Diffusion sampling steps (default: the model's, 20).",
-                                               type=positive_int)
-    scheduler: Optional[str] = field(None, "Diffusion sampler (default: the model's, dpm).",
-                                     choices=(None, *SAMPLER_NAMES))
-    samplers: Optional[str] = field(None, "Compare diffusion samplers: comma-separated SCHEDULER:STEPS (e.g. "
-                                          "dpm:20,ddim:50); each diffusion model gets a row per sampler. "
-                                          "Overrides --scheduler and --num_inference_steps.", type=sampler_list)
-    num_samples: int = field(1, "Stochastic models: also colorize each image K times and report the PSNR/SSIM "
-                                "of the mean of the K samples and their diversity.", type=positive_int)
-    num_samples_images: Optional[int] = field(None, "The mean of K samples on the first N images only (none: all).",
-                                              type=positive_int)
-    allow_training_images: bool = field(False, "Score a model on images it was trained on (refused by default; "
-                                               "the table then says so).")
-    keep_selection_images: bool = field(False, "Keep the images a model's checkpoint was chosen on (left out of "
-                                               "every row by default).")
-    output_dir: str = field("results/evaluation", "Where the tables, per-image values and grid are written: a new "
-                                                  "or empty folder, or an earlier evaluation's (with "
-                                                  "--overwrite_output_dir).", type=output_folder)
-    overwrite_output_dir: bool = field(False, "Replace the files of an earlier evaluation in --output_dir (only "
-                                              "those: other files stay, and a folder with a model is refused).")
+    num_inference_steps: Optional[int] = field(
+        None, "Diffusion sampling steps (default: the model's, 20).", type=positive_int
+    )
+    scheduler: Optional[str] = field(
+        None, "Diffusion sampler (default: the model's, dpm).", choices=(None, *SAMPLER_NAMES)
+    )
+    samplers: Optional[str] = field(
+        None,
+        "Compare diffusion samplers: comma-separated SCHEDULER:STEPS (e.g. "
+        "dpm:20,ddim:50); each diffusion model gets a row per sampler. "
+        "Overrides --scheduler and --num_inference_steps.",
+        type=sampler_list,
+    )
+    num_samples: int = field(
+        1,
+        "Stochastic models: also colorize each image K times and report the PSNR/SSIM "
+        "of the mean of the K samples and their diversity.",
+        type=positive_int,
+    )
+    num_samples_images: Optional[int] = field(
+        None, "The mean of K samples on the first N images only (none: all).", type=positive_int
+    )
+    allow_training_images: bool = field(
+        False, "Score a model on images it was trained on (refused by default; the table then says so)."
+    )
+    keep_selection_images: bool = field(
+        False, "Keep the images a model's checkpoint was chosen on (left out of every row by default)."
+    )
+    output_dir: str = field(
+        "results/evaluation",
+        "Where the tables, per-image values and grid are written: a new "
+        "or empty folder, or an earlier evaluation's (with "
+        "--overwrite_output_dir).",
+        type=output_folder,
+    )
+    overwrite_output_dir: bool = field(
+        False,
+        "Replace the files of an earlier evaluation in --output_dir (only "
+        "those: other files stay, and a folder with a model is refused).",
+    )
     grid_images: int = field(8, "Images (rows) in the comparison grid.", type=positive_int)
 
 
@@ -82,15 +124,25 @@ def load_lpips(device: torch.device):
     import lpips
     from torchvision.models import AlexNet_Weights
 
-    model = load_pretrained(lambda: lpips.LPIPS(net="alex", version="0.1", verbose=False),
-                            AlexNet_Weights.IMAGENET1K_V1.url, "ImageNet AlexNet weights that LPIPS needs",
-                            "run without LPIPS: --metrics psnr,ssim,colorfulness,ab_distance")
+    model = load_pretrained(
+        lambda: lpips.LPIPS(net="alex", version="0.1", verbose=False),
+        AlexNet_Weights.IMAGENET1K_V1.url,
+        "ImageNet AlexNet weights that LPIPS needs",
+        "run without LPIPS: --metrics psnr,ssim,colorfulness,ab_distance",
+    )
     return model.eval().requires_grad_(False).to(device)
 
 
 class Evaluator:
-    def __init__(self, checkpoints: list[str], names: list[str], config: EvaluationConfig, data: DataConfig,
-                 accelerator: Optional[Accelerator] = None, lpips_model=None):
+    def __init__(
+        self,
+        checkpoints: list[str],
+        names: list[str],
+        config: EvaluationConfig,
+        data: DataConfig,
+        accelerator: Optional[Accelerator] = None,
+        lpips_model=None,
+    ):
         self.config, self.data = config, data
         self.metrics = [m.strip() for m in config.metrics.split(",") if m.strip()]
         unknown = set(self.metrics) - set(METRICS)
@@ -117,8 +169,11 @@ class Evaluator:
                 self.trainings[row] = self.exports[name].get("training", {})
         self.mean_abs = self._mean_ab_rows()
         self.seconds = {row: 0.0 for row in self.colorizers}  # inference time on this process
-        self.lpips = lpips_model if lpips_model is not None or "lpips" not in self.metrics \
+        self.lpips = (
+            lpips_model
+            if lpips_model is not None or "lpips" not in self.metrics
             else load_lpips(self.accelerator.device)
+        )
         self.notes: list[str] = []
 
     def _samplings(self, model_type: str) -> list[dict]:
@@ -128,8 +183,10 @@ class Evaluator:
         if not self.config.samplers:
             sampling = {"scheduler": self.config.scheduler, "num_inference_steps": self.config.num_inference_steps}
             return [{k: v for k, v in sampling.items() if v is not None}]
-        return [{"scheduler": scheduler, "num_inference_steps": steps}
-                for scheduler, steps in parse_samplers(self.config.samplers)]
+        return [
+            {"scheduler": scheduler, "num_inference_steps": steps}
+            for scheduler, steps in parse_samplers(self.config.samplers)
+        ]
 
     def _mean_ab_rows(self) -> dict[str, torch.Tensor]:
         """One mean-ab baseline row per distinct map among the models' exports."""
@@ -160,9 +217,11 @@ class Evaluator:
         hashes = split_hashes(dataset)
         keep = self._check_overlap(hashes)
         if not keep:
-            raise ColorizationError(f"none of the {len(hashes)} images is left to evaluate: a model's exported step "
-                                    "was chosen on all of them. Evaluate on other images, or add "
-                                    "--keep_selection_images.")
+            raise ColorizationError(
+                f"none of the {len(hashes)} images is left to evaluate: a model's exported step "
+                "was chosen on all of them. Evaluate on other images, or add "
+                "--keep_selection_images."
+            )
         return (dataset if len(keep) == len(dataset) else Subset(dataset, keep)), hashes
 
     def _check_overlap(self, hashes: list[str]) -> list[int]:
@@ -173,8 +232,10 @@ class Evaluator:
         for name, path in self.paths.items():
             record = read_training_images(path)
             if record is None:
-                self.notes.append(f"{name} carries no record of its training images: this evaluation could not "
-                                  "check that none of these images was trained on.")
+                self.notes.append(
+                    f"{name} carries no record of its training images: this evaluation could not "
+                    "check that none of these images was trained on."
+                )
                 continue
             overlap = [positions[h] for h in record.get("images", []) if h in positions]
             if overlap and not self.config.allow_training_images:
@@ -182,26 +243,33 @@ class Evaluator:
                     f"{len(overlap)} of the {len(hashes)} images to evaluate are among {name}'s training images "
                     f"(e.g. image #{overlap[0]}): a model is not scored on what it was trained on. Evaluate on "
                     "its held-out images (--split validation with its data options), or add "
-                    "--allow_training_images to do it anyway (the table then says so).")
+                    "--allow_training_images to do it anyway (the table then says so)."
+                )
             if overlap:
-                self.notes.append(f"{len(overlap)} of these images were among {name}'s TRAINING images "
-                                  "(--allow_training_images).")
+                self.notes.append(
+                    f"{len(overlap)} of these images were among {name}'s TRAINING images (--allow_training_images)."
+                )
             selection = self.exports[name].get("selection", {}).get("images", [])
             chosen_on = [positions[h] for h in selection if h in positions]
             if chosen_on and not self.config.keep_selection_images:
                 dropped.update(chosen_on)
-                self.notes.append(f"{len(chosen_on)} images that {name}'s exported step was chosen on "
-                                  "(--model_selection best) are left out of every row.")
+                self.notes.append(
+                    f"{len(chosen_on)} images that {name}'s exported step was chosen on "
+                    "(--model_selection best) are left out of every row."
+                )
             elif chosen_on:
-                self.notes.append(f"{len(chosen_on)} of these images chose {name}'s exported step "
-                                  "(--keep_selection_images).")
+                self.notes.append(
+                    f"{len(chosen_on)} of these images chose {name}'s exported step (--keep_selection_images)."
+                )
         return [i for i in range(len(hashes)) if i not in dropped]
 
     # ----- measuring -----
 
     def _rows(self, truth: torch.Tensor, indices: torch.Tensor, timed: bool) -> dict[str, tuple[dict, torch.Tensor]]:
         """Every row's per-image values and sRGB output for one batch."""
-        metrics = [m for m in self.metrics if m != "ab_distance"] + (["ab_histogram"] if "ab_distance" in self.metrics else [])
+        metrics = [m for m in self.metrics if m != "ab_distance"] + (
+            ["ab_histogram"] if "ab_distance" in self.metrics else []
+        )
         rows = {}
         for row, colorizer in self.colorizers.items():
             started = self._now()
@@ -221,12 +289,20 @@ class Evaluator:
         return time.perf_counter()
 
     def _loader(self, dataset) -> DataLoader:
-        return self.accelerator.prepare(DataLoader(dataset, batch_size=self.config.batch_size, shuffle=False,
-                                                   num_workers=self.data.dataloader_num_workers, collate_fn=collate))
+        return self.accelerator.prepare(
+            DataLoader(
+                dataset,
+                batch_size=self.config.batch_size,
+                shuffle=False,
+                num_workers=self.data.dataloader_num_workers,
+                collate_fn=collate,
+            )
+        )
 
     def _gather(self, per_image: dict, values: dict, readable: torch.Tensor) -> None:
-        gathered = self.accelerator.gather_for_metrics({**{k: v.float() for k, v in values.items()},
-                                                        "_readable": readable.float()})
+        gathered = self.accelerator.gather_for_metrics(
+            {**{k: v.float() for k, v in values.items()}, "_readable": readable.float()}
+        )
         for key, value in gathered.items():
             per_image.setdefault(key, []).append(value.cpu())
 
@@ -252,9 +328,15 @@ class Evaluator:
             raise ColorizationError("none of the images to evaluate could be read")
         samples = self._samples(dataset) if config.num_samples > 1 else None
         grid = self._grid(dataset) if accelerator.is_main_process else None
-        return {"values": values, "samples": samples, "grid": grid, "num_images": len(values[TRUTH]["index"]),
-                "costs": self.costs(len(values[TRUTH]["index"])), "unreadable": unreadable,
-                "hashes_checked": len(hashes)}
+        return {
+            "values": values,
+            "samples": samples,
+            "grid": grid,
+            "num_images": len(values[TRUTH]["index"]),
+            "costs": self.costs(len(values[TRUTH]["index"])),
+            "unreadable": unreadable,
+            "hashes_checked": len(hashes),
+        }
 
     def _samples(self, dataset) -> dict:
         """The mean of K samples of each stochastic row, and their diversity, on the first images."""
@@ -264,12 +346,22 @@ class Evaluator:
         stochastic = {row: c for row, c in self.colorizers.items() if c.stochastic}
         if not stochastic:
             return {}
-        for batch in tqdm(loader, desc=f"{self.config.num_samples} samples per image", unit="batch",
-                          disable=not self.accelerator.is_local_main_process):
+        for batch in tqdm(
+            loader,
+            desc=f"{self.config.num_samples} samples per image",
+            unit="batch",
+            disable=not self.accelerator.is_local_main_process,
+        ):
             truth = batch_to_rgb(batch, self.accelerator.device)
             for row, colorizer in stochastic.items():
-                values, _, _ = measure(colorizer, truth, batch["index"], self.config.seed, ("psnr", "ssim"),
-                                       num_samples=self.config.num_samples)
+                values, _, _ = measure(
+                    colorizer,
+                    truth,
+                    batch["index"],
+                    self.config.seed,
+                    ("psnr", "ssim"),
+                    num_samples=self.config.num_samples,
+                )
                 self._gather(per_image.setdefault(row, {}), {**values, "index": batch["index"]}, batch["readable"])
         return _readable_only({row: _in_order(chunks) for row, chunks in per_image.items()})
 
@@ -282,13 +374,18 @@ class Evaluator:
 
     def costs(self, num_images: int) -> dict:
         """Per model row: parameters, inference milliseconds per image (mean over processes), training costs."""
-        seconds = torch.tensor([self.seconds[row] for row in self.colorizers], dtype=torch.float64,
-                               device=self.accelerator.device)
+        seconds = torch.tensor(
+            [self.seconds[row] for row in self.colorizers], dtype=torch.float64, device=self.accelerator.device
+        )
         seconds = self.accelerator.reduce(seconds, "sum").cpu().tolist()
-        return {row: {"parameters": count_parameters(colorizer.network),
-                      "ms_per_image": 1000.0 * seconds[i] / max(num_images, 1),
-                      "training": self.trainings[row]}
-                for i, (row, colorizer) in enumerate(self.colorizers.items())}
+        return {
+            row: {
+                "parameters": count_parameters(colorizer.network),
+                "ms_per_image": 1000.0 * seconds[i] / max(num_images, 1),
+                "training": self.trainings[row],
+            }
+            for i, (row, colorizer) in enumerate(self.colorizers.items())
+        }
 
 
 def _in_order(chunks: dict[str, list]) -> dict[str, np.ndarray]:
@@ -300,8 +397,10 @@ def _in_order(chunks: dict[str, list]) -> dict[str, np.ndarray]:
 
 def _readable_only(rows: dict) -> dict:
     """Drop the images that could not be read (each row carries the same ``_readable`` flags)."""
-    return {row: {k: v[metrics["_readable"].astype(bool)] for k, v in metrics.items() if k != "_readable"}
-            for row, metrics in rows.items()}
+    return {
+        row: {k: v[metrics["_readable"].astype(bool)] for k, v in metrics.items() if k != "_readable"}
+        for row, metrics in rows.items()
+    }
 
 
 # ----- statistics -----
@@ -331,8 +430,10 @@ def summarize(values: dict, seed: int, samples: Optional[dict] = None) -> dict:
             ours, theirs = metrics["colorfulness"], truth["colorfulness"]
             n = len(ours)
             gap = abs(ours.mean() - theirs.mean())
-            stats["colorfulness_gap"] = {"mean": float(gap), "ci95": percentile_interval(
-                np.abs(counts @ ours / n - counts @ theirs / n))}
+            stats["colorfulness_gap"] = {
+                "mean": float(gap),
+                "ci95": percentile_interval(np.abs(counts @ ours / n - counts @ theirs / n)),
+            }
             stats["colorfulness_gap_per_image"] = _stat(np.abs(ours - theirs), counts)
         if row != TRUTH and "ab_histogram" in metrics:
             mine, reference = metrics["ab_histogram"].astype(np.float64), truth["ab_histogram"].astype(np.float64)
@@ -356,13 +457,18 @@ def _summarize_samples(values: dict, samples: dict, seed: int) -> dict:
     for row, metrics in values.items():
         if row == TRUTH or "psnr" not in metrics:
             continue
-        entry = {"psnr": _stat(metrics["psnr"][positions], counts),
-                 "psnr_vs_gray": _stat(metrics["psnr"][positions] - gray["psnr"][positions], counts)}
+        entry = {
+            "psnr": _stat(metrics["psnr"][positions], counts),
+            "psnr_vs_gray": _stat(metrics["psnr"][positions] - gray["psnr"][positions], counts),
+        }
         if row in samples:
             mean_of_k = samples[row]
-            entry.update(psnr_mean=_stat(mean_of_k["psnr_mean"], counts), ssim_mean=_stat(mean_of_k["ssim_mean"], counts),
-                         psnr_mean_vs_gray=_stat(mean_of_k["psnr_mean"] - gray["psnr"][positions], counts),
-                         diversity=_stat(mean_of_k["diversity"], counts))
+            entry.update(
+                psnr_mean=_stat(mean_of_k["psnr_mean"], counts),
+                ssim_mean=_stat(mean_of_k["ssim_mean"], counts),
+                psnr_mean_vs_gray=_stat(mean_of_k["psnr_mean"] - gray["psnr"][positions], counts),
+                diversity=_stat(mean_of_k["diversity"], counts),
+            )
         result[row] = entry
     return result
 
@@ -378,12 +484,24 @@ def _versions() -> dict:
     import diffusers
     import torchmetrics
 
-    return {"colorization": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "accelerate": accelerate.__version__, "torchmetrics": torchmetrics.__version__, "python": sys.version.split()[0]}
+    return {
+        "colorization": __version__,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "accelerate": accelerate.__version__,
+        "torchmetrics": torchmetrics.__version__,
+        "python": sys.version.split()[0],
+    }
 
 
-def evaluate(checkpoints: list[str], names: Optional[list[str]], config: EvaluationConfig, data: DataConfig,
-             accelerator: Optional[Accelerator] = None, lpips_model=None) -> Optional[dict]:
+def evaluate(
+    checkpoints: list[str],
+    names: Optional[list[str]],
+    config: EvaluationConfig,
+    data: DataConfig,
+    accelerator: Optional[Accelerator] = None,
+    lpips_model=None,
+) -> Optional[dict]:
     names = names or [os.path.basename(os.path.normpath(p)) for p in checkpoints]
     report.check_output_dir(config.output_dir, config.overwrite_output_dir)  # before an hour of measuring
     evaluator = Evaluator(checkpoints, names, config, data, accelerator, lpips_model)
@@ -391,29 +509,49 @@ def evaluate(checkpoints: list[str], names: Optional[list[str]], config: Evaluat
     if not evaluator.accelerator.is_main_process:
         return None
     summary = summarize(result["values"], config.seed, result["samples"])
-    sampling = {row: c.describe_sampling() + ", seed per image" for row, c in evaluator.colorizers.items() if c.stochastic}
+    sampling = {
+        row: c.describe_sampling() + ", seed per image" for row, c in evaluator.colorizers.items() if c.stochastic
+    }
     device = evaluator.accelerator.device
-    settings = {"num_images": result["num_images"], "resolution": data.resolution, "split": config.split,
-                "data": describe_source(data), "metrics": evaluator.metrics, "seed": config.seed,
-                "sampling": sampling or "none (no stochastic model)", "num_samples": config.num_samples,
-                "notes": evaluator.notes, "unreadable_images": result["unreadable"],
-                "checkpoints": {name: os.path.relpath(path) for name, path in evaluator.checkpoints.items()},
-                "model_types": {name: c.model_type for name, c in evaluator.colorizers.items()},
-                "model_resolutions": {name: c.resolution for name, c in evaluator.colorizers.items()},
-                "selections": {name: export["selection"] for name, export in evaluator.exports.items()
-                               if "selection" in export},
-                "evaluation": asdict(config), "data_config": asdict(data), "versions": _versions(),
-                "costs": result["costs"], "hardware": describe_hardware(device, evaluator.accelerator.num_processes)}
+    settings = {
+        "num_images": result["num_images"],
+        "resolution": data.resolution,
+        "split": config.split,
+        "data": describe_source(data),
+        "metrics": evaluator.metrics,
+        "seed": config.seed,
+        "sampling": sampling or "none (no stochastic model)",
+        "num_samples": config.num_samples,
+        "notes": evaluator.notes,
+        "unreadable_images": result["unreadable"],
+        "checkpoints": {name: os.path.relpath(path) for name, path in evaluator.checkpoints.items()},
+        "model_types": {name: c.model_type for name, c in evaluator.colorizers.items()},
+        "model_resolutions": {name: c.resolution for name, c in evaluator.colorizers.items()},
+        "selections": {
+            name: export["selection"] for name, export in evaluator.exports.items() if "selection" in export
+        },
+        "evaluation": asdict(config),
+        "data_config": asdict(data),
+        "versions": _versions(),
+        "costs": result["costs"],
+        "hardware": describe_hardware(device, evaluator.accelerator.num_processes),
+    }
     table = report.write_outputs(result, summary, settings, config.output_dir, config.overwrite_output_dir)
     print(table, flush=True)
     return {"summary": summary, "settings": settings, "values": result["values"], "samples": result["samples"]}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="evaluate.py", description="Compare colorization models on the same images.",
-                                     formatter_class=HelpFormatter)
-    parser.add_argument("--checkpoints", nargs="+", required=True, type=existing_path,
-                        help="exported model folders (training output_dir)")
+    parser = argparse.ArgumentParser(
+        prog="evaluate.py", description="Compare colorization models on the same images.", formatter_class=HelpFormatter
+    )
+    parser.add_argument(
+        "--checkpoints",
+        nargs="+",
+        required=True,
+        type=existing_path,
+        help="exported model folders (training output_dir)",
+    )
     parser.add_argument("--names", nargs="+", help="a name per checkpoint (default: folder names)")
     add_dataclass_arguments(parser, EvaluationConfig)
     add_dataclass_arguments(parser, DataConfig)

@@ -15,8 +15,11 @@ from colorization.colorizer import Colorizer, default_device, read_export_config
 from colorization.errors import ColorizationError
 
 # model type -> the module of its inference half, which defines load_colorizer(path, config, device, **sampling)
-FAMILIES = {"cnn": "colorization.models.cnn", "gan": "colorization.models.gan",
-            "diffusion": "colorization.models.diffusion"}
+FAMILIES = {
+    "cnn": "colorization.models.cnn",
+    "gan": "colorization.models.gan",
+    "diffusion": "colorization.models.diffusion",
+}
 
 
 def load_colorizer(path: str, device: Union[str, torch.device, None] = None, **sampling) -> Colorizer:
@@ -28,8 +31,9 @@ def load_colorizer(path: str, device: Union[str, torch.device, None] = None, **s
     config = read_export_config(path)
     model_type = config.get("model_type")
     if model_type not in FAMILIES:
-        raise ColorizationError(f"{path!r} holds a model of unknown type {model_type!r} "
-                                f"(this installation knows {sorted(FAMILIES)})")
+        raise ColorizationError(
+            f"{path!r} holds a model of unknown type {model_type!r} (this installation knows {sorted(FAMILIES)})"
+        )
     family = importlib.import_module(FAMILIES[model_type])
     device = torch.device(device) if device is not None else default_device()
     return family.load_colorizer(path, config, device, **sampling)

@@ -26,8 +26,9 @@ def sample_seed(seed: int, index: int, sample: int = 0) -> int:
     return int(np.random.SeedSequence([seed, int(index), sample]).generate_state(1)[0])
 
 
-def image_metrics(prediction: torch.Tensor, truth: torch.Tensor, metrics: Sequence[str],
-                  lpips=None) -> dict[str, torch.Tensor]:
+def image_metrics(
+    prediction: torch.Tensor, truth: torch.Tensor, metrics: Sequence[str], lpips=None
+) -> dict[str, torch.Tensor]:
     """Per-image values (N,) of each metric (``ab_histogram``: (N, bins)) of sRGB predictions in [0, 1]."""
     values = {}
     if "lpips" in metrics:
@@ -44,8 +45,15 @@ def image_metrics(prediction: torch.Tensor, truth: torch.Tensor, metrics: Sequen
 
 
 @torch.no_grad()
-def measure(colorizer: Colorizer, truth: torch.Tensor, indices: torch.Tensor, seed: int, metrics: Sequence[str],
-            lpips=None, num_samples: int = 1) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+def measure(
+    colorizer: Colorizer,
+    truth: torch.Tensor,
+    indices: torch.Tensor,
+    seed: int,
+    metrics: Sequence[str],
+    lpips=None,
+    num_samples: int = 1,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """Colorize and measure a batch -> (per-image values, predicted sRGB (N, 3, H, W), predicted normalized ab).
 
     ``truth`` is sRGB in [0, 1] at the measuring resolution; ``indices`` are the images' data set indices.
@@ -72,15 +80,18 @@ def measure(colorizer: Colorizer, truth: torch.Tensor, indices: torch.Tensor, se
     return values, prediction, ab[0]
 
 
-def gray_baseline(truth: torch.Tensor, metrics: Sequence[str], lpips=None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def gray_baseline(
+    truth: torch.Tensor, metrics: Sequence[str], lpips=None
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """The gray row: the input's own L with ab = 0 -> (per-image values, its sRGB)."""
     lightness, _ = color.rgb_to_normalized_lab(truth.float())
     gray = color.gray_rgb(lightness)
     return image_metrics(gray, truth.float(), metrics, lpips), gray
 
 
-def mean_ab_baseline(truth: torch.Tensor, mean_ab: torch.Tensor, metrics: Sequence[str],
-                     lpips=None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def mean_ab_baseline(
+    truth: torch.Tensor, mean_ab: torch.Tensor, metrics: Sequence[str], lpips=None
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """The mean-ab row: each image's own L joined with the per-pixel mean ab of a model's training images
     (Lab units, (2, R, R), resized to the batch's resolution) -> (per-image values, its sRGB)."""
     import torch.nn.functional as F
@@ -97,4 +108,3 @@ def mean_ab_baseline(truth: torch.Tensor, mean_ab: torch.Tensor, metrics: Sequen
 def truth_values(truth: torch.Tensor, metrics: Sequence[str]) -> dict[str, torch.Tensor]:
     """The ground truth's own colorfulness and ab histogram (the reference of the distribution metrics)."""
     return image_metrics(truth.float(), truth.float(), [m for m in metrics if m in ("colorfulness", "ab_histogram")])
-

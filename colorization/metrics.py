@@ -68,8 +68,9 @@ def ab_bin_centres() -> np.ndarray:
     return np.stack((a.ravel(), b.ravel()), axis=1)
 
 
-def sliced_wasserstein(p: np.ndarray, q: np.ndarray, points: np.ndarray | None = None,
-                       directions: int = SLICED_DIRECTIONS) -> np.ndarray:
+def sliced_wasserstein(
+    p: np.ndarray, q: np.ndarray, points: np.ndarray | None = None, directions: int = SLICED_DIRECTIONS
+) -> np.ndarray:
     """Sliced Wasserstein-1 distance between weighted point sets, in the points' units (Lab ab units here).
 
     ``p`` and ``q`` are non-negative weights on the same ``points`` (default: the ab bin centres), of shape
@@ -80,7 +81,7 @@ def sliced_wasserstein(p: np.ndarray, q: np.ndarray, points: np.ndarray | None =
     """
     points = ab_bin_centres() if points is None else np.asarray(points, dtype=np.float64)
     p, q = np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)
-    support = ((p.reshape(-1, p.shape[-1]) > 0).any(axis=0) | (q.reshape(-1, q.shape[-1]) > 0).any(axis=0))
+    support = (p.reshape(-1, p.shape[-1]) > 0).any(axis=0) | (q.reshape(-1, q.shape[-1]) > 0).any(axis=0)
     p, q, points = p[..., support], q[..., support], points[support]
     difference = p / p.sum(axis=-1, keepdims=True) - q / q.sum(axis=-1, keepdims=True)
     angles = np.pi * np.arange(directions) / directions

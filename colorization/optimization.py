@@ -41,10 +41,14 @@ def make_schedules(optimizers: dict, kind: str, warmup_steps: int, total_steps: 
     # the warm start); PyTorch warns about exactly that.
     warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
     if kind == "constant_then_linear":
-        return {name: torch.optim.lr_scheduler.LambdaLR(optimizer, constant_then_linear(warmup, total))
-                for name, optimizer in optimizers.items()}
-    return {name: get_scheduler(kind, optimizer, num_warmup_steps=warmup, num_training_steps=total)
-            for name, optimizer in optimizers.items()}
+        return {
+            name: torch.optim.lr_scheduler.LambdaLR(optimizer, constant_then_linear(warmup, total))
+            for name, optimizer in optimizers.items()
+        }
+    return {
+        name: get_scheduler(kind, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+        for name, optimizer in optimizers.items()
+    }
 
 
 class Optimization:
@@ -67,9 +71,17 @@ class Optimization:
         if shared is None:
             return
         for index, name in enumerate(self.task.optimizers):
-            scaler = shared if index == 0 else torch.amp.GradScaler(
-                shared._device, init_scale=shared.get_scale(), growth_factor=shared.get_growth_factor(),
-                backoff_factor=shared.get_backoff_factor(), growth_interval=shared.get_growth_interval())
+            scaler = (
+                shared
+                if index == 0
+                else torch.amp.GradScaler(
+                    shared._device,
+                    init_scale=shared.get_scale(),
+                    growth_factor=shared.get_growth_factor(),
+                    backoff_factor=shared.get_backoff_factor(),
+                    growth_interval=shared.get_growth_interval(),
+                )
+            )
             self.scalers[name] = scaler
             self.task.optimizers[name].scaler = scaler
 
@@ -123,7 +135,8 @@ class Optimization:
         where = f"; the last good checkpoint is {last_checkpoint}" if last_checkpoint else ""
         error = NonFiniteLossError(
             f"the loss became nan or infinite at step {int(worst.item())}{where}. Lower --learning_rate, keep "
-            "--max_grad_norm, or try --mixed_precision no, then resume with --resume_from_checkpoint latest.")
+            "--max_grad_norm, or try --mixed_precision no, then resume with --resume_from_checkpoint latest."
+        )
         # Every process stops here together. The message is said once, by the main process, before any process
         # exits: a launcher ends the others as soon as one exits, mid-sentence.
         if self.accelerator.is_main_process:

@@ -23,4 +23,5 @@ def load_pretrained(build: Callable[[], T], weights_url: str, what: str, without
         raise ColorizationError(
             f"cannot get the {what} ({os.path.basename(weights_url)}; {type(error).__name__}: {error}). It is "
             f"downloaded once from {weights_url} to {cache}: connect to the internet once or copy the file "
-            f"there, or {without}.") from None
+            f"there, or {without}."
+        ) from None

@@ -29,10 +29,16 @@ FILES_RECORD = "evaluation_files.json"
 _MODEL_OR_RUN = (CONFIG_NAME, WEIGHTS_NAME, "model_index.json", "checkpoints", "run_config.json", "unet")
 # column key -> (title, digits)
 QUALITY_COLUMNS = {
-    "psnr": ("PSNR (dB) ↑", 2), "psnr_vs_gray": ("Δ PSNR vs gray", 2), "ssim": ("SSIM ↑", 4),
-    "ssim_vs_gray": ("Δ SSIM vs gray", 4), "lpips": ("LPIPS ↓", 4), "lpips_vs_gray": ("Δ LPIPS vs gray", 4),
-    "colorfulness": ("Colorfulness", 2), "colorfulness_gap": ("Colorfulness gap ↓", 2),
-    "colorfulness_gap_per_image": ("Per-image colorfulness gap ↓", 2), "ab_distance": ("ab distance ↓", 2),
+    "psnr": ("PSNR (dB) ↑", 2),
+    "psnr_vs_gray": ("Δ PSNR vs gray", 2),
+    "ssim": ("SSIM ↑", 4),
+    "ssim_vs_gray": ("Δ SSIM vs gray", 4),
+    "lpips": ("LPIPS ↓", 4),
+    "lpips_vs_gray": ("Δ LPIPS vs gray", 4),
+    "colorfulness": ("Colorfulness", 2),
+    "colorfulness_gap": ("Colorfulness gap ↓", 2),
+    "colorfulness_gap_per_image": ("Per-image colorfulness gap ↓", 2),
+    "ab_distance": ("ab distance ↓", 2),
 }
 COST_TITLES = ("Params", "Train images", "Train img/s", "Train time", "Inference ms/image")
 
@@ -50,7 +56,13 @@ def _count(value: int) -> str:
 
 
 def _duration(seconds: float) -> str:
-    return f"{seconds / 3600:.2f} h" if seconds >= 5400 else f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
+    return (
+        f"{seconds / 3600:.2f} h"
+        if seconds >= 5400
+        else f"{seconds / 60:.1f} min"
+        if seconds >= 90
+        else f"{seconds:.0f} s"
+    )
 
 
 def cost_cells(cost: dict) -> list[str]:
@@ -58,11 +70,13 @@ def cost_cells(cost: dict) -> list[str]:
     only) and training wall-clock (with validation and checkpoints) from the run; measured inference time."""
     training = cost.get("training") or {}
     rate = training.get("images_per_second")
-    return [_count(cost["parameters"]),
-            _count(training["images_seen"]) if "images_seen" in training else "?",
-            f"{rate:.1f}" if rate else "?",
-            _duration(training["wall_seconds"]) if "wall_seconds" in training else "?",
-            f"{cost['ms_per_image']:.1f}"]
+    return [
+        _count(cost["parameters"]),
+        _count(training["images_seen"]) if "images_seen" in training else "?",
+        f"{rate:.1f}" if rate else "?",
+        _duration(training["wall_seconds"]) if "wall_seconds" in training else "?",
+        f"{cost['ms_per_image']:.1f}",
+    ]
 
 
 def _describe_hardware(settings: dict) -> str:
@@ -74,8 +88,10 @@ def _describe_hardware(settings: dict) -> str:
             where += f", mixed precision {training['mixed_precision']}"
         trained.setdefault(where, []).append(row)
     parts = [f"{', '.join(rows)} trained on {where}" for where, rows in trained.items()]
-    parts.append(f"inference measured on {settings.get('hardware', 'unknown hardware')}, batch "
-                 f"{settings['evaluation']['batch_size']}, fp32, at each model's own resolution")
+    parts.append(
+        f"inference measured on {settings.get('hardware', 'unknown hardware')}, batch "
+        f"{settings['evaluation']['batch_size']}, fp32, at each model's own resolution"
+    )
     return "; ".join(parts)
 
 
@@ -87,20 +103,28 @@ def _rows_table(title_cells: list[str], rows: list[list[str]]) -> list[str]:
 def markdown_table(summary: dict, settings: dict) -> str:
     rows = {row: stats for row, stats in summary.items() if row != "samples"}
     columns = [c for c in QUALITY_COLUMNS if any(c in stats for stats in rows.values())]
-    lines = _rows_table(["Model"] + [QUALITY_COLUMNS[c][0] for c in columns],
-                        [[row] + [_format(stats.get(c), QUALITY_COLUMNS[c][1]) for c in columns]
-                         for row, stats in rows.items()])
-    lines += ["", f"Mean [95% bootstrap interval] over {settings['num_images']} images ({settings['data']}, split "
-              f"{settings['split']}) at {settings['resolution']}x{settings['resolution']}. Δ columns: the mean paired "
-              "difference to the gray row, its interval from the same resampled images. Colorfulness gap: "
-              "|mean colorfulness - the ground truth's| over the images; ab distance: sliced Wasserstein-1 "
-              "distance (Lab units) between the row's and the ground truth's ab over all pixels. Sampling: "
-              f"{_describe_sampling(settings['sampling'])}."]
+    lines = _rows_table(
+        ["Model"] + [QUALITY_COLUMNS[c][0] for c in columns],
+        [[row] + [_format(stats.get(c), QUALITY_COLUMNS[c][1]) for c in columns] for row, stats in rows.items()],
+    )
+    lines += [
+        "",
+        f"Mean [95% bootstrap interval] over {settings['num_images']} images ({settings['data']}, split "
+        f"{settings['split']}) at {settings['resolution']}x{settings['resolution']}. Δ columns: the mean paired "
+        "difference to the gray row, its interval from the same resampled images. Colorfulness gap: "
+        "|mean colorfulness - the ground truth's| over the images; ab distance: sliced Wasserstein-1 "
+        "distance (Lab units) between the row's and the ground truth's ab over all pixels. Sampling: "
+        f"{_describe_sampling(settings['sampling'])}.",
+    ]
     costs = settings.get("costs")
     if costs:
-        lines += ["", *_rows_table(["Model", *COST_TITLES], [[row, *cost_cells(cost)] for row, cost in costs.items()]),
-                  "", f"Costs: {_describe_hardware(settings)}. Train img/s counts training steps only; train time "
-                      "is the run's wall-clock with validation and checkpoints (start-up excluded)."]
+        lines += [
+            "",
+            *_rows_table(["Model", *COST_TITLES], [[row, *cost_cells(cost)] for row, cost in costs.items()]),
+            "",
+            f"Costs: {_describe_hardware(settings)}. Train img/s counts training steps only; train time "
+            "is the run's wall-clock with validation and checkpoints (start-up excluded).",
+        ]
     samples = summary.get("samples")
     if samples:
         k = settings["num_samples"]
@@ -108,16 +132,39 @@ def markdown_table(summary: dict, settings: dict) -> str:
         for row, stats in samples.items():
             if row == "num_images":
                 continue
-            table.append([row, _format(stats["psnr"], 2), _format(stats["psnr_vs_gray"], 2),
-                          _format(stats.get("psnr_mean"), 2), _format(stats.get("psnr_mean_vs_gray"), 2),
-                          _format(stats.get("ssim_mean"), 4), _format(stats.get("diversity"), 2)])
-        lines += ["", f"Stochastic models, {k} samples per image, on the first {samples['num_images']} of these "
-                      "images (every row on those same images):", "",
-                  *_rows_table(["Model", "PSNR, one sample (dB)", "Δ vs gray", f"PSNR, mean of {k} (dB)", "Δ vs gray",
-                                f"SSIM, mean of {k}", "Diversity (ab units)"], table),
-                  "", f"The mean of {k} samples estimates the posterior mean; a sampler that draws from the true "
-                      "posterior scores about 3 dB under it on PSNR with one sample. Diversity: the mean distance "
-                      "between two samples of an image."]
+            table.append(
+                [
+                    row,
+                    _format(stats["psnr"], 2),
+                    _format(stats["psnr_vs_gray"], 2),
+                    _format(stats.get("psnr_mean"), 2),
+                    _format(stats.get("psnr_mean_vs_gray"), 2),
+                    _format(stats.get("ssim_mean"), 4),
+                    _format(stats.get("diversity"), 2),
+                ]
+            )
+        lines += [
+            "",
+            f"Stochastic models, {k} samples per image, on the first {samples['num_images']} of these "
+            "images (every row on those same images):",
+            "",
+            *_rows_table(
+                [
+                    "Model",
+                    "PSNR, one sample (dB)",
+                    "Δ vs gray",
+                    f"PSNR, mean of {k} (dB)",
+                    "Δ vs gray",
+                    f"SSIM, mean of {k}",
+                    "Diversity (ab units)",
+                ],
+                table,
+            ),
+            "",
+            f"The mean of {k} samples estimates the posterior mean; a sampler that draws from the true "
+            "posterior scores about 3 dB under it on PSNR with one sample. Diversity: the mean distance "
+            "between two samples of an image.",
+        ]
     if settings.get("notes"):
         lines += ["", "Notes:", *[f"- {note}" for note in settings["notes"]]]
     return "\n".join(lines)
@@ -141,18 +188,24 @@ def check_output_dir(output_dir: str, overwrite: bool) -> list[str]:
         return []
     model = [name for name in entries if name in _MODEL_OR_RUN]
     if model:
-        raise ColorizationError(f"--output_dir {output_dir} holds a model or a training run ({', '.join(model)}); "
-                                "write the evaluation into a folder of its own, e.g. results/evaluation")
+        raise ColorizationError(
+            f"--output_dir {output_dir} holds a model or a training run ({', '.join(model)}); "
+            "write the evaluation into a folder of its own, e.g. results/evaluation"
+        )
     try:
         record = read_json_if_present(os.path.join(output_dir, FILES_RECORD))
     except (OSError, ValueError):
         record = None
     if not isinstance(record, dict) or not isinstance(record.get("files"), list):
-        raise ColorizationError(f"--output_dir {output_dir} holds files that evaluate.py did not write (e.g. "
-                                f"{entries[0]}); choose a new or empty folder")
+        raise ColorizationError(
+            f"--output_dir {output_dir} holds files that evaluate.py did not write (e.g. "
+            f"{entries[0]}); choose a new or empty folder"
+        )
     if not overwrite:
-        raise ColorizationError(f"--output_dir {output_dir} holds an earlier evaluation; add --overwrite_output_dir "
-                                "to replace its files (nothing else there is touched), or choose another folder")
+        raise ColorizationError(
+            f"--output_dir {output_dir} holds an earlier evaluation; add --overwrite_output_dir "
+            "to replace its files (nothing else there is touched), or choose another folder"
+        )
     return [name for name in record["files"] if isinstance(name, str) and os.path.basename(name) == name]
 
 
@@ -208,14 +261,21 @@ def _write_table_csv(path: str, summary: dict, costs: dict) -> None:
     training_keys = ("images_seen", "images_per_second", "train_seconds", "wall_seconds", "hardware")
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["model"] + [f"{m}_{part}" for m in metrics for part in ("mean", "ci95_low", "ci95_high")]
-                        + list(cost_keys) + [f"train_{k}" for k in training_keys])
+        writer.writerow(
+            ["model"]
+            + [f"{m}_{part}" for m in metrics for part in ("mean", "ci95_low", "ci95_high")]
+            + list(cost_keys)
+            + [f"train_{k}" for k in training_keys]
+        )
         for row, stats in rows.items():
             cost = costs.get(row, {})
             training = cost.get("training") or {}
-            writer.writerow([row] + [x for m in metrics for x in ((stats[m]["mean"], *stats[m]["ci95"])
-                                                                   if m in stats else ("", "", ""))]
-                            + [cost.get(k, "") for k in cost_keys] + [training.get(k, "") for k in training_keys])
+            writer.writerow(
+                [row]
+                + [x for m in metrics for x in ((stats[m]["mean"], *stats[m]["ci95"]) if m in stats else ("", "", ""))]
+                + [cost.get(k, "") for k in cost_keys]
+                + [training.get(k, "") for k in training_keys]
+            )
 
 
 def _write_per_image_csv(path: str, result: dict) -> None:
@@ -235,6 +295,8 @@ def _write_per_image_csv(path: str, result: dict) -> None:
                 if extra is not None:
                     found = (extra["index"] == image_index).nonzero()[0]
                     where = int(found[0]) if len(found) else None
-                writer.writerow([int(image_index), row]
-                                + [float(row_values[m][position]) if m in row_values else "" for m in metrics]
-                                + [float(extra[m][where]) if where is not None else "" for m in sample_metrics])
+                writer.writerow(
+                    [int(image_index), row]
+                    + [float(row_values[m][position]) if m in row_values else "" for m in metrics]
+                    + [float(extra[m][where]) if where is not None else "" for m in sample_metrics]
+                )

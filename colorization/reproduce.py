@@ -31,7 +31,8 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field as dataclass_field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Optional
 
 from colorization.config import HelpFormatter, choice_list, existing_folder, output_folder, positive_int, sampler_list
@@ -65,18 +66,41 @@ class Preset:
 PRESETS = {
     "cpu-small": Preset(
         description="AFHQ cats at 64x64, 10 epochs per model, bf16, on one CPU (about an hour on a laptop)",
-        resolution=64, epochs=10, train_batch_size=32, mixed_precision="bf16", samplers="dpm:20",
+        resolution=64,
+        epochs=10,
+        train_batch_size=32,
+        mixed_precision="bf16",
+        samplers="dpm:20",
         # The small UNet, clean-ab prediction, lr 5e-4 after 100 warm-up steps: measured over 1,300 steps on
         # these cats against v-prediction with min-SNR 5 and zero terminal SNR (docs/models.md, Diffusion). Samplers are
         # compared by benchmarks/sampler_curve.py; the mean of 8 samples on a fixed subset keeps it near an hour.
-        model_args={"diffusion": ["--unet_preset", "small", "--prediction_type", "sample", "--learning_rate", "5e-4",
-                                  "--lr_warmup_steps", "100"]},
-        num_samples=8, num_samples_images=96),
+        model_args={
+            "diffusion": [
+                "--unet_preset",
+                "small",
+                "--prediction_type",
+                "sample",
+                "--learning_rate",
+                "5e-4",
+                "--lr_warmup_steps",
+                "100",
+            ]
+        },
+        num_samples=8,
+        num_samples_images=96,
+    ),
     "paper": Preset(
         description="AFHQ cats at 256x256, 20 epochs per model, bf16, on the GPUs of this machine",
-        resolution=256, epochs=20, train_batch_size=32, mixed_precision="bf16", samplers="dpm:20,ddim:50",
-        model_args={"diffusion": ["--unet_preset", "base"]}, num_samples=8, num_samples_images=128,
-        slow_samplers="ddpm:1000"),  # on the first 64 held-out images (slow_sampler_images)
+        resolution=256,
+        epochs=20,
+        train_batch_size=32,
+        mixed_precision="bf16",
+        samplers="dpm:20,ddim:50",
+        model_args={"diffusion": ["--unet_preset", "base"]},
+        num_samples=8,
+        num_samples_images=128,
+        slow_samplers="ddpm:1000",
+    ),  # on the first 64 held-out images (slow_sampler_images)
 }
 
 
@@ -89,25 +113,41 @@ def slow_sampler_list(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m colorization.reproduce", formatter_class=HelpFormatter,
-        description="Train the CNN, GAN and diffusion model with one budget and compare them in one table.")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small",
-                        help="; ".join(f"{name}: {p.description}" for name, p in PRESETS.items()))
+        prog="python -m colorization.reproduce",
+        formatter_class=HelpFormatter,
+        description="Train the CNN, GAN and diffusion model with one budget and compare them in one table.",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="cpu-small",
+        help="; ".join(f"{name}: {p.description}" for name, p in PRESETS.items()),
+    )
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--train_data_dir", type=existing_folder,
-                        help="a local folder of images, e.g. ../shared/data/afhq_cat")
+    source.add_argument(
+        "--train_data_dir", type=existing_folder, help="a local folder of images, e.g. ../shared/data/afhq_cat"
+    )
     source.add_argument("--dataset_name", help="a Hub data set (default: huggan/AFHQ, its cat images)")
     source.add_argument("--embedded", action="store_true", help="the embedded procedural data (no download)")
-    parser.add_argument("--output_dir", type=output_folder,
-                        help="the results folder (default: results/<preset>): new, empty, or an earlier run's")
-    parser.add_argument("--models", default=",".join(MODELS), type=model_list,
-                        help="comma-separated subset of cnn,gan,diffusion")
-    parser.add_argument("--no-pretrained", dest="pretrained", action="store_false",
-                        help="download nothing: the CNN trunk from scratch, no VGG-16 perceptual loss for the GAN, "
-                             "no LPIPS column (for machines without internet). Without it, those weights are "
-                             "downloaded once")
-    parser.add_argument("--num_processes", type=positive_int,
-                        help="processes per run (default: the number of GPUs, or 1 on a CPU)")
+    parser.add_argument(
+        "--output_dir",
+        type=output_folder,
+        help="the results folder (default: results/<preset>): new, empty, or an earlier run's",
+    )
+    parser.add_argument(
+        "--models", default=",".join(MODELS), type=model_list, help="comma-separated subset of cnn,gan,diffusion"
+    )
+    parser.add_argument(
+        "--no-pretrained",
+        dest="pretrained",
+        action="store_false",
+        help="download nothing: the CNN trunk from scratch, no VGG-16 perceptual loss for the GAN, "
+        "no LPIPS column (for machines without internet). Without it, those weights are "
+        "downloaded once",
+    )
+    parser.add_argument(
+        "--num_processes", type=positive_int, help="processes per run (default: the number of GPUs, or 1 on a CPU)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of every run and of the evaluation")
     budget = parser.add_argument_group("overrides of the preset's budget (the same for every model)")
     budget.add_argument("--resolution", type=positive_int, help="images are resized and cropped to this size")
@@ -115,14 +155,19 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--max_train_steps", type=positive_int, help="optimizer steps instead of epochs")
     budget.add_argument("--train_batch_size", type=positive_int, help="per process")
     budget.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"))
-    budget.add_argument("--samplers", type=sampler_list, help="diffusion samplers in the table, e.g. dpm:20,ddim:50 "
-                                                              "(the first one also validates during training)")
+    budget.add_argument(
+        "--samplers",
+        type=sampler_list,
+        help="diffusion samplers in the table, e.g. dpm:20,ddim:50 (the first one also validates during training)",
+    )
     budget.add_argument("--max_eval_images", type=positive_int, help="evaluate on the first N held-out images only")
     budget.add_argument("--num_samples", type=positive_int, help="the diffusion model's mean of K samples (1: none)")
     budget.add_argument("--num_samples_images", type=positive_int, help="... on the first N held-out images")
-    budget.add_argument("--slow_samplers", type=slow_sampler_list,
-                        help="samplers evaluated in a second table on a subset, e.g. ddpm:1000 ('none': no second "
-                             "table)")
+    budget.add_argument(
+        "--slow_samplers",
+        type=slow_sampler_list,
+        help="samplers evaluated in a second table on a subset, e.g. ddpm:1000 ('none': no second table)",
+    )
     budget.add_argument("--slow_sampler_images", type=positive_int, help="... on the first N held-out images")
     extra = parser.add_argument_group("extra flags, appended to the commands (they win over the preset)")
     extra.add_argument("--data_args", default="", help="for every command, e.g. '--dataloader_num_workers 0'")
@@ -151,8 +196,10 @@ class Reproduction:
         self.output_dir = os.path.abspath(args.output_dir or os.path.join("results", args.preset))
         self.state_path = os.path.join(self.output_dir, STATE_NAME)
         if os.path.isdir(self.output_dir) and os.listdir(self.output_dir) and not os.path.isfile(self.state_path):
-            raise ColorizationError(f"{self.output_dir} holds files that reproduce did not write (no {STATE_NAME}); "
-                                    "choose a new or empty --output_dir")
+            raise ColorizationError(
+                f"{self.output_dir} holds files that reproduce did not write (no {STATE_NAME}); "
+                "choose a new or empty --output_dir"
+            )
         self.num_processes = args.num_processes or _gpu_count() or 1
 
     # ----- the commands -----
@@ -160,8 +207,15 @@ class Reproduction:
     def _launcher(self) -> list[str]:
         launch = [sys.executable, "-m", "accelerate.commands.launch"]
         if self.num_processes > 1:
-            launch += ["--multi_gpu", "--num_processes", str(self.num_processes), "--num_machines", "1",
-                       "--dynamo_backend", "no"]
+            launch += [
+                "--multi_gpu",
+                "--num_processes",
+                str(self.num_processes),
+                "--num_machines",
+                "1",
+                "--dynamo_backend",
+                "no",
+            ]
         else:
             launch += ["--config_file", self._here(os.path.join(ROOT, "accelerate_config.yaml"))]
         return launch
@@ -186,15 +240,31 @@ class Reproduction:
 
     def training_command(self, model: str) -> list[str]:
         args, preset = self.args, self.preset
-        budget = (["--max_train_steps", str(args.max_train_steps)] if args.max_train_steps
-                  else ["--num_train_epochs", str(args.epochs or preset.epochs)])
-        command = [*self._launcher(), self._here(os.path.join(ROOT, f"train_{model}.py")), *self._data_args(), *budget,
-                   "--train_batch_size", str(args.train_batch_size or preset.train_batch_size),
-                   "--eval_batch_size", str(preset.eval_batch_size),
-                   "--mixed_precision", args.mixed_precision or preset.mixed_precision,
-                   "--seed", str(args.seed), "--output_dir", self._here(self.model_dir(model)),
-                   # an interrupted run continues from its last checkpoint (a fresh run when there is none)
-                   "--resume_from_checkpoint", "latest", *preset.model_args.get(model, [])]
+        budget = (
+            ["--max_train_steps", str(args.max_train_steps)]
+            if args.max_train_steps
+            else ["--num_train_epochs", str(args.epochs or preset.epochs)]
+        )
+        command = [
+            *self._launcher(),
+            self._here(os.path.join(ROOT, f"train_{model}.py")),
+            *self._data_args(),
+            *budget,
+            "--train_batch_size",
+            str(args.train_batch_size or preset.train_batch_size),
+            "--eval_batch_size",
+            str(preset.eval_batch_size),
+            "--mixed_precision",
+            args.mixed_precision or preset.mixed_precision,
+            "--seed",
+            str(args.seed),
+            "--output_dir",
+            self._here(self.model_dir(model)),
+            # an interrupted run continues from its last checkpoint (a fresh run when there is none)
+            "--resume_from_checkpoint",
+            "latest",
+            *preset.model_args.get(model, []),
+        ]
         if model == "diffusion":  # validation samples as the table's first sampler does
             scheduler, steps = self.samplers().split(",")[0].split(":")
             command += ["--validation_sampler", scheduler, "--validation_inference_steps", steps]
@@ -212,13 +282,25 @@ class Reproduction:
     def evaluation_command(self, slow: bool = False) -> list[str]:
         """evaluate.py on the held-out images; ``slow``: the slow samplers' table, on the first images only."""
         args, preset = self.args, self.preset
-        command = [*self._launcher(), self._here(os.path.join(ROOT, "evaluate.py")),
-                   "--checkpoints", *[self._here(self.model_dir(m)) for m in self.models],
-                   "--names", *[DISPLAY_NAMES[m] for m in self.models], *self._data_args(),
-                   "--batch_size", str(preset.eval_batch_size), "--seed", str(args.seed),
-                   "--samplers", self.slow_samplers() if slow else self.samplers(),
-                   # the folder is this command's own: each evaluation replaces the previous one's files
-                   "--output_dir", "evaluation_slow" if slow else "evaluation", "--overwrite_output_dir"]
+        command = [
+            *self._launcher(),
+            self._here(os.path.join(ROOT, "evaluate.py")),
+            "--checkpoints",
+            *[self._here(self.model_dir(m)) for m in self.models],
+            "--names",
+            *[DISPLAY_NAMES[m] for m in self.models],
+            *self._data_args(),
+            "--batch_size",
+            str(preset.eval_batch_size),
+            "--seed",
+            str(args.seed),
+            "--samplers",
+            self.slow_samplers() if slow else self.samplers(),
+            # the folder is this command's own: each evaluation replaces the previous one's files
+            "--output_dir",
+            "evaluation_slow" if slow else "evaluation",
+            "--overwrite_output_dir",
+        ]
         images = args.slow_sampler_images or preset.slow_sampler_images if slow else args.max_eval_images
         if images:
             command += ["--max_images", str(images)]
@@ -240,7 +322,9 @@ class Reproduction:
             with open(self.state_path) as handle:
                 return json.load(handle)
         except (OSError, json.JSONDecodeError) as error:
-            raise ColorizationError(f"cannot read {self.state_path}: {error}; move the folder away to start anew") from None
+            raise ColorizationError(
+                f"cannot read {self.state_path}: {error}; move the folder away to start anew"
+            ) from None
 
     def _save_state(self) -> None:
         temporary = self.state_path + ".tmp"
@@ -262,8 +346,11 @@ class Reproduction:
                 return False
             if record["status"] != "finished" and not _has_checkpoint(folder):
                 # a run that failed before its first checkpoint left nothing to keep: start it with the new settings
-                print(f"[reproduce] {step}: the earlier attempt failed before its first checkpoint; "
-                      "starting anew with the new settings", flush=True)
+                print(
+                    f"[reproduce] {step}: the earlier attempt failed before its first checkpoint; "
+                    "starting anew with the new settings",
+                    flush=True,
+                )
                 shutil.rmtree(folder)
                 del self.state["steps"][step]
                 return False
@@ -271,7 +358,8 @@ class Reproduction:
                 f"{folder} holds a {step} run ({record['status']}) with other settings:\n"
                 f"  before: {shlex.join(record['command'])}\n  now:    {shlex.join(command)}\n"
                 f"Run with the same options as before, use another --output_dir, or delete {folder} to train "
-                f"the {step} model anew with the new settings.")
+                f"the {step} model anew with the new settings."
+            )
         return record.get("status") == "finished" and all(os.path.exists(p) for p in outputs)
 
     # ----- running -----
@@ -282,8 +370,9 @@ class Reproduction:
             print(f"[reproduce] {step}: finished earlier, skipped", flush=True)
             return False
         # recorded with "python" for the interpreter: the same run, whichever Python starts it
-        record = self.state["steps"].setdefault(step, {"command": ["python", *command[1:]], "seconds": 0.0,
-                                                       "attempts": 0})
+        record = self.state["steps"].setdefault(
+            step, {"command": ["python", *command[1:]], "seconds": 0.0, "attempts": 0}
+        )
         record.update(status="running", attempts=record["attempts"] + 1, commit=self.state["commit"])
         self._save_state()
         log_path = os.path.join(self.output_dir, "logs", f"{step}.log")
@@ -305,14 +394,16 @@ class Reproduction:
             raise ColorizationError(
                 f"the {step} run failed (exit {code}): {reason}\n  full output: {log_path}\n"
                 "No table was written. Fix the cause and run again: finished models are kept "
-                "and an interrupted run resumes from its last checkpoint.")
+                "and an interrupted run resumes from its last checkpoint."
+            )
         return True
 
     def run(self) -> None:
         os.makedirs(os.path.join(self.output_dir, "logs"), exist_ok=True)
         self.state = self._load_state()
-        self.state.update(preset=self.args.preset, argv=sys.argv[1:], num_processes=self.num_processes,
-                          commit=_commit())
+        self.state.update(
+            preset=self.args.preset, argv=sys.argv[1:], num_processes=self.num_processes, commit=_commit()
+        )
         for model in self.models:
             folder = self.model_dir(model)
             if self._run(model, self.training_command(model), [os.path.join(folder, "colorizer.json")], folder):
@@ -337,23 +428,35 @@ class Reproduction:
             columns = handle.read().strip()
         argv = ["python", "-m", "colorization.reproduce", *self.state["argv"]]
         steps = self.state["steps"]
-        lines = [f"# Colorization comparison: preset `{self.args.preset}`", "",
-                 f"- Command: `{shlex.join(argv)}`",
-                 f"- Preset: {self.preset.description}.",
-                 f"- Commit: `{self.state['commit']}`; finished {_now()}."
-                 + _earlier_commits(steps, self.state["commit"]),
-                 f"- Evaluated on: {settings.get('hardware')}; software: "
-                 + ", ".join(f"{k} {v}" for k, v in settings.get("versions", {}).items()) + ".",
-                 "- Wall-clock of each command (with start-up): "
-                 + ", ".join(f"{step} {steps[step]['seconds'] / 60:.1f} min" for step in steps),
-                 "- Exact commands: `commands.sh`; TensorBoard: `tensorboard --logdir models`.",
-                 "", table, "", "![comparison](evaluation/comparison.png)", "",
-                 "Columns of `evaluation/comparison.png`: " + columns, ""]
+        lines = [
+            f"# Colorization comparison: preset `{self.args.preset}`",
+            "",
+            f"- Command: `{shlex.join(argv)}`",
+            f"- Preset: {self.preset.description}.",
+            f"- Commit: `{self.state['commit']}`; finished {_now()}." + _earlier_commits(steps, self.state["commit"]),
+            f"- Evaluated on: {settings.get('hardware')}; software: "
+            + ", ".join(f"{k} {v}" for k, v in settings.get("versions", {}).items())
+            + ".",
+            "- Wall-clock of each command (with start-up): "
+            + ", ".join(f"{step} {steps[step]['seconds'] / 60:.1f} min" for step in steps),
+            "- Exact commands: `commands.sh`; TensorBoard: `tensorboard --logdir models`.",
+            "",
+            table,
+            "",
+            "![comparison](evaluation/comparison.png)",
+            "",
+            "Columns of `evaluation/comparison.png`: " + columns,
+            "",
+        ]
         slow = os.path.join(self.output_dir, "evaluation_slow", "table.md")
         if self.slow_samplers() and os.path.isfile(slow):
             with open(slow) as handle:
-                lines += [f"## Slow samplers ({self.slow_samplers()}) on a subset of the images", "",
-                          handle.read().strip(), ""]
+                lines += [
+                    f"## Slow samplers ({self.slow_samplers()}) on a subset of the images",
+                    "",
+                    handle.read().strip(),
+                    "",
+                ]
         with open(os.path.join(self.output_dir, "README.md"), "w") as handle:
             handle.write("\n".join(lines))
 
@@ -361,8 +464,11 @@ class Reproduction:
 def _earlier_commits(steps: dict, commit: str) -> str:
     """Name the steps that ran (last) with code of another commit: a skipped step keeps its old results."""
     other = {step: r.get("commit") for step, r in steps.items() if r.get("commit") not in (None, commit)}
-    return (" Steps run earlier with other code: " + ", ".join(f"{s} at `{c}`" for s, c in other.items()) + "."
-            if other else "")
+    return (
+        " Steps run earlier with other code: " + ", ".join(f"{s} at `{c}`" for s, c in other.items()) + "."
+        if other
+        else ""
+    )
 
 
 def _has_checkpoint(folder: str) -> bool:
@@ -382,10 +488,16 @@ def _now() -> str:
 
 def _commit() -> str:
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         return commit + (" (with uncommitted changes)" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"

@@ -23,7 +23,9 @@ class Tracker:
     def start(self, run_name: str, run_config: dict) -> None:
         """Open the TensorBoard run with the resolved flags as its hyperparameters."""
         if self.enabled:
-            flat = {f"{group}/{k}": _plain(v) for group in ("train", "data", "model") for k, v in run_config[group].items()}
+            flat = {
+                f"{group}/{k}": _plain(v) for group in ("train", "data", "model") for k, v in run_config[group].items()
+            }
             self.accelerator.init_trackers(run_name, config=flat)
 
     def track(self, values: dict, step: int) -> None:

@@ -38,12 +38,38 @@ from tqdm.auto import tqdm
 
 from colorization import color
 from colorization.checkpoints import RUN_CONFIG_NAME, Checkpointer, TrainingProgress
-from colorization.colorizer import (CONFIG_NAME, MEAN_AB_NAME, TRAINING_IMAGES_NAME, WEIGHTS_NAME, Colorizer,
-                                    save_export_config, save_module_weights, save_training_data_record, write_json)
-from colorization.config import (HelpFormatter, add_dataclass_arguments, build_dataclass, field, fraction,
-                                 non_negative_float, non_negative_int, output_folder, positive_float, positive_int)
-from colorization.data import (DataConfig, batch_to_rgb, build_datasets, data_statistics, describe_source,
-                               make_loaders, split_hashes)
+from colorization.colorizer import (
+    CONFIG_NAME,
+    MEAN_AB_NAME,
+    TRAINING_IMAGES_NAME,
+    WEIGHTS_NAME,
+    Colorizer,
+    save_export_config,
+    save_module_weights,
+    save_training_data_record,
+    write_json,
+)
+from colorization.config import (
+    HelpFormatter,
+    add_dataclass_arguments,
+    build_dataclass,
+    field,
+    fraction,
+    non_negative_float,
+    non_negative_int,
+    output_folder,
+    positive_float,
+    positive_int,
+)
+from colorization.data import (
+    DataConfig,
+    batch_to_rgb,
+    build_datasets,
+    data_statistics,
+    describe_source,
+    make_loaders,
+    split_hashes,
+)
 from colorization.errors import ColorizationError, cli_entry_point
 from colorization.hardware import count_parameters, describe_hardware, use_all_cores
 from colorization.optimization import Optimization, make_schedules
@@ -62,54 +88,76 @@ def checkpoint_request(text: str) -> str:
 
 @dataclass
 class TrainConfig:
-    output_dir: str = field("runs/model", "Where checkpoints, TensorBoard logs and the exported model go.",
-                            type=output_folder)
+    output_dir: str = field(
+        "runs/model", "Where checkpoints, TensorBoard logs and the exported model go.", type=output_folder
+    )
     seed: int = field(0, "Seed of weights, data order, flips and noise.")
     train_batch_size: int = field(32, "Images per process per step.", type=positive_int)
     eval_batch_size: int = field(32, "Images per process per validation batch.", type=positive_int)
     num_train_epochs: int = field(20, "Epochs to train (ignored when --max_train_steps is set).", type=positive_int)
-    max_train_steps: Optional[int] = field(None, "Total optimizer steps; overrides --num_train_epochs.",
-                                            type=positive_int)
+    max_train_steps: Optional[int] = field(
+        None, "Total optimizer steps; overrides --num_train_epochs.", type=positive_int
+    )
     gradient_accumulation_steps: int = field(1, "Batches accumulated per optimizer step.", type=positive_int)
     learning_rate: float = field(1e-4, "Peak learning rate.", type=positive_float)
-    lr_scheduler: str = field("cosine", "Learning-rate schedule: diffusers' constant, constant_with_warmup, linear "
-                                        "or cosine, or constant_then_linear (pix2pix: constant for the first half, "
-                                        "then linear decay to zero).",
-                              choices=("constant", "constant_with_warmup", "linear", "cosine", "constant_then_linear"))
+    lr_scheduler: str = field(
+        "cosine",
+        "Learning-rate schedule: diffusers' constant, constant_with_warmup, linear "
+        "or cosine, or constant_then_linear (pix2pix: constant for the first half, "
+        "then linear decay to zero).",
+        choices=("constant", "constant_with_warmup", "linear", "cosine", "constant_then_linear"),
+    )
     lr_warmup_steps: int = field(0, "Linear warm-up steps.", type=non_negative_int)
     adam_beta1: float = field(0.9, "Adam beta1.", type=fraction)
     adam_beta2: float = field(0.999, "Adam beta2.", type=fraction)
     adam_weight_decay: float = field(0.0, "Weight decay (AdamW when non-zero).", type=non_negative_float)
-    max_grad_norm: Optional[float] = field(1.0, "Clip gradients to this norm; none: no clipping (still logged).",
-                                           type=positive_float)
-    mixed_precision: Optional[str] = field(None, "no, fp16 or bf16; none: as set by accelerate launch/config.",
-                                           choices=(None, "no", "fp16", "bf16"))
+    max_grad_norm: Optional[float] = field(
+        1.0, "Clip gradients to this norm; none: no clipping (still logged).", type=positive_float
+    )
+    mixed_precision: Optional[str] = field(
+        None, "no, fp16 or bf16; none: as set by accelerate launch/config.", choices=(None, "no", "fp16", "bf16")
+    )
     logging_steps: int = field(10, "Log training scalars every N steps.", type=positive_int)
-    validation_steps: int = field(500, "Validate (metrics and image grid) every N steps, and at the end.",
-                                  type=positive_int)
-    validation_images: Optional[int] = field(64, "Validate on the first N held-out images (the same every time; "
-                                                 "none: all of them).", type=positive_int)
+    validation_steps: int = field(
+        500, "Validate (metrics and image grid) every N steps, and at the end.", type=positive_int
+    )
+    validation_images: Optional[int] = field(
+        64, "Validate on the first N held-out images (the same every time; none: all of them).", type=positive_int
+    )
     initial_validation: bool = field(True, "Also validate before the first step (the untrained baseline).")
-    num_grid_images: int = field(8, "Validation images shown in the gray | prediction | truth grid.",
-                                 type=positive_int)
-    model_selection: str = field("last", "Which step is exported: last, or best: the last validated step whose "
-                                         f"PSNR is within {SELECTION_PSNR_TOLERANCE_DB} dB of the best so far and "
-                                         "whose colorfulness is not above the ground truth's (see docs/models.md).",
-                                 choices=("last", "best"))
-    checkpointing_steps: int = field(500, "Save a resumable checkpoint every N steps, and at the end.",
-                                     type=positive_int)
-    checkpoints_total_limit: Optional[int] = field(3, "Keep at most N complete checkpoints (oldest pruned once a "
-                                                      "newer one is complete).", type=positive_int)
-    resume_from_checkpoint: Optional[str] = field(None, "latest, or a checkpoint folder, to continue a run.",
-                                                  type=checkpoint_request)
-    overwrite_output_dir: bool = field(False, "Start over in an --output_dir that holds an earlier run, deleting "
-                                              "its checkpoints, logs and exported model.")
-    allow_changed_settings: bool = field(False, "Resume even where settings that change the trained weights "
-                                                "differ from the checkpoint's (recorded in run_config.json).")
+    num_grid_images: int = field(8, "Validation images shown in the gray | prediction | truth grid.", type=positive_int)
+    model_selection: str = field(
+        "last",
+        "Which step is exported: last, or best: the last validated step whose "
+        f"PSNR is within {SELECTION_PSNR_TOLERANCE_DB} dB of the best so far and "
+        "whose colorfulness is not above the ground truth's (see docs/models.md).",
+        choices=("last", "best"),
+    )
+    checkpointing_steps: int = field(
+        500, "Save a resumable checkpoint every N steps, and at the end.", type=positive_int
+    )
+    checkpoints_total_limit: Optional[int] = field(
+        3, "Keep at most N complete checkpoints (oldest pruned once a newer one is complete).", type=positive_int
+    )
+    resume_from_checkpoint: Optional[str] = field(
+        None, "latest, or a checkpoint folder, to continue a run.", type=checkpoint_request
+    )
+    overwrite_output_dir: bool = field(
+        False,
+        "Start over in an --output_dir that holds an earlier run, deleting its checkpoints, logs and exported model.",
+    )
+    allow_changed_settings: bool = field(
+        False,
+        "Resume even where settings that change the trained weights "
+        "differ from the checkpoint's (recorded in run_config.json).",
+    )
     report_to: str = field("tensorboard", "Where to log.", choices=("tensorboard", "none"))
-    cpu_threads: Optional[int] = field(None, "On a CPU: threads per process; none: the machine's cores shared "
-                                             "among the processes on it (accelerate launch alone would use 1).",
-                                             type=positive_int)
+    cpu_threads: Optional[int] = field(
+        None,
+        "On a CPU: threads per process; none: the machine's cores shared "
+        "among the processes on it (accelerate launch alone would use 1).",
+        type=positive_int,
+    )
     torch_compile: bool = field(False, "Compile the trained networks with torch.compile (inductor).")
     channels_last: bool = field(False, "Keep convolution inputs and weights in channels-last memory format.")
 
@@ -190,22 +238,33 @@ class TrainingTask:
 def make_optimizer(parameters, config: TrainConfig, learning_rate: Optional[float] = None) -> torch.optim.Optimizer:
     """Adam (AdamW with weight decay) from the shared flags; the fused kernel on a GPU."""
     optimizer = torch.optim.AdamW if config.adam_weight_decay else torch.optim.Adam
-    return optimizer(parameters, lr=learning_rate or config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
-                     weight_decay=config.adam_weight_decay, fused=torch.cuda.is_available() or None)
+    return optimizer(
+        parameters,
+        lr=learning_rate or config.learning_rate,
+        betas=(config.adam_beta1, config.adam_beta2),
+        weight_decay=config.adam_weight_decay,
+        fused=torch.cuda.is_available() or None,
+    )
 
 
 class Trainer:
     """Sets a run up from its flags and trains it: the loop reads top to bottom; every part is a call."""
 
-    def __init__(self, task: TrainingTask, train_config: TrainConfig, data_config: DataConfig,
-                 accelerator: Optional[Accelerator] = None):
+    def __init__(
+        self,
+        task: TrainingTask,
+        train_config: TrainConfig,
+        data_config: DataConfig,
+        accelerator: Optional[Accelerator] = None,
+    ):
         self.task, self.config, self.data_config = task, train_config, data_config
         self.accelerator = accelerator or make_accelerator(train_config)
         task.accelerator = self.accelerator
         self.progress = TrainingProgress()
         self.tracker = Tracker(self.accelerator, train_config.report_to)
-        self.checkpointer = Checkpointer(self.accelerator, train_config, task, self.progress, self.run_config,
-                                         self.tracker.log)
+        self.checkpointer = Checkpointer(
+            self.accelerator, train_config, task, self.progress, self.run_config, self.tracker.log
+        )
         self.optimization = Optimization(self.accelerator, task, train_config.max_grad_norm)
         self.validator: Optional[Validator] = None
         self.max_steps = 0
@@ -222,15 +281,30 @@ class Trainer:
         with accelerator.main_process_first():  # the decoded cache is written once per machine
             self.train_set, self.validation_set = build_datasets(data, config.seed)
         train_loader, validation_loader, self.train_sampler = make_loaders(
-            self.train_set, self.validation_set, config.train_batch_size, config.eval_batch_size,
-            config.validation_images, config.seed, data.dataloader_num_workers)
+            self.train_set,
+            self.validation_set,
+            config.train_batch_size,
+            config.eval_batch_size,
+            config.validation_images,
+            config.seed,
+            data.dataloader_num_workers,
+        )
         train_loader, validation_loader = accelerator.prepare(train_loader, validation_loader)
         if len(train_loader) == 0:
             raise ColorizationError(
                 f"the training set has {len(self.train_set)} images, fewer than one batch of "
-                f"{config.train_batch_size} x {accelerator.num_processes} processes; lower --train_batch_size")
-        self.validator = Validator(accelerator, self.task, config, self.progress, self.tracker, self.validation_set,
-                                   validation_loader, self._export)
+                f"{config.train_batch_size} x {accelerator.num_processes} processes; lower --train_batch_size"
+            )
+        self.validator = Validator(
+            accelerator,
+            self.task,
+            config,
+            self.progress,
+            self.tracker,
+            self.validation_set,
+            validation_loader,
+            self._export,
+        )
         return train_loader
 
     def _prepare_models(self, max_steps: int, statistics: Optional[dict] = None) -> None:
@@ -238,20 +312,24 @@ class Trainer:
         self.max_steps = self.checkpointer.max_steps = max_steps
         if self.validator is not None:
             self.validator.max_steps = max_steps
-        self.checkpointer.statistics = statistics if statistics is not None else {
-            "mean_ab": torch.zeros(2, task.resolution, task.resolution), "ab_std": torch.tensor(0.25)}
+        self.checkpointer.statistics = (
+            statistics
+            if statistics is not None
+            else {"mean_ab": torch.zeros(2, task.resolution, task.resolution), "ab_std": torch.tensor(0.25)}
+        )
         with accelerator.main_process_first():  # pretrained weights are downloaded once per machine
             task.build(self.config, self.checkpointer.statistics)
         if self.config.channels_last:
             for model in task.models.values():
                 model.to(memory_format=torch.channels_last)
-        schedules = make_schedules(task.optimizers, self.config.lr_scheduler, self.config.lr_warmup_steps, max_steps,
-                                   accelerator.num_processes)
+        schedules = make_schedules(
+            task.optimizers, self.config.lr_scheduler, self.config.lr_warmup_steps, max_steps, accelerator.num_processes
+        )
         names, opt_names = list(task.models), list(task.optimizers)
         prepared = accelerator.prepare(*task.models.values(), *task.optimizers.values(), *schedules.values())
-        task.models = dict(zip(names, prepared[:len(names)]))
-        task.optimizers = dict(zip(opt_names, prepared[len(names):len(names) + len(opt_names)]))
-        self.optimization.schedulers = dict(zip(opt_names, prepared[len(names) + len(opt_names):]))
+        task.models = dict(zip(names, prepared[: len(names)]))
+        task.optimizers = dict(zip(opt_names, prepared[len(names) : len(names) + len(opt_names)]))
+        self.optimization.schedulers = dict(zip(opt_names, prepared[len(names) + len(opt_names) :]))
         for name in names:
             # The harness enters accelerator.autocast() around each training step itself; without accelerate's
             # own autocast wrapper around forward, validation and export run the networks in fp32 as evaluate.py does.
@@ -273,12 +351,17 @@ class Trainer:
             cadence = selection_cadence(config.validation_steps, *task.selectable_steps(max_steps))
             if cadence != config.validation_steps:
                 config.validation_steps = cadence
-                self.tracker.log(f"--model_selection best: validating every {cadence} steps (enough validations "
-                                 f"to choose from, steps {'{} to {}'.format(*task.selectable_steps(max_steps))})")
+                self.tracker.log(
+                    f"--model_selection best: validating every {cadence} steps (enough validations "
+                    f"to choose from, steps {'{} to {}'.format(*task.selectable_steps(max_steps))})"
+                )
         if resume_path:  # after the cadence is settled: under --model_selection best it is part of the run
             self.checkpointer.check_settings(resume_path)
-        statistics = (self.checkpointer.saved_statistics(resume_path) if resume_path  # measured once per run
-                      else data_statistics(self.train_set, self.data_config.dataloader_num_workers))
+        statistics = (
+            self.checkpointer.saved_statistics(resume_path)
+            if resume_path  # measured once per run
+            else data_statistics(self.train_set, self.data_config.dataloader_num_workers)
+        )
         self._prepare_models(max_steps, statistics)
         if resume_path:
             self.checkpointer.resume(resume_path)
@@ -295,18 +378,25 @@ class Trainer:
             write_json(os.path.join(config.output_dir, RUN_CONFIG_NAME), self.run_config())
         self.tracker.start(task.model_type, self.run_config())
         images_per_step = config.train_batch_size * accelerator.num_processes * config.gradient_accumulation_steps
-        self.tracker.log(f"training {task.model_type} on {describe_source(self.data_config)}: {len(self.train_set)} "
-                         f"train / {len(self.validation_set)} validation images at {self.data_config.resolution}px, "
-                         f"{accelerator.num_processes} process(es), mixed precision {accelerator.mixed_precision}, "
-                         f"{max_steps} steps of {images_per_step} images")
+        self.tracker.log(
+            f"training {task.model_type} on {describe_source(self.data_config)}: {len(self.train_set)} "
+            f"train / {len(self.validation_set)} validation images at {self.data_config.resolution}px, "
+            f"{accelerator.num_processes} process(es), mixed precision {accelerator.mixed_precision}, "
+            f"{max_steps} steps of {images_per_step} images"
+        )
         metrics = None
         if config.initial_validation and progress.global_step == 0:
             metrics = self._paused(self.validate)
         validated_at = saved_at = progress.global_step
         window = ScalarWindow(accelerator.device)
         self._window_started = time.perf_counter()
-        bar = tqdm(total=max_steps, initial=progress.global_step, desc=task.model_type,
-                   disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+        bar = tqdm(
+            total=max_steps,
+            initial=progress.global_step,
+            desc=task.model_type,
+            disable=not accelerator.is_local_main_process,
+            dynamic_ncols=True,
+        )
         try:
             while progress.global_step < max_steps and progress.epoch < num_epochs:
                 # The prepared loader hands its own epoch counter to the sampler when it starts: set that counter,
@@ -372,16 +462,21 @@ class Trainer:
         self.optimization.check_finite(self.checkpointer.last_checkpoint)
         values = window.means(accelerator)
         seconds = time.perf_counter() - self._window_started
-        values["train/images_per_second"] = window.micro_steps * self.config.train_batch_size * accelerator.num_processes / seconds
+        values["train/images_per_second"] = (
+            window.micro_steps * self.config.train_batch_size * accelerator.num_processes / seconds
+        )
         values.update(self.optimization.scalars())
         skipped = int(accelerator.reduce(window.images_skipped, "sum").item())
         progress.images_skipped += skipped
         values["data/images_skipped"] = progress.images_skipped
         if skipped:
-            self.tracker.log(f"step {progress.global_step}: skipped {skipped} unreadable image(s), "
-                             f"{progress.images_skipped} in all")
+            self.tracker.log(
+                f"step {progress.global_step}: skipped {skipped} unreadable image(s), {progress.images_skipped} in all"
+            )
         self.tracker.track(values, progress.global_step)
-        bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in values.items() if k.startswith("train/") and "loss" in k})
+        bar.set_postfix(
+            {k.split("/")[-1]: f"{v:.4g}" for k, v in values.items() if k.startswith("train/") and "loss" in k}
+        )
         window.reset()
         self._window_started = time.perf_counter()
 
@@ -406,10 +501,16 @@ class Trainer:
         return training_costs(self.progress, self.accelerator, self.task)
 
     def run_config(self) -> dict:
-        config = {"model_type": self.task.model_type, "train": asdict(self.config), "data": asdict(self.data_config),
-                  "model": asdict(self.task.config), "num_processes": self.accelerator.num_processes,
-                  "mixed_precision": self.accelerator.mixed_precision, "command": " ".join(sys.argv),
-                  "global_step": self.progress.global_step}
+        config = {
+            "model_type": self.task.model_type,
+            "train": asdict(self.config),
+            "data": asdict(self.data_config),
+            "model": asdict(self.task.config),
+            "num_processes": self.accelerator.num_processes,
+            "mixed_precision": self.accelerator.mixed_precision,
+            "command": " ".join(sys.argv),
+            "global_step": self.progress.global_step,
+        }
         if self.checkpointer.changed_settings:
             config["changed_settings"] = self.checkpointer.changed_settings
         return config
@@ -419,15 +520,25 @@ class Trainer:
     def _export(self, folder: str, metrics: dict) -> None:
         """Write the exported model, with what it is and how it was trained, into ``folder`` (main process)."""
         os.makedirs(folder, exist_ok=True)
-        extra = {"training": {"global_step": self.progress.global_step, "data": describe_source(self.data_config),
-                              "data_config": asdict(self.data_config), "resolution": self.data_config.resolution,
-                              "validation": metrics, **self.training_costs()}}
+        extra = {
+            "training": {
+                "global_step": self.progress.global_step,
+                "data": describe_source(self.data_config),
+                "data_config": asdict(self.data_config),
+                "resolution": self.data_config.resolution,
+                "validation": metrics,
+                **self.training_costs(),
+            }
+        }
         if self.progress.selection:
             extra["selection"] = self.progress.selection
         with self.task.evaluation_weights():
             self.task.export(folder, extra)
-        hashes = {"hash": "blake2b-64 of the image file's bytes", "images": split_hashes(self.train_set),
-                  "data": describe_source(self.data_config)}
+        hashes = {
+            "hash": "blake2b-64 of the image file's bytes",
+            "images": split_hashes(self.train_set),
+            "data": describe_source(self.data_config),
+        }
         save_training_data_record(folder, self.checkpointer.statistics["mean_ab"], hashes)
 
     def _finish(self, metrics: dict) -> dict:
@@ -435,7 +546,9 @@ class Trainer:
         metrics = self.validator.export_final(metrics, self.training_costs)
         if self.accelerator.is_main_process:
             step, output_dir = self.progress.global_step, self.config.output_dir
-            write_json(os.path.join(output_dir, METRICS_NAME), {"step": step, **metrics, "training": self.training_costs()})
+            write_json(
+                os.path.join(output_dir, METRICS_NAME), {"step": step, **metrics, "training": self.training_costs()}
+            )
             print(format_metrics(metrics, step, output_dir), flush=True)
         self.accelerator.wait_for_everyone()
         return metrics
@@ -444,22 +557,29 @@ class Trainer:
 def training_costs(progress: TrainingProgress, accelerator, task: TrainingTask) -> dict:
     """Images seen and time taken, so that runs of different models can be compared."""
     train_seconds = progress.wall_seconds - progress.overhead_seconds
-    return {"images_seen": progress.images_seen, "train_seconds": round(train_seconds, 3),
-            "wall_seconds": round(progress.wall_seconds, 3),
-            "images_per_second": round(progress.images_seen / train_seconds, 3) if train_seconds > 0 else None,
-            "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
-            "hardware": describe_hardware(accelerator.device, accelerator.num_processes),
-            "parameters": {name: count_parameters(task.unwrapped(name)) for name in task.models}}
+    return {
+        "images_seen": progress.images_seen,
+        "train_seconds": round(train_seconds, 3),
+        "wall_seconds": round(progress.wall_seconds, 3),
+        "images_per_second": round(progress.images_seen / train_seconds, 3) if train_seconds > 0 else None,
+        "num_processes": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
+        "hardware": describe_hardware(accelerator.device, accelerator.num_processes),
+        "parameters": {name: count_parameters(task.unwrapped(name)) for name in task.models},
+    }
 
 
 def make_accelerator(config: TrainConfig) -> Accelerator:
     try:
         accelerator = Accelerator(
-            mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.gradient_accumulation_steps,
+            mixed_precision=config.mixed_precision,
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
             log_with=None if config.report_to == "none" else config.report_to,
             dynamo_backend="inductor" if config.torch_compile else None,
-            project_config=ProjectConfiguration(project_dir=config.output_dir,
-                                                logging_dir=os.path.join(config.output_dir, "logs")))
+            project_config=ProjectConfiguration(
+                project_dir=config.output_dir, logging_dir=os.path.join(config.output_dir, "logs")
+            ),
+        )
     except ValueError as error:  # e.g. fp16 without a GPU
         raise ColorizationError(f"cannot set up training: {error}") from None
     check_processes(accelerator)
@@ -474,7 +594,8 @@ def check_processes(accelerator: Accelerator) -> None:
         raise ColorizationError(
             f"{launched} processes were launched but they are not connected (no distributed backend), so each "
             "would train alone. On CPU, launch with: ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu "
-            f"--num_processes {launched} ...; on GPUs, check that CUDA is available to every process.")
+            f"--num_processes {launched} ...; on GPUs, check that CUDA is available to every process."
+        )
 
 
 def _check_flag_defaults(task_class: type[TrainingTask]) -> None:
@@ -486,9 +607,12 @@ def _check_flag_defaults(task_class: type[TrainingTask]) -> None:
 
 def build_parser(task_class: type[TrainingTask]) -> argparse.ArgumentParser:
     _check_flag_defaults(task_class)
-    parser = argparse.ArgumentParser(description=f"Train the {task_class.model_type} colorization model.",
-                                     formatter_class=HelpFormatter)
-    add_dataclass_arguments(parser, TrainConfig, {"output_dir": f"runs/{task_class.model_type}", **task_class.flag_defaults})
+    parser = argparse.ArgumentParser(
+        description=f"Train the {task_class.model_type} colorization model.", formatter_class=HelpFormatter
+    )
+    add_dataclass_arguments(
+        parser, TrainConfig, {"output_dir": f"runs/{task_class.model_type}", **task_class.flag_defaults}
+    )
     add_dataclass_arguments(parser, DataConfig, task_class.flag_defaults)
     add_dataclass_arguments(parser, task_class.config_class, task_class.flag_defaults)
     return parser
@@ -498,8 +622,11 @@ def parse_args(task_class: type[TrainingTask], argv=None) -> tuple[TrainConfig, 
     """The flags, each checked, and the combinations checked too: a wrong value ends here in one line."""
     parser = build_parser(task_class)
     args = parser.parse_args(argv)
-    train, data, model = (build_dataclass(TrainConfig, args), build_dataclass(DataConfig, args),
-                          build_dataclass(task_class.config_class, args))
+    train, data, model = (
+        build_dataclass(TrainConfig, args),
+        build_dataclass(DataConfig, args),
+        build_dataclass(task_class.config_class, args),
+    )
     if data.dataset_name and data.train_data_dir:
         parser.error("give either --dataset_name or --train_data_dir, not both")
     try:

@@ -25,16 +25,20 @@ VALIDATION_SEED = 0  # the noise of validation samples: evaluate.py's default --
 VALIDATION_METRICS = ("psnr", "ssim", "colorfulness")
 MIN_VALIDATIONS_FOR_SELECTION = 10
 SELECTION_PSNR_TOLERANCE_DB = 0.3
-SELECTION_RULE = (f"the last validated step whose PSNR is within {SELECTION_PSNR_TOLERANCE_DB} dB of the best "
-                  "validation PSNR so far and whose colorfulness is not above the ground truth's")
+SELECTION_RULE = (
+    f"the last validated step whose PSNR is within {SELECTION_PSNR_TOLERANCE_DB} dB of the best "
+    "validation PSNR so far and whose colorfulness is not above the ground truth's"
+)
 
 
 def selection_step(chosen: Optional[dict], best_psnr: Optional[float], metrics: dict) -> tuple[float, bool, bool]:
     """One validation under --model_selection best -> (the best PSNR so far, whether this step qualifies, whether
     it replaces the ``chosen`` one). See Validator.select."""
     best = max(best_psnr if best_psnr is not None else -math.inf, metrics["psnr"])
-    qualified = (metrics["psnr"] >= best - SELECTION_PSNR_TOLERANCE_DB
-                 and metrics["colorfulness"] <= metrics["colorfulness_truth"])
+    qualified = (
+        metrics["psnr"] >= best - SELECTION_PSNR_TOLERANCE_DB
+        and metrics["colorfulness"] <= metrics["colorfulness_truth"]
+    )
     take = qualified or chosen is None or (not chosen["qualified"] and metrics["psnr"] > chosen["psnr"])
     return best, qualified, take
 
@@ -50,12 +54,16 @@ def selection_cadence(validation_steps: int, first: int, last: int) -> int:
 def format_metrics(metrics: dict, step: int, output_dir: str) -> str:
     lines = [f"Validation after {step} steps on {metrics['num_images']} images (model exported to {output_dir}):"]
     if "validation_at_last_step" in metrics:
-        lines = [f"Exported the model of step {metrics['step']} of {step} to {output_dir} (--model_selection best: "
-                 f"{metrics['rule']}). Its validation on {metrics['num_images']} images:"]
-    lines += [f"  {'':<22}{'PSNR (dB)':>10}{'SSIM':>9}{'Colorfulness':>14}",
-              f"  {'model':<22}{metrics['psnr']:>10.2f}{metrics['ssim']:>9.4f}{metrics['colorfulness']:>14.2f}",
-              f"  {'gray (ab = 0)':<22}{metrics['psnr_gray']:>10.2f}{metrics['ssim_gray']:>9.4f}{0.0:>14.2f}",
-              f"  {'ground truth':<22}{'':>10}{'':>9}{metrics['colorfulness_truth']:>14.2f}"]
+        lines = [
+            f"Exported the model of step {metrics['step']} of {step} to {output_dir} (--model_selection best: "
+            f"{metrics['rule']}). Its validation on {metrics['num_images']} images:"
+        ]
+    lines += [
+        f"  {'':<22}{'PSNR (dB)':>10}{'SSIM':>9}{'Colorfulness':>14}",
+        f"  {'model':<22}{metrics['psnr']:>10.2f}{metrics['ssim']:>9.4f}{metrics['colorfulness']:>14.2f}",
+        f"  {'gray (ab = 0)':<22}{metrics['psnr_gray']:>10.2f}{metrics['ssim_gray']:>9.4f}{0.0:>14.2f}",
+        f"  {'ground truth':<22}{'':>10}{'':>9}{metrics['colorfulness_truth']:>14.2f}",
+    ]
     return "\n".join(lines)
 
 
@@ -63,8 +71,17 @@ class Validator:
     """Validates the live networks on the first held-out images and, under --model_selection best, keeps the
     chosen step's export in ``<output_dir>/selected_model``."""
 
-    def __init__(self, accelerator, task, config, progress, tracker, validation_set, validation_loader,
-                 export: Callable[[str, dict], None]):
+    def __init__(
+        self,
+        accelerator,
+        task,
+        config,
+        progress,
+        tracker,
+        validation_set,
+        validation_loader,
+        export: Callable[[str, dict], None],
+    ):
         self.accelerator, self.task, self.config, self.progress = accelerator, task, config, progress
         self.tracker = tracker
         self.validation_set, self.loader = validation_set, validation_loader
@@ -93,9 +110,12 @@ class Validator:
             metrics["selected_step"] = self.progress.selection["step"] if self.progress.selection else float("nan")
         self._log_grid(*first_batch)
         step = self.progress.global_step
-        self.tracker.track({f"validation/{key}": value for key, value in metrics.items() if not math.isnan(value)}, step)
-        self.tracker.log(f"step {step}: validation " +
-                         ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "num_images"))
+        self.tracker.track(
+            {f"validation/{key}": value for key, value in metrics.items() if not math.isnan(value)}, step
+        )
+        self.tracker.log(
+            f"step {step}: validation " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "num_images")
+        )
         return metrics
 
     def _broadcast_buffers(self) -> None:
@@ -114,8 +134,9 @@ class Validator:
         first_batch = None
         for batch in self.loader:
             truth = batch_to_rgb(batch, accelerator.device)
-            values, prediction, predicted_ab = measure(colorizer, truth, batch["index"], VALIDATION_SEED,
-                                                       VALIDATION_METRICS)
+            values, prediction, predicted_ab = measure(
+                colorizer, truth, batch["index"], VALIDATION_SEED, VALIDATION_METRICS
+            )
             lightness, ab = color.rgb_to_normalized_lab(truth)
             values.update(task.validation_losses(lightness, ab, predicted_ab))
             if self.reference is None:
@@ -147,10 +168,15 @@ class Validator:
         progress.best_validation_psnr = best
         if not take:
             return
-        progress.selection = {**metrics, "step": step, "qualified": qualified, "best_psnr_so_far": best,
-                              "rule": SELECTION_RULE + ("" if qualified else " (no step qualified: best PSNR overall)"),
-                              # evaluate.py leaves these out: a model is not scored on what chose it
-                              "images": split_hashes(self.validation_set)[:len(self.loader.dataset)]}
+        progress.selection = {
+            **metrics,
+            "step": step,
+            "qualified": qualified,
+            "best_psnr_so_far": best,
+            "rule": SELECTION_RULE + ("" if qualified else " (no step qualified: best PSNR overall)"),
+            # evaluate.py leaves these out: a model is not scored on what chose it
+            "images": split_hashes(self.validation_set)[: len(self.loader.dataset)],
+        }
         if self.accelerator.is_main_process:
             # exported beside the previous choice and swapped in: a crash leaves one whole export or none
             folder = self.selected_dir
@@ -183,9 +209,11 @@ class Validator:
         if config.model_selection == "best" and progress.selection and not use_selected:
             # The chosen step's weights are gone (a crash while they were exported): export the weights there
             # are, under their own step's label and metrics, never under the chosen step's.
-            self.tracker.log(f"warning: the export of the chosen step {progress.selection['step']} "
-                             f"({self.selected_dir}) is missing or incomplete; exporting the last step "
-                             f"({progress.global_step}) instead")
+            self.tracker.log(
+                f"warning: the export of the chosen step {progress.selection['step']} "
+                f"({self.selected_dir}) is missing or incomplete; exporting the last step "
+                f"({progress.global_step}) instead"
+            )
             progress.selection = None
         if use_selected:
             chosen = {k: v for k, v in progress.selection.items() if k != "images"}

@@ -1,4 +1,4 @@
-"""The web demo's screenshot in docs/colorize-and-demo.md: start it on real models, colorize one photo, take the picture.
+"""The web demo's screenshot (docs/colorize-and-demo.md): start it on real models, colorize a photo, take the picture.
 
     python docs/demo_screenshot.py --models results/cpu-small/models/cnn results/cpu-small/models/gan \\
         results/cpu-small/models/diffusion --names CNN GAN Diffusion --output docs/demo.png
@@ -34,8 +34,17 @@ def main() -> None:
     with socket.socket() as probe:  # a free port
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "colorization.demo", "--models", *args.models, "--port", str(port),
-               "--device", "cpu"] + (["--names", *args.names] if args.names else [])
+    command = [
+        sys.executable,
+        "-m",
+        "colorization.demo",
+        "--models",
+        *args.models,
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+    ] + (["--names", *args.names] if args.names else [])
     demo = subprocess.Popen(command, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
     try:
         url = f"http://127.0.0.1:{port}"
@@ -48,8 +57,9 @@ def main() -> None:
                     sys.exit("the demo stopped before serving its page")
                 time.sleep(0.5)
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=shutil.which("chromium"),
-                                                 args=["--no-sandbox", "--disable-gpu"])
+            browser = playwright.chromium.launch(
+                executable_path=shutil.which("chromium"), args=["--no-sandbox", "--disable-gpu"]
+            )
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.goto(url)
             page.locator("#upload input[type=file]").set_input_files(args.photo)

@@ -23,23 +23,51 @@ AFHQ_DIR = ROOT.parent / "shared" / "data" / "afhq_cat"
 TINY_DATA = ["--resolution", "32", "--embedded_num_images", "256", "--dataloader_num_workers", "0"]
 TINY_CNN = ["--no-pretrained_backbone", "--train_batch_size", "8", "--eval_batch_size", "16"]
 TINY_GAN = ["--lambda_perceptual", "0", "--base_channels", "16", "--train_batch_size", "8", "--eval_batch_size", "16"]
-TINY_DIFFUSION = ["--unet_preset", "small", "--block_out_channels", "16,32", "--attention_levels", "1",
-                  "--train_batch_size", "8", "--eval_batch_size", "8", "--validation_images", "8",
-                  "--validation_inference_steps", "3", "--lr_warmup_steps", "0"]
+TINY_DIFFUSION = [
+    "--unet_preset",
+    "small",
+    "--block_out_channels",
+    "16,32",
+    "--attention_levels",
+    "1",
+    "--train_batch_size",
+    "8",
+    "--eval_batch_size",
+    "8",
+    "--validation_images",
+    "8",
+    "--validation_inference_steps",
+    "3",
+    "--lr_warmup_steps",
+    "0",
+]
 # 12 steps; checkpoints every 4 (two kept), validation every 6; the GAN exports its best validated step
-SESSION_RUN = ["--max_train_steps", "12", "--checkpointing_steps", "4", "--validation_steps", "6",
-               "--logging_steps", "2", "--checkpoints_total_limit", "2"]
+SESSION_RUN = [
+    "--max_train_steps",
+    "12",
+    "--checkpointing_steps",
+    "4",
+    "--validation_steps",
+    "6",
+    "--logging_steps",
+    "2",
+    "--checkpoints_total_limit",
+    "2",
+]
 
 
 def run_command(args, env=None, timeout=600, check=True):
     """Run a command from the repository root; on failure show its output. ``env`` values of None unset."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env = {key: value for key, value in full_env.items() if value is not None}
-    result = subprocess.run([str(a) for a in args], cwd=ROOT, env=full_env, capture_output=True, text=True,
-                            timeout=timeout)
+    result = subprocess.run(
+        [str(a) for a in args], cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, args))} exited {result.returncode}\n"
-                             f"--- stdout ---\n{result.stdout[-6000:]}\n--- stderr ---\n{result.stderr[-6000:]}")
+        raise AssertionError(
+            f"{' '.join(map(str, args))} exited {result.returncode}\n"
+            f"--- stdout ---\n{result.stdout[-6000:]}\n--- stderr ---\n{result.stderr[-6000:]}"
+        )
     return result
 
 
@@ -47,8 +75,17 @@ def accelerate_launch(script, args, num_processes=1, env=None, check=True, timeo
     """`accelerate launch` a script; two processes on CPU need ACCELERATE_USE_CPU=1 and --multi_gpu."""
     launch = [sys.executable, "-m", "accelerate.commands.launch"]
     if num_processes > 1:
-        launch += ["--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1",
-                   "--dynamo_backend", "no", "--main_process_port", "0"]
+        launch += [
+            "--multi_gpu",
+            "--num_processes",
+            str(num_processes),
+            "--num_machines",
+            "1",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            "0",
+        ]
         env = {"ACCELERATE_USE_CPU": "1", **(env or {})}
     else:
         launch += ["--config_file", "accelerate_config.yaml"]

@@ -33,8 +33,15 @@ def main():
         digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
     rank = trainer.accelerator.process_index
     with open(os.path.join(probe_dir, f"rank_{rank}.json"), "w") as handle:
-        json.dump({"rank": rank, "num_processes": trainer.accelerator.num_processes,
-                   "epoch_and_index": seen_indices, "weights_sha256": digest.hexdigest()}, handle)
+        json.dump(
+            {
+                "rank": rank,
+                "num_processes": trainer.accelerator.num_processes,
+                "epoch_and_index": seen_indices,
+                "weights_sha256": digest.hexdigest(),
+            },
+            handle,
+        )
     trainer.accelerator.end_training()
 
 

@@ -23,4 +23,4 @@ class DivergingOnOneProcess(CNNTask):
 if __name__ == "__main__":
     position = sys.argv.index("--nan_at_step")
     DivergingOnOneProcess.nan_at_step = int(sys.argv[position + 1])
-    main(DivergingOnOneProcess, sys.argv[1:position] + sys.argv[position + 2:])
+    main(DivergingOnOneProcess, sys.argv[1:position] + sys.argv[position + 2 :])

@@ -25,6 +25,6 @@ if __name__ == "__main__":
     model = sys.argv.pop(1)
     position = sys.argv.index("--kill_at_step")
     KILL_AT_STEP = int(sys.argv[position + 1])
-    del sys.argv[position:position + 2]
+    del sys.argv[position : position + 2]
     accelerate.accelerator.save_accelerator_state = save_then_die
     main(TRAINING_TASKS[model])

@@ -25,12 +25,15 @@ def test_lab_to_rgb_matches_scikit_image_inside_the_gamut():
     assert torch.allclose(color.lab_to_rgb(lab), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("rgb, lab", [
-    ((1.0, 1.0, 1.0), (100.0, 0.0, 0.0)),
-    ((0.0, 0.0, 0.0), (0.0, 0.0, 0.0)),
-    ((1.0, 0.0, 0.0), (53.2408, 80.0925, 67.2032)),  # textbook sRGB red under D65
-    ((0.0, 0.0, 1.0), (32.2970, 79.1875, -107.8602)),
-])
+@pytest.mark.parametrize(
+    "rgb, lab",
+    [
+        ((1.0, 1.0, 1.0), (100.0, 0.0, 0.0)),
+        ((0.0, 0.0, 0.0), (0.0, 0.0, 0.0)),
+        ((1.0, 0.0, 0.0), (53.2408, 80.0925, 67.2032)),  # textbook sRGB red under D65
+        ((0.0, 0.0, 1.0), (32.2970, 79.1875, -107.8602)),
+    ],
+)
 def test_known_colors(rgb, lab):
     got = color.rgb_to_lab(torch.tensor(rgb, dtype=torch.float64).view(1, 3, 1, 1)).flatten()
     # 1e-2: the standard sRGB matrix's rows do not sum exactly to the D65 white (white has a, b ~ 0.005)

@@ -5,6 +5,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import run_command, run_in_process
 from diffusers import DDPMScheduler
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
@@ -14,7 +15,6 @@ from colorization.colorizer import save_export_config, save_module_weights
 from colorization.models.cnn import ResNetColorizer
 from colorization.models.diffusion import LabColorizationPipeline, LabConditionedUNet
 from colorization.models.gan import UNetGenerator
-from conftest import run_command, run_in_process
 
 
 @pytest.fixture(scope="module")
@@ -23,14 +23,16 @@ def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("exported")
     torch.manual_seed(0)
     for model_type, network, architecture in (
-            ("cnn", ResNetColorizer(), {}),
-            ("gan", UNetGenerator(32, "ab", 8), {"resolution": 32, "output_space": "ab", "base_channels": 8})):
+        ("cnn", ResNetColorizer(), {}),
+        ("gan", UNetGenerator(32, "ab", 8), {"resolution": 32, "output_space": "ab", "base_channels": 8}),
+    ):
         save_module_weights(str(root / model_type), network, model_type)
         save_export_config(str(root / model_type), model_type, architecture, 32)
     unet = LabConditionedUNet(sample_size=32, block_out_channels=(32, 32), layers_per_block=1, attention_levels=())
     LabColorizationPipeline(unet, DDPMScheduler(num_train_timesteps=1000)).save_pretrained(root / "diffusion")
-    save_export_config(str(root / "diffusion"), "diffusion", {}, 32, {"sampling": {"scheduler": "ddim",
-                                                                                   "num_inference_steps": 3}})
+    save_export_config(
+        str(root / "diffusion"), "diffusion", {}, 32, {"sampling": {"scheduler": "ddim", "num_inference_steps": 3}}
+    )
     return root
 
 
@@ -58,7 +60,9 @@ def test_every_model_type_keeps_size_aspect_and_lightness(models, model_type):
 def test_every_mode(models, mode):
     colorizer = load_colorizer(str(models / "cnn"), device="cpu")
     base = _photo(24, 18)
-    image = Image.fromarray(np.asarray(base.convert("L"), dtype=np.uint16) * 257) if mode == "I;16" else base.convert(mode)
+    image = (
+        Image.fromarray(np.asarray(base.convert("L"), dtype=np.uint16) * 257) if mode == "I;16" else base.convert(mode)
+    )
     result = colorizer.colorize(image)
     assert result.size == (24, 18)
     assert result.mode == ("RGBA" if mode in ("LA", "RGBA") else "RGB")
@@ -100,9 +104,27 @@ def test_command_line_end_to_end_with_bad_files(models, tmp_path):
     write_bad_images(folder / "bad")  # truncated, empty, and a decompression bomb
     single = tmp_path / "single.png"
     _photo(5, 9).save(single)
-    args = [sys.executable, "-m", "colorization", "--model", models / "diffusion", folder, single,
-            "--output_dir", tmp_path / "out", "--device", "cpu", "--batch_size", "2", "--num_inference_steps", "2",
-            "--scheduler", "dpm", "--seed", "1"]
+    args = [
+        sys.executable,
+        "-m",
+        "colorization",
+        "--model",
+        models / "diffusion",
+        folder,
+        single,
+        "--output_dir",
+        tmp_path / "out",
+        "--device",
+        "cpu",
+        "--batch_size",
+        "2",
+        "--num_inference_steps",
+        "2",
+        "--scheduler",
+        "dpm",
+        "--seed",
+        "1",
+    ]
     result = run_command(args, check=False)
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -121,8 +143,20 @@ def test_command_line_never_overwrites_an_input(models, tmp_path):
     source = tmp_path / "photo.png"
     _photo(8, 8).save(source)
     before = source.read_bytes()
-    run_command([sys.executable, "-m", "colorization", "--model", models / "cnn", source, "--output_dir", tmp_path,
-                 "--device", "cpu"])  # the output folder is the input's own folder
+    run_command(
+        [
+            sys.executable,
+            "-m",
+            "colorization",
+            "--model",
+            models / "cnn",
+            source,
+            "--output_dir",
+            tmp_path,
+            "--device",
+            "cpu",
+        ]
+    )  # the output folder is the input's own folder
     assert source.read_bytes() == before
     assert Image.open(tmp_path / "photo_colorized.png").size == (8, 8)
 
@@ -143,8 +177,12 @@ def _psd(width, height):
     import struct
 
     planes = np.random.default_rng(1).integers(60, 200, (3, height, width), dtype=np.uint8)
-    return (b"8BPS" + struct.pack(">H6xHIIHH", 1, 3, height, width, 8, 3) + struct.pack(">IIIH", 0, 0, 0, 0)
-            + planes.tobytes())
+    return (
+        b"8BPS"
+        + struct.pack(">H6xHIIHH", 1, 3, height, width, 8, 3)
+        + struct.pack(">IIIH", 0, 0, 0, 0)
+        + planes.tobytes()
+    )
 
 
 def test_inputs_named_alike_never_share_an_output_and_nothing_is_overwritten(models, tmp_path, capsys):
@@ -157,8 +195,13 @@ def test_inputs_named_alike_never_share_an_output_and_nothing_is_overwritten(mod
     _photo(8, 8, 3).convert("RGBA").save(tmp_path / "b" / "shape.png")
     _photo(8, 8, 4).convert("RGBA").save(tmp_path / "b" / "shape.webp", lossless=True)
     out = tmp_path / "out"
-    inputs = [tmp_path / "a" / "x.png", tmp_path / "b" / "x.png", tmp_path / "b" / "layers.psd",
-              tmp_path / "b" / "shape.png", tmp_path / "b" / "shape.webp"]
+    inputs = [
+        tmp_path / "a" / "x.png",
+        tmp_path / "b" / "x.png",
+        tmp_path / "b" / "layers.psd",
+        tmp_path / "b" / "shape.png",
+        tmp_path / "b" / "shape.webp",
+    ]
     args = ["--model", models / "cnn", *inputs, "--output_dir", out, "--device", "cpu"]
     code, printed, _ = run_in_process(main, args, capsys)
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
@@ -183,8 +226,11 @@ def test_a_file_that_cannot_be_written_is_one_line_and_the_rest_go_on(models, tm
         _photo(8, 8).save(tmp_path / f"{name}.png")
     out = tmp_path / "out"
     (out / "one.png").mkdir(parents=True)  # a folder where the output file should go: it cannot be written
-    code, printed, error = run_in_process(main, ["--model", models / "gan", tmp_path / "one.png", tmp_path / "two.png",
-                                                 "--output_dir", out, "--overwrite"], capsys)
+    code, printed, error = run_in_process(
+        main,
+        ["--model", models / "gan", tmp_path / "one.png", tmp_path / "two.png", "--output_dir", out, "--overwrite"],
+        capsys,
+    )
     lines = [line for line in error.splitlines() if line.startswith("error:")]
     assert code == 1 and len(lines) == 1 and "one.png" in lines[0] and "Traceback" not in error
     assert "1 image(s) colorized" in error and (out / "two.png").is_file()

@@ -6,11 +6,17 @@ import pytest
 import torch
 from PIL import Image
 
-from colorization.data import (ColorizationImages, DataConfig, EpochShuffleSampler, batch_to_rgb, build_datasets,
-                               collate, load_splits)
-from colorization.images import decode_image, to_rgb
+from colorization.data import (
+    DataConfig,
+    EpochShuffleSampler,
+    batch_to_rgb,
+    build_datasets,
+    collate,
+    load_splits,
+)
 from colorization.embedded import draw_scene, generate_images
 from colorization.errors import ColorizationError
+from colorization.images import decode_image, to_rgb
 
 
 def _embedded(**overrides):
@@ -147,7 +153,8 @@ def write_bad_images(folder, tag=b""):
 
     buffer = io.BytesIO()
     Image.fromarray(np.random.default_rng(len(tag)).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
-        buffer, format="JPEG")
+        buffer, format="JPEG"
+    )
     (folder / "truncated.jpg").write_bytes(buffer.getvalue()[:600] + tag)
     (folder / "empty.jpg").write_bytes(b"")
 
@@ -156,8 +163,9 @@ def write_bad_images(folder, tag=b""):
 
     # 20000 x 10000 one-bit pixels: more than twice Image.MAX_IMAGE_PIXELS, so opening it raises
     header = struct.pack(">IIBBBBB", 20000, 10000, 1, 0, 0, 0, 0)
-    (folder / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"tEXt", b"c\x00" + tag)
-                                      + chunk(b"IEND", b""))
+    (folder / "bomb.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"tEXt", b"c\x00" + tag) + chunk(b"IEND", b"")
+    )
 
 
 def test_bad_files_are_named_unreadable_bombs_included(tmp_path):
@@ -210,7 +218,9 @@ def test_label_filter_keeps_one_class_of_a_hub_style_data_set():
 
     from colorization.data import _filter_label
 
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog", "wild"])})
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog", "wild"])}
+    )
     images = [Image.new("RGB", (4, 4), (i * 20, 0, 0)) for i in range(6)]
     split = datasets.Dataset.from_dict({"image": images, "label": [0, 1, 2, 0, 2, 0]}, features=features)
     kept = _filter_label(split, DataConfig(dataset_name="huggan/AFHQ", label_filter="cat"))

@@ -14,10 +14,10 @@ import urllib.request
 
 import numpy as np
 import pytest
+from conftest import ROOT, run_command, run_in_process
 from PIL import Image
 
 from colorization import color
-from conftest import ROOT, run_command, run_in_process
 
 CAT = ROOT / "colorization" / "demo_examples" / "cat_chelsea.jpg"  # a real cat photo, CC0
 ARTIFACTS = ROOT / "test-artifacts"
@@ -38,8 +38,10 @@ def models(cnn_run, gan_run, diffusion_run):
 def _browser():
     found = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if found is None:
-        message = ("no Chromium for the browser test: install one (Debian/Ubuntu: apt-get install chromium) "
-                   "and pip install -e '.[dev]' for Playwright")
+        message = (
+            "no Chromium for the browser test: install one (Debian/Ubuntu: apt-get install chromium) "
+            "and pip install -e '.[dev]' for Playwright"
+        )
         if os.environ.get("COLORIZATION_REQUIRE_BROWSER") == "1":
             pytest.fail(message)
         pytest.skip(message)
@@ -52,9 +54,27 @@ def demo_url(models, tmp_path_factory):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     log = open(tmp_path_factory.mktemp("demo") / "demo.log", "w")
-    process = subprocess.Popen([sys.executable, "-m", "colorization.demo", "--models", *models, "--names", "CNN",
-                                "GAN", "Diffusion", "--port", str(port), "--device", "cpu"], cwd=ROOT, stdout=log,
-                               stderr=subprocess.STDOUT, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "colorization.demo",
+            "--models",
+            *models,
+            "--names",
+            "CNN",
+            "GAN",
+            "Diffusion",
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+        ],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"},
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -63,7 +83,7 @@ def demo_url(models, tmp_path_factory):
             break
         except OSError:
             if process.poll() is not None:
-                raise AssertionError(f"the demo stopped: {open(log.name).read()[-3000:]}")
+                raise AssertionError(f"the demo stopped: {open(log.name).read()[-3000:]}") from None
             time.sleep(0.5)
     else:
         process.kill()
@@ -81,9 +101,17 @@ def test_the_page_colorizes_a_cat_with_every_model_and_reports_a_broken_file(dem
     truncated.write_bytes(CAT.read_bytes()[:3000])
     photo = Image.open(CAT)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
+        browser = playwright.chromium.launch(
+            executable_path=executable,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
         page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
         page.goto(demo_url)
         page.locator("#upload input[type=file]").set_input_files(str(CAT))
@@ -116,16 +144,34 @@ def test_the_demo_gives_the_same_pixels_as_the_command_line(models, tmp_path, in
     Image.open(CAT).convert("RGB").crop((100, 50, 260, 170)).save(source)
     demo = Demo([models[index]], ["model"], "cpu")
     results, _ = demo.colorize(Image.open(source), sampler="dpm", steps=3, seed=5)
-    code, _, error = run_in_process(main, ["--model", models[index], source, "--output_dir", tmp_path / "cli",
-                                           "--device", "cpu", "--scheduler", "dpm", "--num_inference_steps", "3",
-                                           "--seed", "5"], capsys)
+    code, _, error = run_in_process(
+        main,
+        [
+            "--model",
+            models[index],
+            source,
+            "--output_dir",
+            tmp_path / "cli",
+            "--device",
+            "cpu",
+            "--scheduler",
+            "dpm",
+            "--num_inference_steps",
+            "3",
+            "--seed",
+            "5",
+        ],
+        capsys,
+    )
     assert code == 0, error
     cli = np.asarray(Image.open(tmp_path / "cli" / "photo.png"))  # PNG: lossless, the array before encoding
     assert np.array_equal(np.asarray(results["model"]), cli)
 
 
 def test_a_model_folder_that_does_not_load_stops_the_start(tmp_path, models):
-    result = run_command([sys.executable, "-m", "colorization.demo", "--models", models[0], tmp_path,
-                          "--names", "CNN", "Broken"], check=False)  # a folder, but no model in it
+    result = run_command(
+        [sys.executable, "-m", "colorization.demo", "--models", models[0], tmp_path, "--names", "CNN", "Broken"],
+        check=False,
+    )  # a folder, but no model in it
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: model 'Broken'")

@@ -4,6 +4,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_DATA, TINY_DIFFUSION, accelerate_launch, assert_same_weights, train_in_process
 from diffusers import DDPMScheduler
 from PIL import Image
 from safetensors.torch import load_file
@@ -11,11 +12,15 @@ from safetensors.torch import load_file
 from colorization import color, load_colorizer
 from colorization.data import DataConfig
 from colorization.errors import ColorizationError
-from colorization.models.diffusion import (SAMPLERS, LabColorizationPipeline, LabConditionedUNet, colorizer_from_parts,
-                                           make_sampler)
+from colorization.models.diffusion import (
+    SAMPLERS,
+    LabColorizationPipeline,
+    LabConditionedUNet,
+    colorizer_from_parts,
+    make_sampler,
+)
 from colorization.tasks.diffusion import DiffusionConfig, DiffusionTask
-from colorization.training import Trainer, TrainConfig
-from conftest import TINY_DATA, TINY_DIFFUSION, accelerate_launch, assert_same_weights, train_in_process
+from colorization.training import TrainConfig, Trainer
 
 # 16 px, two levels: a thousand DDPM steps take seconds
 TINY_UNET = dict(sample_size=16, block_out_channels=(16, 32), layers_per_block=1, attention_levels=(1,))
@@ -63,8 +68,10 @@ class _RecordingUNet(torch.nn.Module):
 
 
 def _task(tmp_path, **config):
-    task = DiffusionTask(DiffusionConfig(unet_preset="small", block_out_channels="16,32", attention_levels="",
-                                         ab_scale=3.0, **config), 32)
+    task = DiffusionTask(
+        DiffusionConfig(unet_preset="small", block_out_channels="16,32", attention_levels="", ab_scale=3.0, **config),
+        32,
+    )
     trainer = Trainer(task, TrainConfig(output_dir=str(tmp_path), report_to="none"), DataConfig(resolution=32))
     trainer._prepare_models(max_steps=4)
     return task, trainer
@@ -86,7 +93,7 @@ def test_training_step_targets_exactly_the_noise_added_at_the_predicted_timestep
     task.noise_scheduler.add_noise = recording_add_noise
     lightness, ab = color.rgb_to_normalized_lab(torch.rand(4, 3, 32, 32))
     logs = task.training_step(trainer, lightness, ab)
-    (original, noise, timesteps), = added
+    ((original, noise, timesteps),) = added
     noisy, seen_timesteps, seen_lightness = recorder.calls[0]
     x0 = ab * 3.0  # the diffused variable is the scaled ab
     torch.testing.assert_close(original, x0)
@@ -94,13 +101,17 @@ def test_training_step_targets_exactly_the_noise_added_at_the_predicted_timestep
     alpha_bar = task.noise_scheduler.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
     torch.testing.assert_close(noisy, alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise)
     # independent of the scheduler's own helpers: epsilon -> the noise; v -> sqrt(a) * noise - sqrt(1 - a) * x0
-    expected = {"epsilon": noise, "sample": x0,
-                "v_prediction": alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x0}[prediction_type]
+    expected = {"epsilon": noise, "sample": x0, "v_prediction": alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x0}[
+        prediction_type
+    ]
     per_image = expected.pow(2).mean(dim=(1, 2, 3))
     if snr_gamma is not None:  # min-SNR-5 (Hang et al. 2023), written out
         snr = (alpha_bar / (1 - alpha_bar)).flatten()
-        weight = {"epsilon": snr.clamp(max=5) / snr, "v_prediction": snr.clamp(max=5) / (snr + 1),
-                  "sample": snr.clamp(max=5)}[prediction_type]
+        weight = {
+            "epsilon": snr.clamp(max=5) / snr,
+            "v_prediction": snr.clamp(max=5) / (snr + 1),
+            "sample": snr.clamp(max=5),
+        }[prediction_type]
         per_image = per_image * weight
     torch.testing.assert_close(logs["loss"], per_image.mean(), rtol=1e-5, atol=1e-6)
 
@@ -115,7 +126,9 @@ def test_ab_scale_is_measured_on_the_training_images_and_kept_in_the_checkpoint(
 
     output, _ = diffusion_run
     train, _ = build_datasets(DataConfig(resolution=32, embedded_num_images=256, dataloader_num_workers=0), 0)
-    rgb = torch.stack([torch.from_numpy(np.asarray(train.images[i]["pixels"])) for i in range(len(train))]).float() / 255
+    rgb = (
+        torch.stack([torch.from_numpy(np.asarray(train.images[i]["pixels"])) for i in range(len(train))]).float() / 255
+    )
     expected = 1 / float(color.rgb_to_normalized_lab(rgb)[1].std())
     exported = json.loads((output / "unet" / "config.json").read_text())["ab_scale"]
     assert exported == pytest.approx(expected, rel=1e-2) and 2 < exported < 8  # embedded ab std is about 0.25
@@ -164,8 +177,11 @@ def test_every_sampler_clips_the_clean_estimate_to_the_data_range(prediction_typ
         def forward(self, noisy, timestep, lightness):
             alpha = sampler.alphas_cumprod[timestep]
             noise = (noisy - alpha.sqrt() * clean) / (1 - alpha).sqrt()
-            return {"epsilon": noise, "sample": clean,
-                    "v_prediction": alpha.sqrt() * noise - (1 - alpha).sqrt() * clean}[prediction_type]
+            return {
+                "epsilon": noise,
+                "sample": clean,
+                "v_prediction": alpha.sqrt() * noise - (1 - alpha).sqrt() * clean,
+            }[prediction_type]
 
     pipeline = LabColorizationPipeline(Overshooting(**TINY_UNET, ab_scale=2.0), sampler)
     pipeline.set_progress_bar_config(disable=True)
@@ -193,8 +209,9 @@ def test_a_sampler_is_the_same_built_in_memory_and_after_loading(tmp_path):
         in_memory.set_timesteps(20)
         reloaded.set_timesteps(20)
         assert torch.equal(in_memory.timesteps, reloaded.timesteps), name
-        assert {k: v for k, v in in_memory.config.items() if not k.startswith("_")} == \
-            {k: v for k, v in reloaded.config.items() if not k.startswith("_")}, name
+        assert {k: v for k, v in in_memory.config.items() if not k.startswith("_")} == {
+            k: v for k, v in reloaded.config.items() if not k.startswith("_")
+        }, name
 
 
 def test_diffusion_run_writes_safetensors_ema_checkpoints_logs_and_a_pipeline(diffusion_run):
@@ -202,8 +219,9 @@ def test_diffusion_run_writes_safetensors_ema_checkpoints_logs_and_a_pipeline(di
 
     output, _ = diffusion_run
     checkpoint = output / "checkpoints" / "checkpoint_12"
-    assert not list(checkpoint.glob("custom_checkpoint_*")) and [p.name for p in checkpoint.glob("*.pkl")] == \
-        ["random_states_0.pkl"]
+    assert not list(checkpoint.glob("custom_checkpoint_*")) and [p.name for p in checkpoint.glob("*.pkl")] == [
+        "random_states_0.pkl"
+    ]
     ema = load_file(checkpoint / "task_state.safetensors")
     state = json.loads((checkpoint / "task_state.json").read_text())
     assert state["ema"]["optimization_step"] == 12 and len(ema) > 0
@@ -223,15 +241,31 @@ def test_diffusion_run_writes_safetensors_ema_checkpoints_logs_and_a_pipeline(di
     torch.testing.assert_close(exported[name], ema["ema.0"])
     colorizer = load_colorizer(str(output), device="cpu", scheduler="dpm", num_inference_steps=5, seed=0)
     assert colorizer.model_type == "diffusion" and colorizer.colorize(Image.new("L", (19, 11), 128)).size == (19, 11)
-    assert json.loads((output / "colorizer.json").read_text())["sampling"] == {"scheduler": "dpm",
-                                                                               "num_inference_steps": 3}
+    assert json.loads((output / "colorizer.json").read_text())["sampling"] == {
+        "scheduler": "dpm",
+        "num_inference_steps": 3,
+    }
 
 
 def test_diffusion_resume_is_exact(tmp_path):
     # noise and timesteps come from the random state, so this checks that it is restored, and the EMA too
-    args = TINY_DATA + TINY_DIFFUSION + ["--output_dir", tmp_path, "--max_train_steps", "6",
-                                         "--checkpointing_steps", "3", "--validation_steps", "6",
-                                         "--checkpoints_total_limit", "none", "--no-initial_validation"]
+    args = (
+        TINY_DATA
+        + TINY_DIFFUSION
+        + [
+            "--output_dir",
+            tmp_path,
+            "--max_train_steps",
+            "6",
+            "--checkpointing_steps",
+            "3",
+            "--validation_steps",
+            "6",
+            "--checkpoints_total_limit",
+            "none",
+            "--no-initial_validation",
+        ]
+    )
     train_in_process(DiffusionTask, args)
     weights = tmp_path / "unet" / "diffusion_pytorch_model.safetensors"
     uninterrupted = load_file(weights)
@@ -244,20 +278,62 @@ def test_diffusion_resume_is_exact(tmp_path):
 def test_diffusion_beats_the_gray_baseline_on_the_embedded_data(tmp_path):
     # Predicting the clean ab (sample) learns in a CPU-sized budget; seen: 16.2 dB against 14.1 dB for gray
     # after 200 steps, sampled with DPM-Solver (20 steps, EMA weights).
-    metrics = train_in_process(DiffusionTask, [
-        "--resolution", "32", "--embedded_num_images", "256", "--dataloader_num_workers", "0", "--unet_preset",
-        "small", "--prediction_type", "sample", "--train_batch_size", "16", "--learning_rate", "1e-3",
-        "--lr_warmup_steps", "20", "--max_train_steps", "200", "--validation_steps", "200", "--output_dir", tmp_path,
-        "--report_to", "none", "--no-initial_validation"])
+    metrics = train_in_process(
+        DiffusionTask,
+        [
+            "--resolution",
+            "32",
+            "--embedded_num_images",
+            "256",
+            "--dataloader_num_workers",
+            "0",
+            "--unet_preset",
+            "small",
+            "--prediction_type",
+            "sample",
+            "--train_batch_size",
+            "16",
+            "--learning_rate",
+            "1e-3",
+            "--lr_warmup_steps",
+            "20",
+            "--max_train_steps",
+            "200",
+            "--validation_steps",
+            "200",
+            "--output_dir",
+            tmp_path,
+            "--report_to",
+            "none",
+            "--no-initial_validation",
+        ],
+    )
     assert metrics["psnr"] > metrics["psnr_gray"] + 1.0, metrics
 
 
 def test_two_processes_with_one_image_each_log_the_quartiles_without_hanging(tmp_path):
     # With one image per process, a timestep quartile is often present on one process and not the other:
     # the logger must still reduce the same values everywhere (it once could wait forever here).
-    accelerate_launch("train_diffusion.py", TINY_DATA + TINY_DIFFUSION + [
-        "--train_batch_size", "1", "--max_train_steps", "6", "--logging_steps", "3", "--validation_steps", "6",
-        "--no-initial_validation", "--output_dir", tmp_path], num_processes=2, timeout=300)
+    accelerate_launch(
+        "train_diffusion.py",
+        TINY_DATA
+        + TINY_DIFFUSION
+        + [
+            "--train_batch_size",
+            "1",
+            "--max_train_steps",
+            "6",
+            "--logging_steps",
+            "3",
+            "--validation_steps",
+            "6",
+            "--no-initial_validation",
+            "--output_dir",
+            tmp_path,
+        ],
+        num_processes=2,
+        timeout=300,
+    )
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(tmp_path / "logs" / "diffusion"))
@@ -275,5 +351,6 @@ def test_colorizer_from_parts_is_what_loading_an_export_gives(diffusion_run):
     assert torch.equal(loaded.predict_ab(lightness, [1, 2, 3]), built.predict_ab(lightness, [1, 2, 3]))
     # each image's colors depend on its own seed only, not on its batch
     # (up to float rounding, which depends on the batch size)
-    torch.testing.assert_close(loaded.predict_ab(lightness[1:2], [2]), loaded.predict_ab(lightness, [1, 2, 3])[1:2],
-                               rtol=0, atol=2e-4)
+    torch.testing.assert_close(
+        loaded.predict_ab(lightness[1:2], [2]), loaded.predict_ab(lightness, [1, 2, 3])[1:2], rtol=0, atol=2e-4
+    )

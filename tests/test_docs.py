@@ -35,7 +35,9 @@ ATX_HEADING = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?[ \t]*$")
 SETEXT_UNDERLINE = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
 CODE_SPAN = re.compile(r"(`+)(.+?)\1", re.S)
 # An inline link or image: "](target)" or "](target "title")", target optionally in <...>.
-INLINE_LINK = re.compile(r"\]\(\s*(<[^>\n]*>|[^\s()]*(?:\([^\s()]*\)[^\s()]*)*)(?:\s+(?:\"[^\"]*\"|'[^']*'|\([^)]*\)))?\s*\)")
+INLINE_LINK = re.compile(
+    r"\]\(\s*(<[^>\n]*>|[^\s()]*(?:\([^\s()]*\)[^\s()]*)*)(?:\s+(?:\"[^\"]*\"|'[^']*'|\([^)]*\)))?\s*\)"
+)
 REFERENCE_DEFINITION = re.compile(r"^ {0,3}\[[^\]]+\]:\s*(<[^>\n]*>|\S+)")
 HTML_LINK = re.compile(r"<(?:a|img)\b[^>]*?\s(?:href|src)\s*=\s*[\"']([^\"']*)[\"']", re.I)
 HTML_ANCHOR = re.compile(r"<[a-z][^>]*?\s(?:id|name)\s*=\s*[\"']([^\"']+)[\"']", re.I)
@@ -52,8 +54,12 @@ def prose_lines(text):
                 fence = match.group(1)
                 continue
             yield number, line
-        elif match and match.group(1)[0] == fence[0] and len(match.group(1)) >= len(fence) \
-                and not line.strip()[len(match.group(1)):].strip():
+        elif (
+            match
+            and match.group(1)[0] == fence[0]
+            and len(match.group(1)) >= len(fence)
+            and not line.strip()[len(match.group(1)) :].strip()
+        ):
             fence = None
 
 
@@ -89,13 +95,13 @@ def rendered_heading_text(raw):
         return f"\x00{len(spans) - 1}\x00"
 
     text = CODE_SPAN.sub(keep_code, raw)
-    text = re.sub(r"!\[([^\]]*)\]\([^)]*\)", r"\1", text)      # images: their alt text
-    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", text)       # links: their text
-    text = re.sub(r"\[([^\]]*)\]\[[^\]]*\]", r"\1", text)      # reference links
-    text = re.sub(r"<[^>]+>", "", text)                          # inline HTML tags
-    text = text.replace("*", "")                                 # emphasis
+    text = re.sub(r"!\[([^\]]*)\]\([^)]*\)", r"\1", text)  # images: their alt text
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", text)  # links: their text
+    text = re.sub(r"\[([^\]]*)\]\[[^\]]*\]", r"\1", text)  # reference links
+    text = re.sub(r"<[^>]+>", "", text)  # inline HTML tags
+    text = text.replace("*", "")  # emphasis
     text = re.sub(r"(?<![0-9A-Za-z])_+|_+(?![0-9A-Za-z])", "", text)  # _emphasis_, not snake_case
-    text = re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", text)          # backslash escapes
+    text = re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", text)  # backslash escapes
     return re.sub(r"\x00(\d+)\x00", lambda match: spans[int(match.group(1))], text)
 
 
@@ -143,16 +149,22 @@ def link_targets(path):
 # ---------------------------------------------------------------- the slug algorithm itself
 
 
-@pytest.mark.parametrize("heading, slug", [
-    ("Quick start", "quick-start"),
-    ("Web demo: the models side by side on your own photo", "web-demo-the-models-side-by-side-on-your-own-photo"),
-    ("Metric definitions, and which metric says what", "metric-definitions-and-which-metric-says-what"),
-    ("Several GPUs, several machines, several CPU processes", "several-gpus-several-machines-several-cpu-processes"),
-    ("Evaluation (`evaluate.py`): one table", "evaluation-evaluatepy-one-table"),
-    ("The `--model_selection` flag", "the---model_selection-flag"),
-    ("**Bold** and _emphasis_ and [a link](x.md)", "bold-and-emphasis-and-a-link"),
-    ("Δ PSNR ↑ vs gray", "δ-psnr--vs-gray"),
-])
+@pytest.mark.parametrize(
+    "heading, slug",
+    [
+        ("Quick start", "quick-start"),
+        ("Web demo: the models side by side on your own photo", "web-demo-the-models-side-by-side-on-your-own-photo"),
+        ("Metric definitions, and which metric says what", "metric-definitions-and-which-metric-says-what"),
+        (
+            "Several GPUs, several machines, several CPU processes",
+            "several-gpus-several-machines-several-cpu-processes",
+        ),
+        ("Evaluation (`evaluate.py`): one table", "evaluation-evaluatepy-one-table"),
+        ("The `--model_selection` flag", "the---model_selection-flag"),
+        ("**Bold** and _emphasis_ and [a link](x.md)", "bold-and-emphasis-and-a-link"),
+        ("Δ PSNR ↑ vs gray", "δ-psnr--vs-gray"),
+    ],
+)
 def test_github_slug(heading, slug):
     assert github_slug(rendered_heading_text(heading)) == slug
 
@@ -193,8 +205,10 @@ def test_relative_links_and_anchors_resolve(source):
             broken.append(f"{where} (no such file or folder)")
             continue
         if anchor and resolved.is_file() and resolved.suffix.lower() == ".md" and anchor not in anchors(resolved):
-            broken.append(f"{where} (no heading with anchor #{anchor} in {resolved.relative_to(ROOT)}; "
-                          f"anchors there: {sorted(anchors(resolved))})")
+            broken.append(
+                f"{where} (no heading with anchor #{anchor} in {resolved.relative_to(ROOT)}; "
+                f"anchors there: {sorted(anchors(resolved))})"
+            )
     assert not broken, "broken documentation links:\n" + "\n".join(broken)
     if source == README:
         assert checked > 0  # the parser found the README's links at all

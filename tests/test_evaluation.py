@@ -11,14 +11,23 @@ import urllib.error
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_DATA, accelerate_launch, run_command, run_in_process
 
 from colorization import color
 from colorization.data import DataConfig
 from colorization.errors import ColorizationError
 from colorization.evaluation import GRAY, MEAN_AB, TRUTH, EvaluationConfig, evaluate, load_lpips, summarize
-from colorization.metrics import (PSNR_CAP_DB, ab_bin_centres, ab_histogram, bootstrap_interval, colorfulness,
-                                  psnr_per_image, resample_counts, sliced_wasserstein, ssim_per_image)
-from conftest import TINY_DATA, accelerate_launch, run_command, run_in_process
+from colorization.metrics import (
+    PSNR_CAP_DB,
+    ab_bin_centres,
+    ab_histogram,
+    bootstrap_interval,
+    colorfulness,
+    psnr_per_image,
+    resample_counts,
+    sliced_wasserstein,
+    ssim_per_image,
+)
 
 
 def test_identical_images_score_perfectly():
@@ -60,8 +69,12 @@ def test_sliced_wasserstein_against_scipy_and_a_closed_form():
     points = rng.normal(0, 10, (300, 2))
     p, q = rng.random(300), rng.random(300)
     directions = 8
-    expected = np.mean([wasserstein_distance(points @ [np.cos(a), np.sin(a)], points @ [np.cos(a), np.sin(a)], p, q)
-                        for a in np.pi * np.arange(directions) / directions])
+    expected = np.mean(
+        [
+            wasserstein_distance(points @ [np.cos(a), np.sin(a)], points @ [np.cos(a), np.sin(a)], p, q)
+            for a in np.pi * np.arange(directions) / directions
+        ]
+    )
     assert sliced_wasserstein(p, q, points, directions) == pytest.approx(expected, rel=1e-9)
     # a distribution and its copy shifted by d: 2|d|/pi (the mean |cos| over the half circle), here |d| = 5
     shifted = np.concatenate((points, points + [3.0, 4.0]))
@@ -108,9 +121,11 @@ def test_paired_statistics_see_what_per_row_intervals_hide():
     model_colorfulness = truth_colorfulness + np.where(np.arange(200) % 2, 5.0, -5.0)
     histogram = np.zeros((200, len(ab_bin_centres())))
     histogram[:, 0] = 1
-    values = {"M": {"psnr": gray + 0.1, "colorfulness": model_colorfulness, "ab_histogram": histogram},
-              GRAY: {"psnr": gray, "colorfulness": np.zeros(200), "ab_histogram": histogram},
-              TRUTH: {"index": np.arange(200), "colorfulness": truth_colorfulness, "ab_histogram": histogram}}
+    values = {
+        "M": {"psnr": gray + 0.1, "colorfulness": model_colorfulness, "ab_histogram": histogram},
+        GRAY: {"psnr": gray, "colorfulness": np.zeros(200), "ab_histogram": histogram},
+        TRUTH: {"index": np.arange(200), "colorfulness": truth_colorfulness, "ab_histogram": histogram},
+    }
     summary = summarize(values, seed=0)
     low, high = summary["M"]["psnr_vs_gray"]["ci95"]
     assert summary["M"]["psnr_vs_gray"]["mean"] == pytest.approx(0.1) and high - low < 1e-9
@@ -137,15 +152,27 @@ def _embedded():
 
 
 def _evaluate(models, output, data, names=("CNN", "GAN"), **config):
-    options = {"metrics": "psnr,ssim,colorfulness,ab_distance", "output_dir": str(output), "batch_size": 5,
-               "grid_images": 4, "keep_selection_images": True, **config}
+    options = {
+        "metrics": "psnr,ssim,colorfulness,ab_distance",
+        "output_dir": str(output),
+        "batch_size": 5,
+        "grid_images": 4,
+        "keep_selection_images": True,
+        **config,
+    }
     return evaluate([str(models[n]) for n in names], list(names), EvaluationConfig(**options), data)
 
 
 def test_table_files_are_written_and_consistent(three_models, tmp_path):
     result = _evaluate(three_models, tmp_path / "eval", _embedded())
     out = tmp_path / "eval"
-    assert {p.name for p in out.iterdir()} >= {"table.md", "table.csv", "results.json", "per_image.csv", "comparison.png"}
+    assert {p.name for p in out.iterdir()} >= {
+        "table.md",
+        "table.csv",
+        "results.json",
+        "per_image.csv",
+        "comparison.png",
+    }
     summary = json.loads((out / "results.json").read_text())["summary"]
     assert list(summary) == ["CNN", "GAN", MEAN_AB, GRAY, TRUTH]
     rows = list(csv.DictReader(open(out / "per_image.csv")))
@@ -214,8 +241,9 @@ def test_a_model_is_not_scored_on_its_training_images(three_models, tmp_path):
     with pytest.raises(ColorizationError, match="among CNN's training images"):
         _evaluate(three_models, tmp_path / "eval", _embedded(), split="all")
     assert not (tmp_path / "eval").exists()
-    result = _evaluate(three_models, tmp_path / "eval", _embedded(), split="all", allow_training_images=True,
-                       max_images=40)
+    result = _evaluate(
+        three_models, tmp_path / "eval", _embedded(), split="all", allow_training_images=True, max_images=40
+    )
     assert any("TRAINING images" in note for note in result["settings"]["notes"])
     assert "TRAINING images" in (tmp_path / "eval" / "table.md").read_text()
 
@@ -234,9 +262,13 @@ def test_unreadable_images_are_dropped_and_counted(three_models, tmp_path):
     folder = tmp_path / "photos"
     _write_images(folder, 6)
     write_bad_images(folder, tag=b"eval")
-    result = _evaluate(three_models, tmp_path / "eval", DataConfig(train_data_dir=str(folder), resolution=32,
-                                                                   dataloader_num_workers=0), names=("CNN",),
-                       split="all")
+    result = _evaluate(
+        three_models,
+        tmp_path / "eval",
+        DataConfig(train_data_dir=str(folder), resolution=32, dataloader_num_workers=0),
+        names=("CNN",),
+        split="all",
+    )
     assert result["settings"]["num_images"] == 6 and result["settings"]["unreadable_images"] == 3
     assert "3 unreadable image(s) were left out" in (tmp_path / "eval" / "table.md").read_text()
     rows = list(csv.DictReader(open(tmp_path / "eval" / "per_image.csv")))
@@ -246,28 +278,55 @@ def test_unreadable_images_are_dropped_and_counted(three_models, tmp_path):
 def test_command_line_end_to_end_and_bad_input(three_models, tmp_path, capsys):
     from colorization.evaluation import main
 
-    args = ["--checkpoints", three_models["CNN"], three_models["GAN"], "--names", "CNN", "GAN", *TINY_DATA,
-            "--metrics", "psnr,ssim", "--max_images", "6", "--keep_selection_images", "--output_dir", tmp_path / "eval"]
+    args = [
+        "--checkpoints",
+        three_models["CNN"],
+        three_models["GAN"],
+        "--names",
+        "CNN",
+        "GAN",
+        *TINY_DATA,
+        "--metrics",
+        "psnr,ssim",
+        "--max_images",
+        "6",
+        "--keep_selection_images",
+        "--output_dir",
+        tmp_path / "eval",
+    ]
     result = run_command([sys.executable, "evaluate.py", *args])  # the real script, once
     assert "| CNN |" in result.stdout and "| Gray (ab = 0) |" in result.stdout
     code, _, error = run_in_process(main, ["--checkpoints", tmp_path / "nowhere"] + args[6:], capsys)
     assert code == 2 and "does not exist" in error and "Traceback" not in error
     (tmp_path / "not_a_model").mkdir()
-    code, _, error = run_in_process(main, ["--checkpoints", tmp_path / "not_a_model"] + args[6:] +
-                                    ["--output_dir", tmp_path / "x"], capsys)
+    code, _, error = run_in_process(
+        main, ["--checkpoints", tmp_path / "not_a_model"] + args[6:] + ["--output_dir", tmp_path / "x"], capsys
+    )
     assert code == 1 and "not an exported colorization model" in error
     assert not (tmp_path / "x").exists()  # nothing written on failure
     (tmp_path / "empty").mkdir()
-    code, _, error = run_in_process(main, args + ["--train_data_dir", tmp_path / "empty", "--output_dir",
-                                                  tmp_path / "y"], capsys)
+    code, _, error = run_in_process(
+        main, args + ["--train_data_dir", tmp_path / "empty", "--output_dir", tmp_path / "y"], capsys
+    )
     assert code == 1 and "no images" in error and not (tmp_path / "y").exists()
 
 
 def test_two_processes_give_the_same_table_as_one(three_models, tmp_path):
     # the diffusion model's noise is seeded per image, so sharding and batching do not change its colors
-    args = ["--checkpoints", three_models["CNN"], three_models["GAN"], three_models["Diffusion"], *TINY_DATA,
-            "--metrics", "psnr,ssim,colorfulness,ab_distance", "--batch_size", "5", "--num_inference_steps", "2",
-            "--keep_selection_images"]
+    args = [
+        "--checkpoints",
+        three_models["CNN"],
+        three_models["GAN"],
+        three_models["Diffusion"],
+        *TINY_DATA,
+        "--metrics",
+        "psnr,ssim,colorfulness,ab_distance",
+        "--batch_size",
+        "5",
+        "--num_inference_steps",
+        "2",
+        "--keep_selection_images",
+    ]
     run_command([sys.executable, "evaluate.py", *args, "--output_dir", tmp_path / "one"])
     accelerate_launch("evaluate.py", args + ["--batch_size", "3", "--output_dir", tmp_path / "two"], num_processes=2)
     one = json.loads((tmp_path / "one" / "results.json").read_text())
@@ -275,7 +334,10 @@ def test_two_processes_give_the_same_table_as_one(three_models, tmp_path):
     assert one["settings"]["num_images"] == two["settings"]["num_images"] == 26
     for row, metrics in one["summary"].items():
         for metric, stats in metrics.items():
-            assert two["summary"][row][metric]["mean"] == pytest.approx(stats["mean"], rel=1e-4, abs=1e-4), (row, metric)
+            assert two["summary"][row][metric]["mean"] == pytest.approx(stats["mean"], rel=1e-4, abs=1e-4), (
+                row,
+                metric,
+            )
 
 
 def test_an_evaluation_never_deletes_what_it_did_not_write(three_models, tmp_path, capsys):

@@ -3,6 +3,7 @@ import urllib.error
 
 import pytest
 import torch
+from conftest import TINY_DATA, TINY_GAN, accelerate_launch, train_in_process
 from safetensors.torch import load_file
 
 from colorization import color, load_colorizer
@@ -10,8 +11,7 @@ from colorization.data import DataConfig
 from colorization.errors import ColorizationError
 from colorization.models.gan import UNetGenerator
 from colorization.tasks.gan import GANConfig, GANTask, PatchDiscriminator, load_imagenet_vgg16_features
-from colorization.training import Trainer, TrainConfig
-from conftest import TINY_DATA, TINY_GAN, accelerate_launch, train_in_process
+from colorization.training import TrainConfig, Trainer
 
 
 @pytest.mark.parametrize("resolution, patches", [(64, 6), (128, 14), (256, 30)])
@@ -47,11 +47,19 @@ def test_resolution_that_cannot_work_is_refused_at_start(resolution):
 
 
 def _prepared_task(tmp_path, **config):
-    options = {"base_channels": 8, "lambda_perceptual": 0.0, "content_fraction": 0.0,
-               "discriminator_warmup_fraction": 0.0, **config}
+    options = {
+        "base_channels": 8,
+        "lambda_perceptual": 0.0,
+        "content_fraction": 0.0,
+        "discriminator_warmup_fraction": 0.0,
+        **config,
+    }
     task = GANTask(GANConfig(**options), 32)
-    trainer = Trainer(task, TrainConfig(output_dir=str(tmp_path), report_to="none", learning_rate=2e-4,
-                                        adam_beta1=0.5, max_grad_norm=None), DataConfig(resolution=32))
+    trainer = Trainer(
+        task,
+        TrainConfig(output_dir=str(tmp_path), report_to="none", learning_rate=2e-4, adam_beta1=0.5, max_grad_norm=None),
+        DataConfig(resolution=32),
+    )
     trainer._prepare_models(max_steps=10)
     return task, trainer
 
@@ -70,14 +78,17 @@ def test_one_adversarial_step_updates_both_networks(tmp_path):
     task, trainer = _prepared_task(tmp_path)
     before = {name: _parameters(model) for name, model in task.models.items()}
     logs = _step(task, trainer)
-    assert {"d_loss_real", "d_loss_fake", "d_real", "d_fake", "g_adversarial", "g_content", "loss", "phase"} <= set(logs)
+    assert {"d_loss_real", "d_loss_fake", "d_real", "d_fake", "g_adversarial", "g_content", "loss", "phase"} <= set(
+        logs
+    )
     for name, model in task.models.items():  # parameters only: batch-norm statistics move on any forward
         after = dict(model.named_parameters())
         assert any(not torch.equal(before[name][k], after[k]) for k in after), name
 
 
-@pytest.mark.parametrize("step, phase, trained", [(0, 0, {"generator"}), (4, 1, {"discriminator"}),
-                                                  (6, 2, {"generator", "discriminator"})])
+@pytest.mark.parametrize(
+    "step, phase, trained", [(0, 0, {"generator"}), (4, 1, {"discriminator"}), (6, 2, {"generator", "discriminator"})]
+)
 def test_warm_start_phases_train_the_right_networks(tmp_path, step, phase, trained):
     # 10 steps: content-only for 4 (40%), the discriminator alone for 1, then both
     task, trainer = _prepared_task(tmp_path, content_fraction=0.4, discriminator_warmup_fraction=0.1)
@@ -85,8 +96,11 @@ def test_warm_start_phases_train_the_right_networks(tmp_path, step, phase, train
     before = {name: _parameters(model) for name, model in task.models.items()}
     logs = _step(task, trainer)
     assert int(logs["phase"]) == phase
-    changed = {name for name, model in task.models.items()
-               if any(not torch.equal(before[name][k], v) for k, v in model.named_parameters())}
+    changed = {
+        name
+        for name, model in task.models.items()
+        if any(not torch.equal(before[name][k], v) for k, v in model.named_parameters())
+    }
     assert changed == trained
     assert torch.isnan(logs["g_adversarial"]) == (phase != 2) and torch.isnan(logs["d_real"]) == (phase == 0)
 
@@ -119,8 +133,10 @@ def test_perceptual_loss_plumbing_with_a_random_vgg(tmp_path, monkeypatch):
     # A randomly initialised VGG only checks the wiring; the real loss needs the ImageNet weights.
     from torchvision.models import vgg16
 
-    monkeypatch.setattr("colorization.tasks.gan.load_imagenet_vgg16_features",
-                        lambda: vgg16(weights=None).features[:16].eval().requires_grad_(False))
+    monkeypatch.setattr(
+        "colorization.tasks.gan.load_imagenet_vgg16_features",
+        lambda: vgg16(weights=None).features[:16].eval().requires_grad_(False),
+    )
     task, trainer = _prepared_task(tmp_path, lambda_perceptual=0.5, output_space="rgb")
     logs = _step(task, trainer)
     assert logs["g_perceptual"] > 0 and torch.isfinite(logs["loss"])
@@ -141,14 +157,33 @@ def test_gan_run_logs_every_term_and_exports_its_chosen_step(gan_run):
     output, result = gan_run
     checkpoint = output / "checkpoints" / "checkpoint_12"
     names = {p.name for p in checkpoint.iterdir()}
-    assert {"model.safetensors", "model_1.safetensors", "optimizer.bin", "optimizer_1.bin", "scheduler.bin",
-            "scheduler_1.bin"} <= names
+    assert {
+        "model.safetensors",
+        "model_1.safetensors",
+        "optimizer.bin",
+        "optimizer_1.bin",
+        "scheduler.bin",
+        "scheduler_1.bin",
+    } <= names
     events = EventAccumulator(str(output / "logs" / "gan"))
     events.Reload()
-    assert {"train/g_adversarial", "train/g_content", "train/d_loss_real", "train/d_loss_fake", "train/d_real",
-            "train/d_fake", "train/phase", "train/lr_generator", "train/lr_discriminator", "train/grad_norm_generator",
-            "train/grad_norm_discriminator", "validation/psnr", "validation/ssim", "validation/colorfulness",
-            "validation/selected_step"} <= set(events.Tags()["scalars"])
+    assert {
+        "train/g_adversarial",
+        "train/g_content",
+        "train/d_loss_real",
+        "train/d_loss_fake",
+        "train/d_real",
+        "train/d_fake",
+        "train/phase",
+        "train/lr_generator",
+        "train/lr_discriminator",
+        "train/grad_norm_generator",
+        "train/grad_norm_discriminator",
+        "validation/psnr",
+        "validation/ssim",
+        "validation/colorfulness",
+        "validation/selected_step",
+    } <= set(events.Tags()["scalars"])
     assert [e.value for e in events.Scalars("train/phase")][0] == 0 and events.Scalars("train/phase")[-1].value == 2
     lrs = [e.value for e in events.Scalars("train/lr_generator")]
     assert lrs[0] == pytest.approx(2e-4) and lrs[-1] < 1e-4  # constant, then linear decay
@@ -156,8 +191,13 @@ def test_gan_run_logs_every_term_and_exports_its_chosen_step(gan_run):
     assert len(events.Scalars("validation/psnr")) >= 11
     exported = json.loads((output / "colorizer.json").read_text())
     selection = exported["selection"]
-    assert exported["architecture"] == {"resolution": 32, "output_space": "ab", "base_channels": 16,
-                                        "upsampling": GANConfig().upsampling, "norm": GANConfig().generator_norm}
+    assert exported["architecture"] == {
+        "resolution": 32,
+        "output_space": "ab",
+        "base_channels": 16,
+        "upsampling": GANConfig().upsampling,
+        "norm": GANConfig().generator_norm,
+    }
     assert 1 <= selection["step"] <= 12 and "colorfulness" in selection["rule"] and len(selection["images"]) == 26
     psnr = {e.step: e.value for e in events.Scalars("validation/psnr")}
     assert selection["psnr"] == pytest.approx(psnr[selection["step"]], abs=1e-4)
@@ -169,9 +209,25 @@ def test_gan_run_logs_every_term_and_exports_its_chosen_step(gan_run):
 
 
 def test_gan_resume_is_exact(tmp_path):
-    args = TINY_DATA + TINY_GAN + ["--output_dir", tmp_path, "--max_train_steps", "8", "--checkpointing_steps", "4",
-                                   "--validation_steps", "8", "--checkpoints_total_limit", "none",
-                                   "--model_selection", "last", "--no-initial_validation"]
+    args = (
+        TINY_DATA
+        + TINY_GAN
+        + [
+            "--output_dir",
+            tmp_path,
+            "--max_train_steps",
+            "8",
+            "--checkpointing_steps",
+            "4",
+            "--validation_steps",
+            "8",
+            "--checkpoints_total_limit",
+            "none",
+            "--model_selection",
+            "last",
+            "--no-initial_validation",
+        ]
+    )
     train_in_process(GANTask, args)
     uninterrupted = load_file(tmp_path / "model.safetensors")
     for name in ("checkpoint_8",):
@@ -187,9 +243,27 @@ def test_gan_resume_is_exact(tmp_path):
 
 def test_rgb_output_space_end_to_end_in_bf16_with_accumulation(tmp_path):
     # also: both optimizers under bf16 autocast and gradient accumulation (2 batches per step)
-    accelerate_launch("train_gan.py", TINY_DATA + TINY_GAN + [
-        "--output_space", "rgb", "--output_dir", tmp_path, "--max_train_steps", "3", "--validation_steps", "3",
-        "--mixed_precision", "bf16", "--gradient_accumulation_steps", "2", "--model_selection", "last"])
+    accelerate_launch(
+        "train_gan.py",
+        TINY_DATA
+        + TINY_GAN
+        + [
+            "--output_space",
+            "rgb",
+            "--output_dir",
+            tmp_path,
+            "--max_train_steps",
+            "3",
+            "--validation_steps",
+            "3",
+            "--mixed_precision",
+            "bf16",
+            "--gradient_accumulation_steps",
+            "2",
+            "--model_selection",
+            "last",
+        ],
+    )
     assert json.loads((tmp_path / "run_config.json").read_text())["mixed_precision"] == "bf16"
     weights = load_file(tmp_path / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
@@ -201,19 +275,61 @@ def test_rgb_output_space_end_to_end_in_bf16_with_accumulation(tmp_path):
 
 
 def test_gan_beats_the_gray_baseline_on_the_embedded_data(tmp_path):
-    metrics = train_in_process(GANTask, [
-        "--resolution", "32", "--embedded_num_images", "256", "--dataloader_num_workers", "0",
-        "--lambda_perceptual", "0", "--base_channels", "32", "--train_batch_size", "16", "--max_train_steps", "150",
-        "--output_dir", tmp_path, "--report_to", "none", "--no-initial_validation"])
+    metrics = train_in_process(
+        GANTask,
+        [
+            "--resolution",
+            "32",
+            "--embedded_num_images",
+            "256",
+            "--dataloader_num_workers",
+            "0",
+            "--lambda_perceptual",
+            "0",
+            "--base_channels",
+            "32",
+            "--train_batch_size",
+            "16",
+            "--max_train_steps",
+            "150",
+            "--output_dir",
+            tmp_path,
+            "--report_to",
+            "none",
+            "--no-initial_validation",
+        ],
+    )
     # the exported (chosen) step must beat gray by a margin
     assert metrics["psnr"] > metrics["psnr_gray"] + 1.0, metrics
 
 
 def test_gan_beats_the_gray_baseline_on_real_cats(tmp_path, afhq_dir):
-    metrics = train_in_process(GANTask, [
-        "--train_data_dir", afhq_dir, "--resolution", "32", "--dataloader_num_workers", "2", "--lambda_perceptual",
-        "0", "--base_channels", "32", "--train_batch_size", "32", "--max_train_steps", "150", "--learning_rate", "5e-4",
-        "--output_dir", tmp_path, "--report_to", "none", "--no-initial_validation"])
+    metrics = train_in_process(
+        GANTask,
+        [
+            "--train_data_dir",
+            afhq_dir,
+            "--resolution",
+            "32",
+            "--dataloader_num_workers",
+            "2",
+            "--lambda_perceptual",
+            "0",
+            "--base_channels",
+            "32",
+            "--train_batch_size",
+            "32",
+            "--max_train_steps",
+            "150",
+            "--learning_rate",
+            "5e-4",
+            "--output_dir",
+            tmp_path,
+            "--report_to",
+            "none",
+            "--no-initial_validation",
+        ],
+    )
     assert metrics["psnr"] > metrics["psnr_gray"] + 0.3, metrics
 
 

@@ -2,7 +2,6 @@
 
 import ast
 import sys
-from pathlib import Path
 
 from conftest import ROOT, run_command
 
@@ -10,15 +9,19 @@ from conftest import ROOT, run_command
 def _imports() -> dict[str, set[str]]:
     """module -> the package modules it imports (function-level imports included)."""
     package = ROOT / "colorization"
-    modules = {".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): path
-               for path in package.rglob("*.py")}
+    modules = {
+        ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): path
+        for path in package.rglob("*.py")
+    }
     edges = {}
     for name, path in modules.items():
         targets = set()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                targets |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
-                            for a in node.names}
+                targets |= {
+                    f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                    for a in node.names
+                }
             elif isinstance(node, ast.Import):
                 targets |= {a.name for a in node.names}
         edges[name] = {t for t in targets if t in modules and t != name}
@@ -33,7 +36,7 @@ def test_no_import_circle_in_the_package():
         state[module] = "open"
         for target in sorted(edges[module]):
             if state.get(target) == "open":
-                circles.append(" -> ".join(stack[stack.index(target):] + [target]))
+                circles.append(" -> ".join(stack[stack.index(target) :] + [target]))
             elif target not in state:
                 visit(target, stack + [target])
         state[module] = "done"
@@ -46,11 +49,29 @@ def test_no_import_circle_in_the_package():
 
 def test_inference_never_imports_training_code():
     edges = _imports()
-    training = {"colorization.training", "colorization.tasks", "colorization.evaluation", "colorization.data",
-                "colorization.checkpoints", "colorization.reproduce"}
-    inference = [m for m in edges if m.startswith("colorization.models") or m in (
-        "colorization.colorizer", "colorization.inference", "colorization.cli", "colorization.color",
-        "colorization.images", "colorization.metrics", "colorization.measure")]
+    training = {
+        "colorization.training",
+        "colorization.tasks",
+        "colorization.evaluation",
+        "colorization.data",
+        "colorization.checkpoints",
+        "colorization.reproduce",
+    }
+    inference = [
+        m
+        for m in edges
+        if m.startswith("colorization.models")
+        or m
+        in (
+            "colorization.colorizer",
+            "colorization.inference",
+            "colorization.cli",
+            "colorization.color",
+            "colorization.images",
+            "colorization.metrics",
+            "colorization.measure",
+        )
+    ]
     for module in inference:
         assert not edges[module] & training, (module, edges[module] & training)
 

@@ -10,8 +10,9 @@ from colorization.evaluation import EvaluationConfig, evaluate
 
 
 @pytest.mark.parametrize("family", ["cnn", "gan", "diffusion"])
-def test_validation_numbers_equal_evaluate_numbers_for_the_exported_model(family, cnn_run, gan_run, diffusion_run,
-                                                                           tmp_path):
+def test_validation_numbers_equal_evaluate_numbers_for_the_exported_model(
+    family, cnn_run, gan_run, diffusion_run, tmp_path
+):
     output = {"cnn": cnn_run, "gan": gan_run, "diffusion": diffusion_run}[family][0]
     logged = json.loads((output / "validation_metrics.json").read_text())  # of the exported step
     exported = json.loads((output / "colorizer.json").read_text())
@@ -19,8 +20,13 @@ def test_validation_numbers_equal_evaluate_numbers_for_the_exported_model(family
         assert logged["step"] == exported["selection"]["step"]
     # the same images: the first N held-out ones, at the training resolution, with evaluate.py's defaults
     data = DataConfig(resolution=32, embedded_num_images=256, dataloader_num_workers=0)
-    config = EvaluationConfig(metrics="psnr,ssim,colorfulness", max_images=logged["num_images"], batch_size=7,
-                              output_dir=str(tmp_path / "eval"), keep_selection_images=True)
+    config = EvaluationConfig(
+        metrics="psnr,ssim,colorfulness",
+        max_images=logged["num_images"],
+        batch_size=7,
+        output_dir=str(tmp_path / "eval"),
+        keep_selection_images=True,
+    )
     result = evaluate([str(output)], ["model"], config, data)
     summary = result["summary"]["model"]
     assert result["settings"]["num_images"] == logged["num_images"]

@@ -9,9 +9,8 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import TINY_DATA, run_command
+from safetensors.torch import load_file
 
 FILES = {"resnet18-f37072fd.pth": "resnet18", "vgg16-397923af.pth": "vgg16", "alexnet-owt-7be5be79.pth": "alexnet"}
 
@@ -46,21 +45,56 @@ def test_the_imagenet_files_are_the_ones_the_code_downloads():
 def test_cnn_trains_from_the_imagenet_trunk_by_default(torch_home, tmp_path):
     home, weights = torch_home
     # a learning rate so small that the exported trunk is still the file's: proof that the file was loaded
-    run_command([sys.executable, "train_cnn.py", *TINY_DATA, "--train_batch_size", "8", "--max_train_steps", "2",
-                 "--learning_rate", "1e-12", "--validation_images", "8", "--report_to", "none",
-                 "--output_dir", tmp_path], env=_env(home))
+    run_command(
+        [
+            sys.executable,
+            "train_cnn.py",
+            *TINY_DATA,
+            "--train_batch_size",
+            "8",
+            "--max_train_steps",
+            "2",
+            "--learning_rate",
+            "1e-12",
+            "--validation_images",
+            "8",
+            "--report_to",
+            "none",
+            "--output_dir",
+            tmp_path,
+        ],
+        env=_env(home),
+    )
     exported = load_file(tmp_path / "model.safetensors")
     resnet = weights["resnet18-f37072fd.pth"]
     torch.testing.assert_close(exported["trunk.4.0.conv1.weight"], resnet["layer1.0.conv1.weight"], rtol=0, atol=1e-9)
-    torch.testing.assert_close(exported["trunk.0.weight"], resnet["conv1.weight"].sum(dim=1, keepdim=True),
-                               rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(
+        exported["trunk.0.weight"], resnet["conv1.weight"].sum(dim=1, keepdim=True), rtol=1e-6, atol=1e-9
+    )
 
 
 def test_gan_trains_with_the_vgg_perceptual_loss_by_default(torch_home, tmp_path, monkeypatch):
     home, weights = torch_home
-    run_command([sys.executable, "train_gan.py", *TINY_DATA, "--base_channels", "8", "--train_batch_size", "8",
-                 "--max_train_steps", "4", "--validation_images", "8", "--report_to", "none", "--output_dir", tmp_path],
-                env=_env(home))
+    run_command(
+        [
+            sys.executable,
+            "train_gan.py",
+            *TINY_DATA,
+            "--base_channels",
+            "8",
+            "--train_batch_size",
+            "8",
+            "--max_train_steps",
+            "4",
+            "--validation_images",
+            "8",
+            "--report_to",
+            "none",
+            "--output_dir",
+            tmp_path,
+        ],
+        env=_env(home),
+    )
     assert (tmp_path / "model.safetensors").is_file()
     run_config = (tmp_path / "run_config.json").read_text()
     assert '"lambda_perceptual": 0.5' in run_config  # the default: VGG-16 was in the loss
@@ -76,8 +110,20 @@ def test_gan_trains_with_the_vgg_perceptual_loss_by_default(torch_home, tmp_path
 def test_evaluate_measures_lpips_with_alexnet_by_default(torch_home, cnn_run, tmp_path, monkeypatch):
     home, weights = torch_home
     model, _ = cnn_run
-    run_command([sys.executable, "evaluate.py", "--checkpoints", model, *TINY_DATA, "--max_images", "6",
-                 "--output_dir", tmp_path / "evaluation"], env=_env(home))
+    run_command(
+        [
+            sys.executable,
+            "evaluate.py",
+            "--checkpoints",
+            model,
+            *TINY_DATA,
+            "--max_images",
+            "6",
+            "--output_dir",
+            tmp_path / "evaluation",
+        ],
+        env=_env(home),
+    )
     with open(tmp_path / "evaluation" / "per_image.csv") as handle:
         rows = [row for row in csv.DictReader(handle) if row["model"] == model.name]
     assert len(rows) == 6 and all(math.isfinite(float(row["lpips"])) for row in rows)

@@ -6,21 +6,43 @@ import os
 import shlex
 import sys
 
-from colorization.evaluation import GRAY, MEAN_AB, TRUTH
 from conftest import run_command
+
+from colorization.evaluation import GRAY, MEAN_AB, TRUTH
 
 # A few steps per model on a small slice of the embedded data, at 32 px.
 # The GAN chooses its step on 4 held-out images, which the evaluation then leaves out for every row.
-TINY = ["--embedded", "--no-pretrained", "--resolution", "32", "--max_train_steps", "3", "--train_batch_size", "8",
-        "--samplers", "dpm:2,ddim:2", "--num_samples", "2", "--slow_samplers", "ddpm:3", "--slow_sampler_images", "6",
-        "--data_args", "--embedded_num_images 128 --dataloader_num_workers 0",
-        "--gan_args", "--base_channels 8 --validation_images 4", "--diffusion_args", "--validation_images 4"]
+TINY = [
+    "--embedded",
+    "--no-pretrained",
+    "--resolution",
+    "32",
+    "--max_train_steps",
+    "3",
+    "--train_batch_size",
+    "8",
+    "--samplers",
+    "dpm:2,ddim:2",
+    "--num_samples",
+    "2",
+    "--slow_samplers",
+    "ddpm:3",
+    "--slow_sampler_images",
+    "6",
+    "--data_args",
+    "--embedded_num_images 128 --dataloader_num_workers 0",
+    "--gan_args",
+    "--base_channels 8 --validation_images 4",
+    "--diffusion_args",
+    "--validation_images 4",
+]
 MODEL_ROWS = {"CNN", "GAN", "Diffusion (DPM-2)", "Diffusion (DDIM-2)"}
 
 
 def reproduce(output_dir, *extra, check=True):
-    return run_command([sys.executable, "-m", "colorization.reproduce", *TINY, "--output_dir", str(output_dir), *extra],
-                       check=check)
+    return run_command(
+        [sys.executable, "-m", "colorization.reproduce", *TINY, "--output_dir", str(output_dir), *extra], check=check
+    )
 
 
 def _commands(output_dir):
@@ -75,6 +97,7 @@ def test_reproduce_writes_one_consistent_comparison_and_skips_finished_models(tm
         logs = out / "models" / model / "logs"
         assert any(name.startswith("events.out.tfevents") for _, _, files in os.walk(logs) for name in files), model
         assert (out / "logs" / f"{model}.log").stat().st_size > 0
+
     # what is recorded holds no absolute path of this machine: the commands run in the results folder, with
     # paths relative to it (reproduce.json's argv is the command as typed, here with an absolute --output_dir)
     def strings(value):
@@ -112,8 +135,14 @@ def test_reproduce_writes_one_consistent_comparison_and_skips_finished_models(tm
 def test_a_failing_model_run_fails_the_whole_command_and_a_fixed_rerun_continues(tmp_path):
     out = tmp_path / "results"
     # a learning rate of 1e30 makes the GAN's loss NaN at once: the training run stops with its one-line error
-    broken = reproduce(out, "--models", "cnn,gan", "--gan_args", "--base_channels 8 --validation_images 4 --learning_rate 1e30",
-                       check=False)
+    broken = reproduce(
+        out,
+        "--models",
+        "cnn,gan",
+        "--gan_args",
+        "--base_channels 8 --validation_images 4 --learning_rate 1e30",
+        check=False,
+    )
     assert broken.returncode == 1
     assert "error: the gan run failed (exit 1)" in broken.stderr
     assert "loss became nan" in broken.stderr  # the training run's own one-line reason

@@ -8,18 +8,27 @@ import sys
 
 import pytest
 import torch
+from conftest import (
+    ROOT,
+    TINY_CNN,
+    TINY_DATA,
+    TINY_GAN,
+    accelerate_launch,
+    assert_same_weights,
+    run_command,
+    run_in_process,
+    train_in_process,
+)
 from PIL import Image
 from safetensors.torch import load_file
 
 from colorization import color, load_colorizer
 from colorization.data import DataConfig
 from colorization.errors import ColorizationError
+from colorization.optimization import NonFiniteLossError, constant_then_linear
 from colorization.tasks.cnn import CNNConfig, CNNTask
 from colorization.tasks.gan import GANConfig, GANTask
-from colorization.optimization import NonFiniteLossError, constant_then_linear
-from colorization.training import Trainer, TrainConfig, main, parse_args
-from conftest import (ROOT, TINY_CNN, TINY_DATA, TINY_GAN, accelerate_launch, assert_same_weights, run_command,
-                      run_in_process, train_in_process)
+from colorization.training import TrainConfig, Trainer, main
 
 
 def test_writes_complete_pruned_checkpoints_without_pickled_state(cnn_run):
@@ -28,8 +37,16 @@ def test_writes_complete_pruned_checkpoints_without_pickled_state(cnn_run):
     assert [c.name for c in checkpoints] == ["checkpoint_8", "checkpoint_12"]  # named by step; step 4 pruned
     for checkpoint in checkpoints:
         names = {p.name for p in checkpoint.iterdir()}
-        assert {"model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl", "run_config.json",
-                "training_progress.json", "data_statistics.safetensors", "checkpoint_complete.json"} <= names
+        assert {
+            "model.safetensors",
+            "optimizer.bin",
+            "scheduler.bin",
+            "random_states_0.pkl",
+            "run_config.json",
+            "training_progress.json",
+            "data_statistics.safetensors",
+            "checkpoint_complete.json",
+        } <= names
         assert [n for n in names if n.endswith(".pkl")] == ["random_states_0.pkl"]  # accelerate's RNG states only
     progress = json.loads((checkpoints[-1] / "training_progress.json").read_text())
     assert progress["global_step"] == 12 and progress["images_seen"] == 12 * 8
@@ -44,9 +61,19 @@ def test_tensorboard_has_training_and_validation_tags(cnn_run):
     events = EventAccumulator(str(output / "logs" / "cnn"), size_guidance={"images": 0})
     events.Reload()
     scalars = set(events.Tags()["scalars"])
-    assert {"train/loss", "train/lr", "train/grad_norm", "train/images_per_second", "validation/loss",
-            "validation/psnr", "validation/ssim", "validation/colorfulness", "validation/psnr_gray",
-            "validation/ssim_gray", "validation/colorfulness_truth"} <= scalars
+    assert {
+        "train/loss",
+        "train/lr",
+        "train/grad_norm",
+        "train/images_per_second",
+        "validation/loss",
+        "validation/psnr",
+        "validation/ssim",
+        "validation/colorfulness",
+        "validation/psnr_gray",
+        "validation/ssim_gray",
+        "validation/colorfulness_truth",
+    } <= scalars
     assert [e.step for e in events.Scalars("train/loss")] == [2, 4, 6, 8, 10, 12]
     assert [e.step for e in events.Scalars("validation/psnr")] == [0, 6, 12]
     assert "validation/gray_prediction_truth" in events.Tags()["images"]
@@ -77,18 +104,35 @@ def test_exported_model_loads_and_keeps_input_size_and_lightness(cnn_run):
     assert len(json.loads((output / "training_images.json").read_text())["images"]) == 230
 
 
-@pytest.mark.parametrize("script, model_args, weights", [
-    ("tests/distributed_probe.py", TINY_CNN, "model.safetensors"),
-    ("train_gan.py", TINY_GAN, "checkpoints/checkpoint_22/model_1.safetensors"),  # the discriminator
-])
+@pytest.mark.parametrize(
+    "script, model_args, weights",
+    [
+        ("tests/distributed_probe.py", TINY_CNN, "model.safetensors"),
+        ("train_gan.py", TINY_GAN, "checkpoints/checkpoint_22/model_1.safetensors"),  # the discriminator
+    ],
+)
 def test_two_process_resume_is_exact(tmp_path, script, model_args, weights):
     # Two processes of 8 images: 14 steps per epoch. Resumed from step 18 (mid-epoch, after the epoch boundary
     # at 14), the data order and flips must be epoch 1's, not epoch 0's (accelerate's set_epoch misses the
     # sampler after skip_first_batches on several processes). The GAN checks both networks and optimizers.
     # The CNN's uninterrupted run goes through a probe that also records what each process saw.
-    args = TINY_DATA + model_args + ["--output_dir", tmp_path / "run", "--max_train_steps", "22",
-                                     "--checkpointing_steps", "6", "--validation_steps", "22",
-                                     "--no-initial_validation", "--checkpoints_total_limit", "none"]
+    args = (
+        TINY_DATA
+        + model_args
+        + [
+            "--output_dir",
+            tmp_path / "run",
+            "--max_train_steps",
+            "22",
+            "--checkpointing_steps",
+            "6",
+            "--validation_steps",
+            "22",
+            "--no-initial_validation",
+            "--checkpoints_total_limit",
+            "none",
+        ]
+    )
     if script.endswith("probe.py"):
         accelerate_launch(script, args + ["--probe_dir", tmp_path], num_processes=2)
         ranks = [json.loads((tmp_path / f"rank_{i}.json").read_text()) for i in range(2)]
@@ -117,29 +161,69 @@ def test_a_kill_during_a_save_keeps_a_complete_checkpoint_and_resume_is_exact(tm
     # 230 training images, batches of 8, 2 accumulation steps, 2 data workers: 14 optimizer steps per epoch.
     # Killed while saving step 8 (the limit of 1 checkpoint keeps step 4, complete), resumed from step 4
     # (mid-epoch) to step 18 (across the epoch boundary): the same weights as a run that never stopped.
-    args = ["--resolution", "32", "--embedded_num_images", "256", "--dataloader_num_workers", "2", *TINY_CNN,
-            "--max_train_steps", "18", "--gradient_accumulation_steps", "2", "--checkpointing_steps", "4",
-            "--validation_steps", "18", "--no-initial_validation", "--checkpoints_total_limit", "1"]
+    args = [
+        "--resolution",
+        "32",
+        "--embedded_num_images",
+        "256",
+        "--dataloader_num_workers",
+        "2",
+        *TINY_CNN,
+        "--max_train_steps",
+        "18",
+        "--gradient_accumulation_steps",
+        "2",
+        "--checkpointing_steps",
+        "4",
+        "--validation_steps",
+        "18",
+        "--no-initial_validation",
+        "--checkpoints_total_limit",
+        "1",
+    ]
     train_in_process(CNNTask, args + ["--output_dir", tmp_path / "reference"])
-    killed = run_command([sys.executable, "tests/kill_during_save.py", "cnn", "--kill_at_step", "8", *args,
-                          "--output_dir", tmp_path / "run"], check=False)
+    killed = run_command(
+        [
+            sys.executable,
+            "tests/kill_during_save.py",
+            "cnn",
+            "--kill_at_step",
+            "8",
+            *args,
+            "--output_dir",
+            tmp_path / "run",
+        ],
+        check=False,
+    )
     assert killed.returncode == -9  # SIGKILL
     checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert checkpoints == ["checkpoint_4", "checkpoint_8"]  # the complete one survives the limit of 1
     assert (tmp_path / "run" / "checkpoints" / "checkpoint_4" / "checkpoint_complete.json").is_file()
     assert not (tmp_path / "run" / "checkpoints" / "checkpoint_8" / "checkpoint_complete.json").exists()
-    result = accelerate_launch("train_cnn.py", args + ["--output_dir", tmp_path / "run", "--resume_from_checkpoint",
-                                                       "latest"])
+    result = accelerate_launch(
+        "train_cnn.py", args + ["--output_dir", tmp_path / "run", "--resume_from_checkpoint", "latest"]
+    )
     assert "skipping" in result.stdout and "checkpoint_8: incomplete" in result.stdout
     assert "resumed from" in result.stdout and "checkpoint_4 at step 4" in result.stdout
-    assert_same_weights(load_file(tmp_path / "reference" / "model.safetensors"),
-                        load_file(tmp_path / "run" / "model.safetensors"))
+    assert_same_weights(
+        load_file(tmp_path / "reference" / "model.safetensors"), load_file(tmp_path / "run" / "model.safetensors")
+    )
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["checkpoint_18"]
 
 
 def test_a_new_run_into_a_used_folder_is_refused_and_overwrite_starts_over(tmp_path):
-    args = [*TINY_DATA, *TINY_CNN, "--output_dir", tmp_path, "--max_train_steps", "2", "--validation_steps", "2",
-            "--checkpointing_steps", "1"]
+    args = [
+        *TINY_DATA,
+        *TINY_CNN,
+        "--output_dir",
+        tmp_path,
+        "--max_train_steps",
+        "2",
+        "--validation_steps",
+        "2",
+        "--checkpointing_steps",
+        "1",
+    ]
     train_in_process(CNNTask, args)
     before = sorted(str(p) for p in tmp_path.rglob("*"))
     event_files = len(list((tmp_path / "logs").rglob("events.out.tfevents*")))  # a run's curves and settings
@@ -153,8 +237,21 @@ def test_a_new_run_into_a_used_folder_is_refused_and_overwrite_starts_over(tmp_p
 
 
 def test_resume_with_a_changed_batch_size_is_refused_unless_allowed(tmp_path):
-    args = [*TINY_DATA, *TINY_CNN, "--output_dir", tmp_path, "--max_train_steps", "4", "--checkpointing_steps", "2",
-            "--validation_steps", "4", "--no-initial_validation", "--resume_from_checkpoint", "latest"]
+    args = [
+        *TINY_DATA,
+        *TINY_CNN,
+        "--output_dir",
+        tmp_path,
+        "--max_train_steps",
+        "4",
+        "--checkpointing_steps",
+        "2",
+        "--validation_steps",
+        "4",
+        "--no-initial_validation",
+        "--resume_from_checkpoint",
+        "latest",
+    ]
     train_in_process(CNNTask, args + ["--max_train_steps", "2"])
     with pytest.raises(ColorizationError, match="--max_train_steps: 2 -> 4") as error:
         train_in_process(CNNTask, args + ["--train_batch_size", "4"])
@@ -171,10 +268,15 @@ def test_fp16_bookkeeping_unscales_each_optimizer_once(tmp_path):
     # gradients in the discriminator's step (one shared scaler, accelerate's clip_grad_norm_) breaks this.
     def two_steps(scaled: bool):
         torch.manual_seed(0)
-        task = GANTask(GANConfig(base_channels=8, lambda_perceptual=0.0, content_fraction=0.0,
-                                 discriminator_warmup_fraction=0.0), 32)
-        trainer = Trainer(task, TrainConfig(output_dir=str(tmp_path), report_to="none", gradient_accumulation_steps=2,
-                                            max_grad_norm=1.0), DataConfig(resolution=32))
+        task = GANTask(
+            GANConfig(base_channels=8, lambda_perceptual=0.0, content_fraction=0.0, discriminator_warmup_fraction=0.0),
+            32,
+        )
+        trainer = Trainer(
+            task,
+            TrainConfig(output_dir=str(tmp_path), report_to="none", gradient_accumulation_steps=2, max_grad_norm=1.0),
+            DataConfig(resolution=32),
+        )
         if scaled:
             trainer.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
         trainer._prepare_models(max_steps=4)
@@ -203,8 +305,22 @@ def test_pix2pix_schedule_is_constant_then_linear_to_zero():
 
 
 def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
-    train_in_process(CNNTask, [*TINY_DATA, *TINY_CNN, "--output_dir", tmp_path, "--max_train_steps", "4",
-                               "--mixed_precision", "bf16", "--validation_steps", "4", "--no-initial_validation"])
+    train_in_process(
+        CNNTask,
+        [
+            *TINY_DATA,
+            *TINY_CNN,
+            "--output_dir",
+            tmp_path,
+            "--max_train_steps",
+            "4",
+            "--mixed_precision",
+            "bf16",
+            "--validation_steps",
+            "4",
+            "--no-initial_validation",
+        ],
+    )
     assert json.loads((tmp_path / "run_config.json").read_text())["mixed_precision"] == "bf16"
     weights = load_file(tmp_path / "model.safetensors")
     floats = [t for t in weights.values() if t.is_floating_point()]
@@ -219,20 +335,40 @@ def test_channels_last_computes_the_same_step_and_trains(tmp_path):
     fast = ResNetColorizer().to(memory_format=torch.channels_last)
     fast.load_state_dict(plain.state_dict())
     lightness = torch.rand(4, 1, 32, 32) * 2 - 1
-    outputs = [model(x) for model, x in ((plain, lightness), (fast, lightness.contiguous(memory_format=torch.channels_last)))]
+    outputs = [
+        model(x) for model, x in ((plain, lightness), (fast, lightness.contiguous(memory_format=torch.channels_last)))
+    ]
     torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-5)
     for output in outputs:
         output.pow(2).mean().backward()
     for (name, first), second in zip(plain.named_parameters(), fast.parameters()):
         torch.testing.assert_close(second.grad, first.grad, rtol=1e-3, atol=1e-5, msg=name)
-    metrics = train_in_process(CNNTask, [*TINY_DATA, *TINY_CNN, "--max_train_steps", "3", "--validation_steps", "3",
-                                         "--no-initial_validation", "--output_dir", tmp_path, "--channels_last"])
+    metrics = train_in_process(
+        CNNTask,
+        [
+            *TINY_DATA,
+            *TINY_CNN,
+            "--max_train_steps",
+            "3",
+            "--validation_steps",
+            "3",
+            "--no-initial_validation",
+            "--output_dir",
+            tmp_path,
+            "--channels_last",
+        ],
+    )
     assert math.isfinite(metrics["psnr"])
 
 
 def test_two_unconnected_processes_are_refused():
-    result = accelerate_launch("train_cnn.py", TINY_DATA + TINY_CNN + ["--max_train_steps", "1"],
-                               num_processes=2, env={"ACCELERATE_USE_CPU": None}, check=False)
+    result = accelerate_launch(
+        "train_cnn.py",
+        TINY_DATA + TINY_CNN + ["--max_train_steps", "1"],
+        num_processes=2,
+        env={"ACCELERATE_USE_CPU": None},
+        check=False,
+    )
     assert result.returncode != 0
     assert "not connected" in result.stderr and "ACCELERATE_USE_CPU=1" in result.stderr
     assert "Traceback" not in result.stderr.split("not connected")[0].splitlines()[-1]
@@ -249,8 +385,15 @@ class _DivergingCNN(CNNTask):
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
-    train = TrainConfig(output_dir=str(tmp_path), max_train_steps=10, checkpointing_steps=2, train_batch_size=8,
-                        validation_steps=100, initial_validation=False, report_to="none")
+    train = TrainConfig(
+        output_dir=str(tmp_path),
+        max_train_steps=10,
+        checkpointing_steps=2,
+        train_batch_size=8,
+        validation_steps=100,
+        initial_validation=False,
+        report_to="none",
+    )
     data = DataConfig(resolution=32, embedded_num_images=256, dataloader_num_workers=0)
     trainer = Trainer(_DivergingCNN(CNNConfig(pretrained_backbone=False), 32), train, data)
     with pytest.raises(NonFiniteLossError, match="step 3") as error:
@@ -263,15 +406,38 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_p
 
 
 def test_two_processes_stop_together_when_one_loss_turns_nan(tmp_path):
-    result = accelerate_launch("tests/diverging_probe.py", [
-        *TINY_DATA, *TINY_CNN, "--max_train_steps", "8", "--checkpointing_steps", "2", "--logging_steps", "1",
-        "--validation_steps", "100", "--no-initial_validation", "--report_to", "none", "--output_dir", tmp_path,
-        "--nan_at_step", "3"], num_processes=2, check=False, timeout=300)
+    result = accelerate_launch(
+        "tests/diverging_probe.py",
+        [
+            *TINY_DATA,
+            *TINY_CNN,
+            "--max_train_steps",
+            "8",
+            "--checkpointing_steps",
+            "2",
+            "--logging_steps",
+            "1",
+            "--validation_steps",
+            "100",
+            "--no-initial_validation",
+            "--report_to",
+            "none",
+            "--output_dir",
+            tmp_path,
+            "--nan_at_step",
+            "3",
+        ],
+        num_processes=2,
+        check=False,
+        timeout=300,
+    )
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode != 0 and len(errors) == 1, result.stderr[-3000:]  # said once, for both processes
     assert "at step 3" in errors[0] and "checkpoint_2" in errors[0]
     # no traceback of ours (the launcher reports that a process exited non-zero, in its own words)
-    assert 'File "' + str(ROOT / "colorization") not in result.stderr and "diverging_probe.py\", line" not in result.stderr
+    assert (
+        'File "' + str(ROOT / "colorization") not in result.stderr and 'diverging_probe.py", line' not in result.stderr
+    )
     kept = tmp_path / "checkpoints" / "checkpoint_2"
     assert (kept / "checkpoint_complete.json").is_file()
     assert all(torch.isfinite(t).all() for t in load_file(kept / "model.safetensors").values())
@@ -279,21 +445,47 @@ def test_two_processes_stop_together_when_one_loss_turns_nan(tmp_path):
 
 
 def test_user_errors_are_one_line_not_a_traceback(tmp_path, capsys):
-    result = run_command([sys.executable, "train_cnn.py", *TINY_DATA, *TINY_CNN, "--output_dir", tmp_path,
-                          "--resume_from_checkpoint", tmp_path / "nowhere"], check=False)
+    result = run_command(
+        [
+            sys.executable,
+            "train_cnn.py",
+            *TINY_DATA,
+            *TINY_CNN,
+            "--output_dir",
+            tmp_path,
+            "--resume_from_checkpoint",
+            tmp_path / "nowhere",
+        ],
+        check=False,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("train_cnn.py: error: argument --resume_from_checkpoint")
-    code, _, error = run_in_process(lambda argv: main(CNNTask, argv), ["--train_data_dir", tmp_path / "missing"],
-                                    capsys)
+    code, _, error = run_in_process(
+        lambda argv: main(CNNTask, argv), ["--train_data_dir", tmp_path / "missing"], capsys
+    )
     assert code == 2 and "does not exist" in error and "Traceback" not in error
     (tmp_path / "no_images").mkdir()
-    code, _, error = run_in_process(lambda argv: main(CNNTask, argv), ["--train_data_dir", tmp_path / "no_images",
-                                                                       "--output_dir", tmp_path / "run"], capsys)
+    code, _, error = run_in_process(
+        lambda argv: main(CNNTask, argv),
+        ["--train_data_dir", tmp_path / "no_images", "--output_dir", tmp_path / "run"],
+        capsys,
+    )
     assert code == 1 and "no images" in error and "Traceback" not in error
 
 
-_SELECTING_CNN = [*TINY_DATA, *TINY_CNN, "--max_train_steps", "6", "--checkpointing_steps", "3",
-                  "--model_selection", "best", "--no-initial_validation", "--report_to", "none"]
+_SELECTING_CNN = [
+    *TINY_DATA,
+    *TINY_CNN,
+    "--max_train_steps",
+    "6",
+    "--checkpointing_steps",
+    "3",
+    "--model_selection",
+    "best",
+    "--no-initial_validation",
+    "--report_to",
+    "none",
+]
 
 
 def test_an_export_carries_the_label_of_the_weights_it_holds(tmp_path, monkeypatch):
@@ -311,8 +503,10 @@ def test_an_export_carries_the_label_of_the_weights_it_holds(tmp_path, monkeypat
     recorded = json.loads((tmp_path / "validation_metrics.json").read_text())
     assert "selection" not in exported and exported["training"]["global_step"] == 6
     assert recorded["step"] == 6 and "validation_at_last_step" not in recorded and "rule" not in metrics
-    assert_same_weights(load_file(tmp_path / "checkpoints" / "checkpoint_6" / "model.safetensors"),
-                        load_file(tmp_path / "model.safetensors"))
+    assert_same_weights(
+        load_file(tmp_path / "checkpoints" / "checkpoint_6" / "model.safetensors"),
+        load_file(tmp_path / "model.safetensors"),
+    )
     assert exported["training"]["validation"]["psnr"] == pytest.approx(recorded["psnr"])
 
 
@@ -349,8 +543,10 @@ def test_the_selection_settings_are_free_only_without_selection():
     from colorization.checkpoints import changed_settings
 
     def run(selection, **changes):
-        return {"train": {"model_selection": selection, "validation_steps": 10, "validation_images": 64, **changes},
-                "model": {"validation_sampler": "dpm", "validation_inference_steps": 20}}
+        return {
+            "train": {"model_selection": selection, "validation_steps": 10, "validation_images": 64, **changes},
+            "model": {"validation_sampler": "dpm", "validation_inference_steps": 20},
+        }
 
     assert changed_settings(run("last"), run("last", validation_steps=5)) == []
     assert changed_settings(run("best"), run("best", validation_steps=5)) == ["--validation_steps: 10 -> 5"]

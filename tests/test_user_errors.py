@@ -17,11 +17,26 @@ MISSING = "/nonexistent/colorization-test-path"
 # Flags whose value is free text: no value of them is wrong when parsed (a column or class name is checked
 # against the data, a Hub id against the Hub, extra flags by the command they are passed to). A new flag must
 # be checked by its type, or named here.
-FREE_TEXT = {"dataset_name", "dataset_config_name", "image_column", "label_column", "label_filter", "cache_dir",
-             "names", "host", "data_args", "cnn_args", "gan_args", "diffusion_args", "eval_args"}
+FREE_TEXT = {
+    "dataset_name",
+    "dataset_config_name",
+    "image_column",
+    "label_column",
+    "label_filter",
+    "cache_dir",
+    "names",
+    "host",
+    "data_args",
+    "cnn_args",
+    "gan_args",
+    "diffusion_args",
+    "eval_args",
+}
 # Names that say "a number of things": such a flag must be checked as a count.
-COUNT_NAME = re.compile(r"(^num_|_steps$|_size$|_images$|_samples$|_workers$|_epochs$|^epochs$|_processes$|"
-                        r"_limit$|_threads$|_per_block$|_channels$|^resolution$)")
+COUNT_NAME = re.compile(
+    r"(^num_|_steps$|_size$|_images$|_samples$|_workers$|_epochs$|^epochs$|_processes$|"
+    r"_limit$|_threads$|_per_block$|_channels$|^resolution$)"
+)
 COUNT_TYPES = {config.positive_int, config.non_negative_int, config.positive_int_list}
 
 # checked type -> wrong values of its kind ({file}: a path to an existing file)
@@ -59,6 +74,7 @@ def model_dir(tmp_path):
 
 def _commands(model_dir, photo):
     """name -> (the parser, the function that parses and checks a command line, the required arguments)."""
+
     def trainer(task):
         return training.build_parser(task), lambda argv: training.parse_args(task, argv), []
 
@@ -67,8 +83,11 @@ def _commands(model_dir, photo):
         "train_gan.py": trainer(GANTask),
         "train_diffusion.py": trainer(DiffusionTask),
         "evaluate.py": (evaluation.build_parser(), evaluation.parse_args, ["--checkpoints", model_dir]),
-        "colorize": (cli.build_parser(), lambda argv: cli.build_parser().parse_args(argv),
-                     [photo, "--model", model_dir]),
+        "colorize": (
+            cli.build_parser(),
+            lambda argv: cli.build_parser().parse_args(argv),
+            [photo, "--model", model_dir],
+        ),
         "colorize-demo": (demo.build_parser(), demo.parse_args, ["--models", model_dir]),
         "reproduce": (reproduce.build_parser(), reproduce.parse_args, []),
     }
@@ -104,8 +123,9 @@ def test_every_flag_of_every_command_refuses_a_wrong_value_in_one_line(tmp_path,
             if isinstance(action, argparse._HelpAction):
                 continue
             flag = action.option_strings[0] if action.option_strings else None
-            if isinstance(action, (argparse.BooleanOptionalAction, argparse._StoreTrueAction,
-                                   argparse._StoreFalseAction)):
+            if isinstance(
+                action, (argparse.BooleanOptionalAction, argparse._StoreTrueAction, argparse._StoreFalseAction)
+            ):
                 wrong = [[f"{flag}=maybe"]]
             elif action.choices is not None:
                 wrong = [[flag, "not-a-choice"]]
@@ -132,13 +152,16 @@ def test_every_flag_of_every_command_refuses_a_wrong_value_in_one_line(tmp_path,
     assert flags > 120 and tried > 250
 
 
-@pytest.mark.parametrize("command, argv, message", [
-    (DiffusionTask, ["--zero_terminal_snr"], "--zero_terminal_snr needs --prediction_type"),
-    (GANTask, ["--content_fraction", "0.6", "--discriminator_warmup_fraction", "0.4"], "no adversarial steps"),
-    (CNNTask, ["--resolution", "36"], "multiple of 8"),
-    (DiffusionTask, ["--resolution", "36", "--unet_preset", "small"], "cannot be halved"),
-    (CNNTask, ["--dataset_name", "x/y", "--train_data_dir", "."], "not both"),
-])
+@pytest.mark.parametrize(
+    "command, argv, message",
+    [
+        (DiffusionTask, ["--zero_terminal_snr"], "--zero_terminal_snr needs --prediction_type"),
+        (GANTask, ["--content_fraction", "0.6", "--discriminator_warmup_fraction", "0.4"], "no adversarial steps"),
+        (CNNTask, ["--resolution", "36"], "multiple of 8"),
+        (DiffusionTask, ["--resolution", "36", "--unet_preset", "small"], "cannot be halved"),
+        (CNNTask, ["--dataset_name", "x/y", "--train_data_dir", "."], "not both"),
+    ],
+)
 def test_combinations_that_cannot_work_are_refused_when_parsed(command, argv, message, capsys):
     code, error = _parse(lambda a: training.parse_args(command, a), argv, capsys)
     _assert_one_error_line(code, error, argv)

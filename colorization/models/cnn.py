@@ -15,8 +15,13 @@ from torch import nn
 from colorization.colorizer import Colorizer, load_feed_forward_colorizer
 from colorization.pretrained import load_pretrained
 
+
 def _conv_block(in_channels: int, out_channels: int) -> list[nn.Module]:
-    return [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+    return [
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    ]
 
 
 def load_imagenet_resnet18() -> nn.Module:
@@ -24,8 +29,12 @@ def load_imagenet_resnet18() -> nn.Module:
     from torchvision.models import ResNet18_Weights, resnet18
 
     weights = ResNet18_Weights.IMAGENET1K_V1
-    return load_pretrained(lambda: resnet18(weights=weights), weights.url, "ImageNet ResNet-18 weights",
-                           "train from scratch with --no-pretrained_backbone")
+    return load_pretrained(
+        lambda: resnet18(weights=weights),
+        weights.url,
+        "ImageNet ResNet-18 weights",
+        "train from scratch with --no-pretrained_backbone",
+    )
 
 
 class ResNetColorizer(nn.Module):
@@ -45,9 +54,13 @@ class ResNetColorizer(nn.Module):
         resnet.conv1 = gray_conv
         self.trunk = nn.Sequential(*list(resnet.children())[:6])
         self.head = nn.Sequential(
-            *_conv_block(128, 128), nn.Upsample(scale_factor=2, mode="nearest"),
-            *_conv_block(128, 64), *_conv_block(64, 64), nn.Upsample(scale_factor=2, mode="nearest"),
-            *_conv_block(64, 32), nn.Conv2d(32, 2, 3, padding=1),
+            *_conv_block(128, 128),
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            *_conv_block(128, 64),
+            *_conv_block(64, 64),
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            *_conv_block(64, 32),
+            nn.Conv2d(32, 2, 3, padding=1),
         )
 
     def forward(self, lightness: torch.Tensor) -> torch.Tensor:

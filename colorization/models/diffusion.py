@@ -16,8 +16,15 @@ import math
 from typing import Optional, Sequence
 
 import torch
-from diffusers import (ConfigMixin, DDIMScheduler, DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler,
-                       ModelMixin, UNet2DModel)
+from diffusers import (
+    ConfigMixin,
+    DDIMScheduler,
+    DDPMScheduler,
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+    ModelMixin,
+    UNet2DModel,
+)
 from diffusers.configuration_utils import register_to_config
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -34,8 +41,8 @@ DEFAULT_SAMPLER = ("dpm", 20)  # validation, evaluate.py and colorize, unless to
 TIMESTEP_SPACING = "trailing"
 # widths, layers per block, indices of the levels with self-attention
 PRESETS = {
-    "small": ((32, 64, 64, 128), 1, ()),                  # ~3M parameters: 64x64 on a CPU
-    "base": ((64, 128, 256, 256, 512), 2, (4,)),          # ~71M: 256x256 on a GPU, attention at 16x16
+    "small": ((32, 64, 64, 128), 1, ()),  # ~3M parameters: 64x64 on a CPU
+    "base": ((64, 128, 256, 256, 512), 2, (4,)),  # ~71M: 256x256 on a GPU, attention at 16x16
 }
 
 
@@ -43,9 +50,14 @@ class LabConditionedUNet(ModelMixin, ConfigMixin):
     """(noisy ab (N, 2, H, W), timestep, normalized L (N, 1, H, W)) -> the prediction (N, 2, H, W)."""
 
     @register_to_config
-    def __init__(self, sample_size: int = 256, block_out_channels: Sequence[int] = PRESETS["base"][0],
-                 layers_per_block: int = PRESETS["base"][1], attention_levels: Sequence[int] = PRESETS["base"][2],
-                 ab_scale: float = 1.0):
+    def __init__(
+        self,
+        sample_size: int = 256,
+        block_out_channels: Sequence[int] = PRESETS["base"][0],
+        layers_per_block: int = PRESETS["base"][1],
+        attention_levels: Sequence[int] = PRESETS["base"][2],
+        ab_scale: float = 1.0,
+    ):
         # ab_scale: the model works on x = normalized ab * ab_scale, about unit variance like the noise
         super().__init__()
         levels = len(block_out_channels)
@@ -53,27 +65,40 @@ class LabConditionedUNet(ModelMixin, ConfigMixin):
             raise ColorizationError(f"attention levels {tuple(attention_levels)} are outside 0..{levels - 1}")
         down = tuple("AttnDownBlock2D" if i in attention_levels else "DownBlock2D" for i in range(levels))
         up = tuple("AttnUpBlock2D" if i in attention_levels else "UpBlock2D" for i in reversed(range(levels)))
-        self.unet = UNet2DModel(sample_size=sample_size, in_channels=3, out_channels=2,
-                                block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
-                                down_block_types=down, up_block_types=up,
-                                # 32 groups as usual, fewer where a width is not a multiple of 32
-                                norm_num_groups=math.gcd(32, *block_out_channels))
+        self.unet = UNet2DModel(
+            sample_size=sample_size,
+            in_channels=3,
+            out_channels=2,
+            block_out_channels=tuple(block_out_channels),
+            layers_per_block=layers_per_block,
+            down_block_types=down,
+            up_block_types=up,
+            # 32 groups as usual, fewer where a width is not a multiple of 32
+            norm_num_groups=math.gcd(32, *block_out_channels),
+        )
 
     def forward(self, noisy_ab: torch.Tensor, timestep, lightness: torch.Tensor) -> torch.Tensor:
         return self.unet(torch.cat((noisy_ab, lightness.to(noisy_ab.dtype)), dim=1), timestep).sample
 
 
-def build_unet(resolution: int, preset: str = "base", block_out_channels: Optional[Sequence[int]] = None,
-               layers_per_block: Optional[int] = None, attention_levels: Optional[Sequence[int]] = None,
-               ab_scale: float = 1.0) -> LabConditionedUNet:
+def build_unet(
+    resolution: int,
+    preset: str = "base",
+    block_out_channels: Optional[Sequence[int]] = None,
+    layers_per_block: Optional[int] = None,
+    attention_levels: Optional[Sequence[int]] = None,
+    ab_scale: float = 1.0,
+) -> LabConditionedUNet:
     """A UNet of ``preset`` (or overridden widths, depth, attention) for ``resolution``; refuses what cannot work."""
     widths, layers, attention = PRESETS[preset]
     widths = tuple(block_out_channels or widths)
     attention = tuple(attention_levels) if attention_levels is not None else attention
     layers = layers_per_block or layers
     if resolution % 2 ** (len(widths) - 1):
-        raise ColorizationError(f"--resolution {resolution} cannot be halved {len(widths) - 1} times by a UNet with "
-                                f"{len(widths)} levels; use a multiple of {2 ** (len(widths) - 1)}")
+        raise ColorizationError(
+            f"--resolution {resolution} cannot be halved {len(widths) - 1} times by a UNet with "
+            f"{len(widths)} levels; use a multiple of {2 ** (len(widths) - 1)}"
+        )
     return LabConditionedUNet(resolution, widths, layers, attention, ab_scale)
 
 
@@ -132,8 +157,9 @@ class LabColorizationPipeline(DiffusionPipeline):
         return (signal * sample - clean) / noise
 
     @torch.no_grad()
-    def sample_ab(self, lightness: torch.Tensor, num_inference_steps: int = 20,
-                  generator: torch.Generator | list | None = None) -> torch.Tensor:
+    def sample_ab(
+        self, lightness: torch.Tensor, num_inference_steps: int = 20, generator: torch.Generator | list | None = None
+    ) -> torch.Tensor:
         """Normalized L (N, 1, H, W) at the UNet's resolution -> sampled normalized ab (N, 2, H, W).
 
         ``generator`` may be a list with one generator per image: each image's colors then depend on its
@@ -141,8 +167,15 @@ class LabColorizationPipeline(DiffusionPipeline):
         unet = self.unet
         lightness = lightness.to(device=unet.device, dtype=unet.dtype)
         self.scheduler.set_timesteps(num_inference_steps, device=unet.device)
-        sample = randn_tensor((lightness.shape[0], 2, *lightness.shape[-2:]), generator=generator,
-                              device=unet.device, dtype=unet.dtype) * self.scheduler.init_noise_sigma
+        sample = (
+            randn_tensor(
+                (lightness.shape[0], 2, *lightness.shape[-2:]),
+                generator=generator,
+                device=unet.device,
+                dtype=unet.dtype,
+            )
+            * self.scheduler.init_noise_sigma
+        )
         extra = {"generator": generator} if isinstance(self.scheduler, DDPMScheduler) else {}
         for timestep in self.progress_bar(self.scheduler.timesteps):
             prediction = unet(self.scheduler.scale_model_input(sample, timestep), timestep, lightness)
@@ -161,8 +194,9 @@ class DiffusionColorizer(Colorizer):
 
     stochastic = True
 
-    def __init__(self, pipeline: LabColorizationPipeline, resolution: int, num_inference_steps: int = 20,
-                 seed: int = 0):
+    def __init__(
+        self, pipeline: LabColorizationPipeline, resolution: int, num_inference_steps: int = 20, seed: int = 0
+    ):
         super().__init__("diffusion", resolution, pipeline.unet.device, seed)
         self.pipeline = pipeline
         self.num_inference_steps = num_inference_steps
@@ -182,16 +216,28 @@ class DiffusionColorizer(Colorizer):
         return self.pipeline.sample_ab(lightness, self.num_inference_steps, generators)
 
 
-def colorizer_from_parts(unet: LabConditionedUNet, training_scheduler_config, resolution: int, sampler: str,
-                         num_inference_steps: int, seed: int = 0) -> DiffusionColorizer:
+def colorizer_from_parts(
+    unet: LabConditionedUNet,
+    training_scheduler_config,
+    resolution: int,
+    sampler: str,
+    num_inference_steps: int,
+    seed: int = 0,
+) -> DiffusionColorizer:
     """The one way a diffusion colorizer is assembled, for a loaded export and for validation alike."""
     pipeline = LabColorizationPipeline(unet, make_sampler(sampler, training_scheduler_config))
     pipeline.set_progress_bar_config(disable=True)
     return DiffusionColorizer(pipeline, resolution, num_inference_steps, seed)
 
 
-def load_colorizer(path: str, config: dict, device: torch.device, scheduler: Optional[str] = None,
-                   num_inference_steps: Optional[int] = None, seed: int = 0) -> Colorizer:
+def load_colorizer(
+    path: str,
+    config: dict,
+    device: torch.device,
+    scheduler: Optional[str] = None,
+    num_inference_steps: Optional[int] = None,
+    seed: int = 0,
+) -> Colorizer:
     """An exported diffusion pipeline -> its colorizer, sampling with ``scheduler`` (ddpm, ddim or dpm) for
     ``num_inference_steps`` (default: the sampler recorded in the export, else DPM-Solver with 20 steps)."""
     from diffusers.utils import logging as diffusers_logging
@@ -200,12 +246,15 @@ def load_colorizer(path: str, config: dict, device: torch.device, scheduler: Opt
     try:
         pipeline = LabColorizationPipeline.from_pretrained(path)
     except (OSError, ValueError, KeyError) as error:
-        raise ColorizationError(f"cannot load the diffusion pipeline in {path!r}: {str(error).splitlines()[0]}") from None
+        raise ColorizationError(
+            f"cannot load the diffusion pipeline in {path!r}: {str(error).splitlines()[0]}"
+        ) from None
     finally:
         diffusers_logging.enable_progress_bar()
     recorded = config.get("sampling", {})
     sampler = scheduler or recorded.get("scheduler", DEFAULT_SAMPLER[0])
     steps = num_inference_steps or recorded.get("num_inference_steps", DEFAULT_SAMPLER[1])
-    colorizer = colorizer_from_parts(pipeline.unet.to(device).eval(), pipeline.scheduler.config,
-                                     int(config["resolution"]), sampler, int(steps), seed)
+    colorizer = colorizer_from_parts(
+        pipeline.unet.to(device).eval(), pipeline.scheduler.config, int(config["resolution"]), sampler, int(steps), seed
+    )
     return colorizer

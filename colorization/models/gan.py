@@ -36,16 +36,23 @@ def generator_depth(resolution: int) -> int:
     """Number of stride-2 levels that take ``resolution`` down to 1x1; refuses what cannot work."""
     depth = int(round(math.log2(resolution))) if resolution > 0 else 0
     if resolution < 32 or 2**depth != resolution:
-        raise ColorizationError(f"the GAN's U-Net needs --resolution to be a power of two >= 32 (e.g. 64, 128, "
-                                f"256), got {resolution}")
+        raise ColorizationError(
+            f"the GAN's U-Net needs --resolution to be a power of two >= 32 (e.g. 64, 128, 256), got {resolution}"
+        )
     return depth
 
 
 class UNetGenerator(nn.Module):
     """Normalized L (N, 1, R, R) -> normalized ab (N, 2, R, R), or RGB in [-1, 1] (N, 3, R, R)."""
 
-    def __init__(self, resolution: int = 256, output_space: str = "ab", base_channels: int = 64,
-                 upsampling: str = "transposed", norm: str = "batch"):
+    def __init__(
+        self,
+        resolution: int = 256,
+        output_space: str = "ab",
+        base_channels: int = 64,
+        upsampling: str = "transposed",
+        norm: str = "batch",
+    ):
         super().__init__()
         self.output_space = output_space
         depth = generator_depth(resolution)
@@ -55,17 +62,24 @@ class UNetGenerator(nn.Module):
         for level, width in enumerate(widths):
             # no normalization on the first level (pix2pix) nor at 1x1 (batch norm of one value per channel)
             normalized = 0 < level < depth - 1
-            self.down.append(nn.Sequential(
-                nn.Conv2d(in_channels, width, 4, stride=2, padding=1, bias=not normalized),
-                *([_norm(width, norm)] if normalized else []),
-                nn.LeakyReLU(0.2, inplace=True)))
+            self.down.append(
+                nn.Sequential(
+                    nn.Conv2d(in_channels, width, 4, stride=2, padding=1, bias=not normalized),
+                    *([_norm(width, norm)] if normalized else []),
+                    nn.LeakyReLU(0.2, inplace=True),
+                )
+            )
             in_channels = width
         self.up = nn.ModuleList()
         for level in reversed(range(1, depth)):
             skip = 0 if level == depth - 1 else widths[level]  # the innermost block has no skip input yet
-            self.up.append(nn.Sequential(
-                _upsample(widths[level] + skip, widths[level - 1], upsampling, bias=False),
-                _norm(widths[level - 1], norm), nn.ReLU(inplace=True)))
+            self.up.append(
+                nn.Sequential(
+                    _upsample(widths[level] + skip, widths[level - 1], upsampling, bias=False),
+                    _norm(widths[level - 1], norm),
+                    nn.ReLU(inplace=True),
+                )
+            )
         out_channels = 2 if output_space == "ab" else 3
         self.out = nn.Sequential(_upsample(widths[0] * 2, out_channels, upsampling, bias=True), nn.Tanh())
 
@@ -104,8 +118,10 @@ def _upsample(in_channels: int, out_channels: int, upsampling: str, bias: bool) 
     if upsampling == "transposed":
         return nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1, bias=bias)
     if upsampling == "resize":
-        return nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-                             nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=bias))
+        return nn.Sequential(
+            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=bias),
+        )
     raise ColorizationError(f"unknown upsampling {upsampling!r}: transposed or resize")
 
 

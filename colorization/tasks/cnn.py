@@ -16,8 +16,10 @@ from colorization.training import TrainConfig, TrainingTask, make_optimizer
 
 @dataclass
 class CNNConfig:
-    pretrained_backbone: bool = field(True, "Start the ResNet-18 trunk from ImageNet weights "
-                                            "(--no-pretrained_backbone trains from scratch, no download).")
+    pretrained_backbone: bool = field(
+        True,
+        "Start the ResNet-18 trunk from ImageNet weights (--no-pretrained_backbone trains from scratch, no download).",
+    )
     loss: str = field("mse", "Loss on the normalized ab.", choices=("mse", "l1"))
 
 
@@ -28,7 +30,9 @@ class CNNTask(TrainingTask):
 
     def check_resolution(self, resolution: int) -> None:
         if resolution < 32 or resolution % 8:
-            raise ColorizationError(f"the CNN needs --resolution to be a multiple of 8 and at least 32, got {resolution}")
+            raise ColorizationError(
+                f"the CNN needs --resolution to be a multiple of 8 and at least 32, got {resolution}"
+            )
 
     def build(self, train_config: TrainConfig, statistics: dict) -> None:
         model = ResNetColorizer(pretrained_backbone=self.config.pretrained_backbone)

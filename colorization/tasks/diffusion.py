@@ -19,42 +19,76 @@ from diffusers.training_utils import EMAModel, compute_snr
 
 from colorization.colorizer import Colorizer, save_export_config
 from colorization.config import decay, field, index_list, parse_ints, positive_float, positive_int, positive_int_list
-from colorization.models.diffusion import (DEFAULT_SAMPLER, NUM_TRAIN_TIMESTEPS, PRESETS, SAMPLERS,
-                                           LabColorizationPipeline, LabConditionedUNet, build_unet,
-                                           colorizer_from_parts)
+from colorization.models.diffusion import (
+    DEFAULT_SAMPLER,
+    NUM_TRAIN_TIMESTEPS,
+    PRESETS,
+    SAMPLERS,
+    LabColorizationPipeline,
+    LabConditionedUNet,
+    build_unet,
+    colorizer_from_parts,
+)
 from colorization.training import TrainConfig, TrainingTask, make_optimizer
 
 
 @dataclass
 class DiffusionConfig:
-    unet_preset: str = field("base", "UNet size: small (~3M parameters, for 64x64 CPU runs) or base (~71M, for "
-                                     "256x256).", choices=tuple(PRESETS))
-    block_out_channels: Optional[str] = field(None, "Override the preset's widths, e.g. 32,64,64,128.",
-                                              type=positive_int_list)
+    unet_preset: str = field(
+        "base",
+        "UNet size: small (~3M parameters, for 64x64 CPU runs) or base (~71M, for 256x256).",
+        choices=tuple(PRESETS),
+    )
+    block_out_channels: Optional[str] = field(
+        None, "Override the preset's widths, e.g. 32,64,64,128.", type=positive_int_list
+    )
     layers_per_block: Optional[int] = field(None, "Override the preset's ResNet layers per level.", type=positive_int)
-    attention_levels: Optional[str] = field(None, "Override the preset's attention levels (indices, e.g. 2,3; "
-                                                  "empty string: none).", type=index_list)
-    prediction_type: str = field("epsilon", "What the UNet predicts: the noise, v, or the clean ab (sample).",
-                                 choices=("epsilon", "v_prediction", "sample"))
-    beta_schedule: str = field("linear", "Noise schedule of DDPMScheduler (1000 steps).",
-                               choices=("linear", "scaled_linear", "squaredcos_cap_v2"))
-    zero_terminal_snr: bool = field(False, "Rescale the betas so that the last timestep is pure noise (Lin et al. "
-                                           "2024), as samplers starting from pure noise assume; needs v or sample "
-                                           "prediction.")
-    snr_gamma: Optional[float] = field(None, "Min-SNR loss weighting (Hang et al. 2023) with this gamma, e.g. 5; "
-                                             "none: uniform weights.", type=positive_float)
+    attention_levels: Optional[str] = field(
+        None, "Override the preset's attention levels (indices, e.g. 2,3; empty string: none).", type=index_list
+    )
+    prediction_type: str = field(
+        "epsilon",
+        "What the UNet predicts: the noise, v, or the clean ab (sample).",
+        choices=("epsilon", "v_prediction", "sample"),
+    )
+    beta_schedule: str = field(
+        "linear",
+        "Noise schedule of DDPMScheduler (1000 steps).",
+        choices=("linear", "scaled_linear", "squaredcos_cap_v2"),
+    )
+    zero_terminal_snr: bool = field(
+        False,
+        "Rescale the betas so that the last timestep is pure noise (Lin et al. "
+        "2024), as samplers starting from pure noise assume; needs v or sample "
+        "prediction.",
+    )
+    snr_gamma: Optional[float] = field(
+        None,
+        "Min-SNR loss weighting (Hang et al. 2023) with this gamma, e.g. 5; none: uniform weights.",
+        type=positive_float,
+    )
     use_ema: bool = field(True, "Keep an EMA of the weights (diffusers' EMAModel) for validation and export.")
     ema_max_decay: float = field(0.9999, "Largest EMA decay.", type=decay)
-    ema_power: float = field(2 / 3, "EMA warm-up: the decay at step t is 1 - (1 + t) ** -power (smaller: a "
-                                    "shorter memory early in training).", type=positive_float)
-    ab_scale: Optional[float] = field(None, "The UNet diffuses ab x this factor, so the data has about unit "
-                                            "variance like the noise; none: 1 / std of the training images' "
-                                            "normalized ab (measured once per run, stored in the model).",
-                                            type=positive_float)
-    validation_sampler: str = field(DEFAULT_SAMPLER[0], "Sampler of validation (and evaluate.py's default for "
-                                                        "this model).", choices=tuple(SAMPLERS))
-    validation_inference_steps: int = field(DEFAULT_SAMPLER[1], "Sampling steps of validation (and evaluate.py's "
-                                                                "default for this model).", type=positive_int)
+    ema_power: float = field(
+        2 / 3,
+        "EMA warm-up: the decay at step t is 1 - (1 + t) ** -power (smaller: a shorter memory early in training).",
+        type=positive_float,
+    )
+    ab_scale: Optional[float] = field(
+        None,
+        "The UNet diffuses ab x this factor, so the data has about unit "
+        "variance like the noise; none: 1 / std of the training images' "
+        "normalized ab (measured once per run, stored in the model).",
+        type=positive_float,
+    )
+    validation_sampler: str = field(
+        DEFAULT_SAMPLER[0], "Sampler of validation (and evaluate.py's default for this model).", choices=tuple(SAMPLERS)
+    )
+    validation_inference_steps: int = field(
+        DEFAULT_SAMPLER[1],
+        "Sampling steps of validation (and evaluate.py's default for this model).",
+        type=positive_int,
+    )
 
 
 class DiffusionTask(TrainingTask):
@@ -68,8 +102,10 @@ class DiffusionTask(TrainingTask):
     def check_flags(cls, config: DiffusionConfig):
         if config.zero_terminal_snr and config.prediction_type == "epsilon":
             # at the last timestep alpha_bar is 0: the clean ab cannot be recovered from a noise prediction
-            return "--zero_terminal_snr needs --prediction_type v_prediction or sample (with epsilon prediction the " \
-                   "last timestep is pure noise and sampling divides by zero)"
+            return (
+                "--zero_terminal_snr needs --prediction_type v_prediction or sample (with epsilon prediction the "
+                "last timestep is pure noise and sampling divides by zero)"
+            )
         return None
 
     def __init__(self, config: DiffusionConfig, resolution: int):
@@ -78,10 +114,14 @@ class DiffusionTask(TrainingTask):
 
     def _unet(self, ab_scale: float = 1.0) -> LabConditionedUNet:
         config = self.config
-        return build_unet(self.resolution, config.unet_preset, parse_ints(config.block_out_channels),
-                          config.layers_per_block,
-                          parse_ints(config.attention_levels),
-                          ab_scale)
+        return build_unet(
+            self.resolution,
+            config.unet_preset,
+            parse_ints(config.block_out_channels),
+            config.layers_per_block,
+            parse_ints(config.attention_levels),
+            ab_scale,
+        )
 
     def check_resolution(self, resolution: int) -> None:
         self._unet()  # raises for a resolution the UNet cannot halve enough
@@ -89,18 +129,30 @@ class DiffusionTask(TrainingTask):
     def build(self, train_config: TrainConfig, statistics: dict) -> None:
         config = self.config
         spread = float(statistics["ab_std"])
-        self.ab_scale = config.ab_scale if config.ab_scale is not None else round(1.0 / max(spread, 0.02), 3)  # gray data: <= x50
+        self.ab_scale = (
+            config.ab_scale if config.ab_scale is not None else round(1.0 / max(spread, 0.02), 3)
+        )  # gray data: <= x50
         unet = self._unet(self.ab_scale)
         self.models = {"unet": unet}
         self.optimizers = {"unet": make_optimizer(unet.parameters(), train_config)}
-        self.noise_scheduler = DDPMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_schedule=config.beta_schedule,
-                                             prediction_type=config.prediction_type, clip_sample=False,
-                                             rescale_betas_zero_snr=config.zero_terminal_snr)
+        self.noise_scheduler = DDPMScheduler(
+            num_train_timesteps=NUM_TRAIN_TIMESTEPS,
+            beta_schedule=config.beta_schedule,
+            prediction_type=config.prediction_type,
+            clip_sample=False,
+            rescale_betas_zero_snr=config.zero_terminal_snr,
+        )
         self.ema = None
         if config.use_ema:
-            self.ema = EMAModel(unet.parameters(), decay=config.ema_max_decay, use_ema_warmup=True,
-                                power=config.ema_power, foreach=True, model_cls=LabConditionedUNet,
-                                model_config=unet.config)
+            self.ema = EMAModel(
+                unet.parameters(),
+                decay=config.ema_max_decay,
+                use_ema_warmup=True,
+                power=config.ema_power,
+                foreach=True,
+                model_cls=LabConditionedUNet,
+                model_config=unet.config,
+            )
             self.ema.to(self.accelerator.device)
 
     def state_dict(self) -> dict:
@@ -144,8 +196,9 @@ class DiffusionTask(TrainingTask):
         timesteps = torch.randint(0, NUM_TRAIN_TIMESTEPS, (ab.shape[0],), device=ab.device)
         noisy_ab = self.noise_scheduler.add_noise(ab, noise, timesteps)
         prediction = self.models["unet"](noisy_ab, timesteps, lightness)
-        per_image = F.mse_loss(prediction.float(), self.training_target(ab, noise, timesteps).float(),
-                               reduction="none").mean(dim=(1, 2, 3))
+        per_image = F.mse_loss(
+            prediction.float(), self.training_target(ab, noise, timesteps).float(), reduction="none"
+        ).mean(dim=(1, 2, 3))
         weights = self.loss_weights(timesteps)
         loss = per_image.mean() if weights is None else (per_image * weights).mean()
         trainer.optimize("unet", loss)
@@ -175,8 +228,13 @@ class DiffusionTask(TrainingTask):
 
     def colorizer(self) -> Colorizer:
         config = self.config
-        return colorizer_from_parts(self.unwrapped("unet"), self.noise_scheduler.config, self.resolution,
-                                    config.validation_sampler, config.validation_inference_steps)
+        return colorizer_from_parts(
+            self.unwrapped("unet"),
+            self.noise_scheduler.config,
+            self.resolution,
+            config.validation_sampler,
+            config.validation_inference_steps,
+        )
 
     def validation_losses(self, lightness, ab, predicted_ab):
         return {"ab_mse": F.mse_loss(predicted_ab.float(), ab, reduction="none").mean(dim=(1, 2, 3))}
@@ -184,7 +242,10 @@ class DiffusionTask(TrainingTask):
     def export(self, output_dir: str, extra: dict) -> None:
         """A diffusers pipeline folder (the UNet, as evaluation_weights gives it, and the training schedule)."""
         LabColorizationPipeline(self.unwrapped("unet"), self.noise_scheduler).save_pretrained(
-            output_dir, safe_serialization=True)
-        sampling = {"scheduler": self.config.validation_sampler,
-                    "num_inference_steps": self.config.validation_inference_steps}
+            output_dir, safe_serialization=True
+        )
+        sampling = {
+            "scheduler": self.config.validation_sampler,
+            "num_inference_steps": self.config.validation_inference_steps,
+        }
         save_export_config(output_dir, self.model_type, {}, self.resolution, {**extra, "sampling": sampling})

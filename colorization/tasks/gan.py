@@ -43,33 +43,56 @@ PHASES = ("content", "discriminator", "adversarial")
 
 @dataclass
 class GANConfig:
-    output_space: str = field("ab", "What the generator predicts: ab (joined with the input L) or rgb (the "
-                                    "report's variant).", choices=("ab", "rgb"))
+    output_space: str = field(
+        "ab",
+        "What the generator predicts: ab (joined with the input L) or rgb (the report's variant).",
+        choices=("ab", "rgb"),
+    )
     base_channels: int = field(64, "Channels of the first generator and discriminator layer.", type=positive_int)
-    upsampling: str = field("resize", "The generator decoder's x2: resize (bilinear x2 + 3x3 convolution) or "
-                                      "transposed (4x4 stride-2 transposed convolutions: pix2pix's and the "
-                                      "report's, whose checkerboard chroma noise costs SSIM).",
-                            choices=("resize", "transposed"))
-    generator_norm: str = field("group", "The generator's normalization: group (the same in training and at "
-                                         "inference) or batch (pix2pix's: batch statistics in training, running "
-                                         "statistics at inference).", choices=("group", "batch"))
+    upsampling: str = field(
+        "resize",
+        "The generator decoder's x2: resize (bilinear x2 + 3x3 convolution) or "
+        "transposed (4x4 stride-2 transposed convolutions: pix2pix's and the "
+        "report's, whose checkerboard chroma noise costs SSIM).",
+        choices=("resize", "transposed"),
+    )
+    generator_norm: str = field(
+        "group",
+        "The generator's normalization: group (the same in training and at "
+        "inference) or batch (pix2pix's: batch statistics in training, running "
+        "statistics at inference).",
+        choices=("group", "batch"),
+    )
     lambda_content: float = field(100.0, "Weight of the smooth-L1 content loss.", type=non_negative_float)
-    smooth_l1_beta: float = field(0.01, "Where the content loss turns from quadratic to linear, in normalized "
-                                        "units (0.01 ~ 1 Lab unit). PyTorch's default 1.0 would keep ab errors "
-                                        "(~0.1) in the quadratic part, where x100 is weaker than the adversarial "
-                                        "loss.", type=positive_float)
-    lambda_perceptual: float = field(0.5, "Weight of the VGG-16 perceptual loss (0 skips VGG: no download).",
-                                     type=non_negative_float)
+    smooth_l1_beta: float = field(
+        0.01,
+        "Where the content loss turns from quadratic to linear, in normalized "
+        "units (0.01 ~ 1 Lab unit). PyTorch's default 1.0 would keep ab errors "
+        "(~0.1) in the quadratic part, where x100 is weaker than the adversarial "
+        "loss.",
+        type=positive_float,
+    )
+    lambda_perceptual: float = field(
+        0.5, "Weight of the VGG-16 perceptual loss (0 skips VGG: no download).", type=non_negative_float
+    )
     label_smoothing: float = field(0.1, "One-sided label smoothing: real targets are 1 - this value.", type=fraction)
-    discriminator_learning_rate: Optional[float] = field(None, "The discriminator's learning rate (none: "
-                                                               "--learning_rate).", type=positive_float)
-    spectral_norm: bool = field(True, "Spectral norm on the discriminator's convolutions, and no batch norm "
-                                      "(--no-spectral_norm: batch norm, as in pix2pix and the report).")
-    content_fraction: float = field(0.4, "Fraction of the steps in which the generator learns the content loss "
-                                         "alone (warm start).", type=fraction)
-    discriminator_warmup_fraction: float = field(0.05, "Fraction of the steps, after the content phase, in which "
-                                                       "only the discriminator learns, on that generator's outputs.",
-                                                       type=fraction)
+    discriminator_learning_rate: Optional[float] = field(
+        None, "The discriminator's learning rate (none: --learning_rate).", type=positive_float
+    )
+    spectral_norm: bool = field(
+        True,
+        "Spectral norm on the discriminator's convolutions, and no batch norm "
+        "(--no-spectral_norm: batch norm, as in pix2pix and the report).",
+    )
+    content_fraction: float = field(
+        0.4, "Fraction of the steps in which the generator learns the content loss alone (warm start).", type=fraction
+    )
+    discriminator_warmup_fraction: float = field(
+        0.05,
+        "Fraction of the steps, after the content phase, in which "
+        "only the discriminator learns, on that generator's outputs.",
+        type=fraction,
+    )
 
 
 class PatchDiscriminator(nn.Module):
@@ -86,8 +109,11 @@ class PatchDiscriminator(nn.Module):
         width = base_channels
         for level in range(1, layers + 1):
             next_width = base_channels * min(2**level, MAX_CHANNELS_MULTIPLIER)
-            blocks += [conv(width, next_width, 2 if level < layers else 1, spectral_norm),
-                       *([] if spectral_norm else [nn.BatchNorm2d(next_width)]), nn.LeakyReLU(0.2, True)]
+            blocks += [
+                conv(width, next_width, 2 if level < layers else 1, spectral_norm),
+                *([] if spectral_norm else [nn.BatchNorm2d(next_width)]),
+                nn.LeakyReLU(0.2, True),
+            ]
             width = next_width
         blocks.append(conv(width, 1, 1, True))
         self.net = nn.Sequential(*blocks)
@@ -101,9 +127,12 @@ def load_imagenet_vgg16_features() -> nn.Module:
     from torchvision.models import VGG16_Weights, vgg16
 
     weights = VGG16_Weights.IMAGENET1K_V1
-    network = load_pretrained(lambda: vgg16(weights=weights), weights.url,
-                              "ImageNet VGG-16 weights for the perceptual loss",
-                              "train without the perceptual loss with --lambda_perceptual 0")
+    network = load_pretrained(
+        lambda: vgg16(weights=weights),
+        weights.url,
+        "ImageNet VGG-16 weights for the perceptual loss",
+        "train without the perceptual loss with --lambda_perceptual 0",
+    )
     return network.features[:VGG_RELU3_3].eval().requires_grad_(False)
 
 
@@ -127,8 +156,13 @@ class GANTask(TrainingTask):
     config_class = GANConfig
     # Adam 2e-4, beta1 0.5 and no clipping as in the report and pix2pix; pix2pix's schedule; the exported
     # generator is the validated step with the best PSNR that does not over-color (see docs/models.md, GAN)
-    flag_defaults = {"learning_rate": 2e-4, "adam_beta1": 0.5, "lr_scheduler": "constant_then_linear",
-                     "max_grad_norm": None, "model_selection": "best"}
+    flag_defaults = {
+        "learning_rate": 2e-4,
+        "adam_beta1": 0.5,
+        "lr_scheduler": "constant_then_linear",
+        "max_grad_norm": None,
+        "model_selection": "best",
+    }
     exported_model_name = "generator"
 
     def check_resolution(self, resolution: int) -> None:
@@ -137,20 +171,27 @@ class GANTask(TrainingTask):
     @classmethod
     def check_flags(cls, config: GANConfig):
         if config.content_fraction + config.discriminator_warmup_fraction >= 1:
-            return (f"--content_fraction {config.content_fraction} + --discriminator_warmup_fraction "
-                    f"{config.discriminator_warmup_fraction} leave no adversarial steps: their sum must be below 1")
+            return (
+                f"--content_fraction {config.content_fraction} + --discriminator_warmup_fraction "
+                f"{config.discriminator_warmup_fraction} leave no adversarial steps: their sum must be below 1"
+            )
         return None
 
     def build(self, train_config: TrainConfig, statistics: dict) -> None:
         config = self.config
-        generator = UNetGenerator(self.resolution, config.output_space, config.base_channels, config.upsampling,
-                                  config.generator_norm)
-        discriminator = PatchDiscriminator(2 if config.output_space == "ab" else 3, config.base_channels,
-                                           spectral_norm=config.spectral_norm)
+        generator = UNetGenerator(
+            self.resolution, config.output_space, config.base_channels, config.upsampling, config.generator_norm
+        )
+        discriminator = PatchDiscriminator(
+            2 if config.output_space == "ab" else 3, config.base_channels, spectral_norm=config.spectral_norm
+        )
         self.models = {"generator": generator, "discriminator": discriminator}
-        self.optimizers = {"generator": make_optimizer(generator.parameters(), train_config),
-                           "discriminator": make_optimizer(discriminator.parameters(), train_config,
-                                                           config.discriminator_learning_rate)}
+        self.optimizers = {
+            "generator": make_optimizer(generator.parameters(), train_config),
+            "discriminator": make_optimizer(
+                discriminator.parameters(), train_config, config.discriminator_learning_rate
+            ),
+        }
         self.perceptual = None
         if config.lambda_perceptual > 0:  # frozen, so not prepared by accelerate: move it ourselves
             self.perceptual = PerceptualLoss(load_imagenet_vgg16_features()).to(self.accelerator.device)
@@ -188,9 +229,12 @@ class GANTask(TrainingTask):
         loss_real = self._adversarial(real_logits, True, self.config.label_smoothing)
         loss_fake = self._adversarial(fake_logits, False)
         trainer.optimize("discriminator", 0.5 * (loss_real + loss_fake))
-        return {"d_loss_real": loss_real.detach(), "d_loss_fake": loss_fake.detach(),
-                "d_real": torch.sigmoid(real_logits.detach().float()).mean(),
-                "d_fake": torch.sigmoid(fake_logits.detach().float()).mean()}
+        return {
+            "d_loss_real": loss_real.detach(),
+            "d_loss_fake": loss_fake.detach(),
+            "d_real": torch.sigmoid(real_logits.detach().float()).mean(),
+            "d_fake": torch.sigmoid(fake_logits.detach().float()).mean(),
+        }
 
     def generator_step(self, trainer, lightness, ab, target, fake, adversarial: bool = True) -> dict:
         content = F.smooth_l1_loss(fake.float(), target.float(), beta=self.config.smooth_l1_beta)
@@ -219,8 +263,10 @@ class GANTask(TrainingTask):
         phase = self.phase(trainer.progress.global_step, trainer.max_steps)
         target = self._target(lightness, ab)
         nothing = torch.tensor(float("nan"), device=lightness.device)
-        logs = {key: nothing for key in ("d_loss_real", "d_loss_fake", "d_real", "d_fake", "g_adversarial",
-                                         "g_content", "loss")}
+        logs = {
+            key: nothing
+            for key in ("d_loss_real", "d_loss_fake", "d_real", "d_fake", "g_adversarial", "g_content", "loss")
+        }
         if self.perceptual is not None:
             logs["g_perceptual"] = nothing
         if phase == 1:  # the generator waits: its outputs, as it makes them in training
@@ -236,10 +282,15 @@ class GANTask(TrainingTask):
         return logs
 
     def colorizer(self) -> Colorizer:
-        return FeedForwardColorizer(self.model_type, self.unwrapped("generator"), self.resolution,
-                                    self.accelerator.device)
+        return FeedForwardColorizer(
+            self.model_type, self.unwrapped("generator"), self.resolution, self.accelerator.device
+        )
 
     def architecture(self) -> dict:
-        return {"resolution": self.resolution, "output_space": self.config.output_space,
-                "base_channels": self.config.base_channels, "upsampling": self.config.upsampling,
-                "norm": self.config.generator_norm}
+        return {
+            "resolution": self.resolution,
+            "output_space": self.config.output_space,
+            "base_channels": self.config.base_channels,
+            "upsampling": self.config.upsampling,
+            "norm": self.config.generator_norm,
+        }
