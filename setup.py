@@ -1,22 +1,31 @@
+import re
+
 from setuptools import find_packages, setup
+
+# the version lives in one place, colorization/version.py (read as text: installing imports nothing)
+with open("colorization/version.py", encoding="utf-8") as handle:
+    VERSION = re.search(r'^__version__ = "([^"]+)"', handle.read(), re.M).group(1)
 
 setup(
     name="colorization",
-    version="0.1.0",
+    version=VERSION,
     description="Train, compare and serve CNN, GAN and diffusion models for automatic image colorization.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["colorization", "colorization.*"]),
+    # Each floor is the oldest release with every API the package calls (CI installs these floors of the
+    # pure-Python dependencies in a second environment and runs the fast tests there; see .ci/run):
     install_requires=[
-        "torch>=2.1",
-        "torchvision>=0.16",
-        "accelerate>=1.0",
-        "diffusers>=0.30",
-        "safetensors>=0.4",
-        "datasets>=3.0",
+        "torch>=2.3",  # torch.amp.GradScaler (only 2.14 is tested: older wheels are not installed here)
+        "torchvision>=0.18",  # the release that goes with torch 2.3
+        "accelerate>=1.3",  # unwrap_model(keep_torch_compile=...)
+        "diffusers>=0.30",  # EMAModel(foreach=...)
+        "safetensors>=0.4.3",  # what accelerate 1.x needs
+        "datasets>=2.21",  # with_format("numpy", dtype=...) under numpy 2
+        "huggingface_hub>=0.23.2",  # imported directly (constants); what diffusers 0.30 needs
         "lpips>=0.1.4",
-        "torchmetrics>=1.3",
+        "torchmetrics>=1.2.1",  # the first 1.x that imports without distutils (Python 3.12)
         "tensorboard>=2.14",
         "tqdm>=4.66",
         "numpy>=1.24",
@@ -29,7 +38,17 @@ setup(
         "demo": ["gradio>=5"],
         # scikit-image and scipy: independent references the color conversion and the metrics are tested
         # against; gradio and playwright: the demo's browser test; matplotlib: the benchmark plots
-        "dev": ["pytest>=7", "scikit-image>=0.21", "scipy>=1.10", "gradio>=5", "playwright>=1.40", "matplotlib>=3.7"],
+        # accelerate 1.7: the tests launch two processes with --main_process_port 0 (a free port); ruff: CI's lint
+        "dev": [
+            "pytest>=7",
+            "scikit-image>=0.21",
+            "scipy>=1.10",
+            "gradio>=5",
+            "playwright>=1.40",
+            "matplotlib>=3.7",
+            "accelerate>=1.7",
+            "ruff",
+        ],
     },
     license="MIT",
 )

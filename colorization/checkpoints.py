@@ -16,8 +16,8 @@ from typing import Callable, Optional
 
 from safetensors.torch import load_file, save_file
 
-from colorization.colorizer import read_json_if_present, write_json
 from colorization.errors import ColorizationError
+from colorization.files import read_json_if_present, write_json
 
 CHECKPOINTS_DIR = "checkpoints"
 COMPLETE_MARKER = "checkpoint_complete.json"

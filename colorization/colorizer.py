@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -25,10 +24,10 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torchvision.transforms.functional import pil_to_tensor
 
 from colorization import color
 from colorization.errors import ColorizationError
+from colorization.files import atomic_write, read_json_if_present, write_json
 from colorization.images import to_rgb
 from colorization.version import __version__
 
@@ -41,31 +40,6 @@ FORMAT_VERSION = 1
 
 
 # ----- files -----
-
-
-def atomic_write(path: str, write) -> None:
-    """Write through a temporary file in the same folder, so a crash never leaves half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
-def write_json(path: str, data) -> None:
-    """Write ``data`` as indented JSON, atomically."""
-
-    def write(temporary: str) -> None:
-        with open(temporary, "w") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-
-    atomic_write(path, write)
 
 
 def save_export_config(
@@ -107,14 +81,6 @@ def read_mean_ab(path: str) -> Optional[torch.Tensor]:
     """The mean training ab (Lab units, (2, R, R)) an export carries, or None."""
     file = os.path.join(path, MEAN_AB_NAME)
     return load_file(file)["mean_ab"] if os.path.isfile(file) else None
-
-
-def read_json_if_present(file: str):
-    """The JSON in ``file``, or None when there is no such file."""
-    if not os.path.isfile(file):
-        return None
-    with open(file) as handle:
-        return json.load(handle)
 
 
 def read_training_images(path: str) -> Optional[dict]:
@@ -224,20 +190,31 @@ class Colorizer:
         raise NotImplementedError
 
     def _to_model_size(self, lightness: torch.Tensor) -> torch.Tensor:
+        """The one resize of the input to the network: normalized L to the model's resolution (bilinear,
+        antialiased), for evaluation, validation and colorize alike."""
         if lightness.shape[-2:] == (self.resolution, self.resolution):
             return lightness
         return F.interpolate(
             lightness, size=(self.resolution, self.resolution), mode="bilinear", antialias=True, align_corners=False
         )
 
+    @staticmethod
+    def _to_input_size(ab: torch.Tensor, size) -> torch.Tensor:
+        """The predicted ab back to the input's size (bilinear), to be joined with the input's own L."""
+        if ab.shape[-2:] == tuple(size):
+            return ab
+        return F.interpolate(ab, size=tuple(size), mode="bilinear", align_corners=False)
+
+    @torch.no_grad()
+    def _predict(self, small: torch.Tensor, seeds: Optional[Sequence[int]]) -> torch.Tensor:
+        with torch.autocast(self.device.type, enabled=False):
+            return self.predict_ab(small.to(self.device).float(), seeds).float()
+
     @torch.no_grad()
     def colorize_lightness(self, lightness: torch.Tensor, seeds: Optional[Sequence[int]] = None) -> torch.Tensor:
         """Normalized L of any size (N, 1, H, W) -> ab (N, 2, H, W), predicted at the model's resolution, in fp32."""
-        with torch.autocast(self.device.type, enabled=False):
-            ab = self.predict_ab(self._to_model_size(lightness).to(self.device).float(), seeds).float()
-        if ab.shape[-2:] != lightness.shape[-2:]:
-            ab = F.interpolate(ab, size=lightness.shape[-2:], mode="bilinear", align_corners=False)
-        return ab.to(lightness.device)
+        ab = self._predict(self._to_model_size(lightness), seeds)
+        return self._to_input_size(ab, lightness.shape[-2:]).to(lightness.device)
 
     def colorize(
         self, images: Union[Image.Image, Sequence[Image.Image]], batch_size: int = 8, seed: Optional[int] = None
@@ -245,9 +222,11 @@ class Colorizer:
         """A PIL image -> a colorized PIL image of the same size; a list of images -> a list (any sizes).
 
         Any mode is accepted (16-bit, CMYK, palette...); EXIF orientation is applied; an alpha channel is
-        kept. Only the model's input is downscaled; the output is joined with the full-resolution L in
-        tiles of rows, so very large images need little memory. ``seed`` (stochastic models; default: the
-        colorizer's) seeds every image alike: the same photo and seed give the same colors in any batch.
+        kept. The model sees the image's L resized exactly as :meth:`colorize_lightness` (the path of validation
+        and ``evaluate.py``) resizes it, so a photo at the model's resolution gets the table's pixels; the output
+        is joined with the full-resolution L in tiles of rows, so very large images need little memory. ``seed``
+        (stochastic models; default: the colorizer's) seeds every image alike: the same photo and seed give the
+        same colors in any batch.
         """
         single = isinstance(images, Image.Image)
         items = [images] if single else list(images)
@@ -255,27 +234,21 @@ class Colorizer:
         results = []
         for start in range(0, len(items), batch_size):
             prepared = [_split_alpha(image) for image in items[start : start + batch_size]]
-            small = torch.cat([self._model_input(rgb) for rgb, _ in prepared])
-            with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
-                ab_small = self.predict_ab(small.to(self.device), [seed] * len(prepared)).float().cpu()
-            results.extend(self._join(rgb, ab, alpha) for (rgb, alpha), ab in zip(prepared, ab_small))
+            lightness = [_full_lightness(rgb) for rgb, _ in prepared]
+            small = torch.cat([self._to_model_size(full) for full in lightness])
+            ab_small = self._predict(small, [seed] * len(prepared)).cpu()
+            results.extend(
+                self._join(full, ab[None], alpha) for full, ab, (_, alpha) in zip(lightness, ab_small, prepared)
+            )
         return results[0] if single else results
 
-    def _model_input(self, rgb: Image.Image) -> torch.Tensor:
-        """Normalized L (1, 1, R, R) of the image resized to the model's resolution, as in training."""
-        small = rgb.resize((self.resolution, self.resolution), Image.BICUBIC, reducing_gap=3.0)
-        return color.rgb_to_normalized_lab(pil_to_tensor(small)[None].float().div(255.0))[0]
-
-    def _join(self, rgb: Image.Image, ab_small: torch.Tensor, alpha: Optional[Image.Image]) -> Image.Image:
-        width, height = rgb.size
-        ab = F.interpolate(ab_small[None], size=(height, width), mode="bilinear", align_corners=False)
-        pixels = np.array(rgb)  # writable, as torch.from_numpy expects
-        output = np.empty_like(pixels)
+    def _join(self, lightness: torch.Tensor, ab_small: torch.Tensor, alpha: Optional[Image.Image]) -> Image.Image:
+        height, width = lightness.shape[-2:]
+        ab = self._to_input_size(ab_small, (height, width))
+        output = np.empty((height, width, 3), dtype=np.uint8)
         rows = max(1, _TILE_PIXELS // width)
         for top in range(0, height, rows):
-            tile = torch.from_numpy(pixels[top : top + rows]).permute(2, 0, 1)[None].float().div(255.0)
-            lightness = color.rgb_to_normalized_lab(tile)[0]
-            joined = color.normalized_lab_to_rgb(lightness, ab[..., top : top + rows, :])[0]
+            joined = color.normalized_lab_to_rgb(lightness[..., top : top + rows, :], ab[..., top : top + rows, :])[0]
             output[top : top + rows] = (joined.permute(1, 2, 0) * 255.0).round().byte().numpy()
         result = Image.fromarray(output)
         if alpha is not None:
@@ -284,6 +257,18 @@ class Colorizer:
 
 
 _TILE_PIXELS = 1 << 21  # about 2 megapixels per tile when joining L and ab
+
+
+def _full_lightness(rgb: Image.Image) -> torch.Tensor:
+    """The image's own normalized L (1, 1, H, W) at full resolution, computed in tiles of rows."""
+    pixels = np.array(rgb)  # writable, as torch.from_numpy expects
+    height, width = pixels.shape[:2]
+    lightness = torch.empty(1, 1, height, width)
+    rows = max(1, _TILE_PIXELS // width)
+    for top in range(0, height, rows):
+        tile = torch.from_numpy(pixels[top : top + rows]).permute(2, 0, 1)[None].float().div(255.0)
+        lightness[..., top : top + rows, :] = color.rgb_to_normalized_lab(tile)[0]
+    return lightness
 
 
 def _split_alpha(image: Image.Image) -> tuple[Image.Image, Optional[Image.Image]]:

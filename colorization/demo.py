@@ -55,22 +55,12 @@ class Demo:
         """-> ({name: colorized PIL image}, {name: seconds}), every model on the same photo."""
         results, seconds = {}, {}
         for name, colorizer in self.colorizers.items():
-            if colorizer.stochastic:
-                colorizer = self._with_sampler(name, sampler, steps)
+            if colorizer.stochastic:  # the page's sampler (the network is shared, not loaded again)
+                colorizer.use_sampler(sampler, steps)
             started = time.perf_counter()
             results[name] = colorizer.colorize(photo, seed=seed)
             seconds[name] = time.perf_counter() - started
         return results, seconds
-
-    def _with_sampler(self, name: str, sampler: str, steps: int) -> Colorizer:
-        """The diffusion colorizer with the page's sampler (the network is shared, not loaded again)."""
-        from colorization.models.diffusion import make_sampler
-
-        colorizer = self.colorizers[name]
-        if colorizer.describe_sampling() != f"{sampler.upper()}-{steps}":
-            colorizer.pipeline.scheduler = make_sampler(sampler, colorizer.pipeline.scheduler.config)
-            colorizer.num_inference_steps = int(steps)
-        return colorizer
 
 
 def read_photo(path: Optional[str]) -> tuple[Image.Image, bool]:

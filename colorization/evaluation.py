@@ -215,7 +215,7 @@ class Evaluator:
         with self.accelerator.main_process_first():  # the decoded cache is written once per machine
             dataset = prepare_split(images, self.data, train=False)
         hashes = split_hashes(dataset)
-        keep = self._check_overlap(hashes)
+        keep = images_to_evaluate(hashes, self.paths, self.exports, self.config, self.notes)
         if not keep:
             raise ColorizationError(
                 f"none of the {len(hashes)} images is left to evaluate: a model's exported step "
@@ -223,45 +223,6 @@ class Evaluator:
                 "--keep_selection_images."
             )
         return (dataset if len(keep) == len(dataset) else Subset(dataset, keep)), hashes
-
-    def _check_overlap(self, hashes: list[str]) -> list[int]:
-        """Refuse a model's own training images; leave out the images a model's checkpoint was chosen on
-        -> the positions of the images to evaluate."""
-        positions = {h: i for i, h in enumerate(hashes)}
-        dropped: set[int] = set()
-        for name, path in self.paths.items():
-            record = read_training_images(path)
-            if record is None:
-                self.notes.append(
-                    f"{name} carries no record of its training images: this evaluation could not "
-                    "check that none of these images was trained on."
-                )
-                continue
-            overlap = [positions[h] for h in record.get("images", []) if h in positions]
-            if overlap and not self.config.allow_training_images:
-                raise ColorizationError(
-                    f"{len(overlap)} of the {len(hashes)} images to evaluate are among {name}'s training images "
-                    f"(e.g. image #{overlap[0]}): a model is not scored on what it was trained on. Evaluate on "
-                    "its held-out images (--split validation with its data options), or add "
-                    "--allow_training_images to do it anyway (the table then says so)."
-                )
-            if overlap:
-                self.notes.append(
-                    f"{len(overlap)} of these images were among {name}'s TRAINING images (--allow_training_images)."
-                )
-            selection = self.exports[name].get("selection", {}).get("images", [])
-            chosen_on = [positions[h] for h in selection if h in positions]
-            if chosen_on and not self.config.keep_selection_images:
-                dropped.update(chosen_on)
-                self.notes.append(
-                    f"{len(chosen_on)} images that {name}'s exported step was chosen on "
-                    "(--model_selection best) are left out of every row."
-                )
-            elif chosen_on:
-                self.notes.append(
-                    f"{len(chosen_on)} of these images chose {name}'s exported step (--keep_selection_images)."
-                )
-        return [i for i in range(len(hashes)) if i not in dropped]
 
     # ----- measuring -----
 
@@ -386,6 +347,46 @@ class Evaluator:
             }
             for i, (row, colorizer) in enumerate(self.colorizers.items())
         }
+
+
+def images_to_evaluate(
+    hashes: list[str], paths: dict, exports: dict, config: EvaluationConfig, notes: list
+) -> list[int]:
+    """Refuse a model's own training images; leave out the images a model's checkpoint was chosen on (each
+    said in ``notes``) -> the positions of the images to evaluate."""
+    positions = {h: i for i, h in enumerate(hashes)}
+    dropped: set[int] = set()
+    for name, path in paths.items():
+        record = read_training_images(path)
+        if record is None:
+            notes.append(
+                f"{name} carries no record of its training images: this evaluation could not "
+                "check that none of these images was trained on."
+            )
+            continue
+        overlap = [positions[h] for h in record.get("images", []) if h in positions]
+        if overlap and not config.allow_training_images:
+            raise ColorizationError(
+                f"{len(overlap)} of the {len(hashes)} images to evaluate are among {name}'s training images "
+                f"(e.g. image #{overlap[0]}): a model is not scored on what it was trained on. Evaluate on "
+                "its held-out images (--split validation with its data options), or add "
+                "--allow_training_images to do it anyway (the table then says so)."
+            )
+        if overlap:
+            notes.append(
+                f"{len(overlap)} of these images were among {name}'s TRAINING images (--allow_training_images)."
+            )
+        selection = exports[name].get("selection", {}).get("images", [])
+        chosen_on = [positions[h] for h in selection if h in positions]
+        if chosen_on and not config.keep_selection_images:
+            dropped.update(chosen_on)
+            notes.append(
+                f"{len(chosen_on)} images that {name}'s exported step was chosen on "
+                "(--model_selection best) are left out of every row."
+            )
+        elif chosen_on:
+            notes.append(f"{len(chosen_on)} of these images chose {name}'s exported step (--keep_selection_images).")
+    return [i for i in range(len(hashes)) if i not in dropped]
 
 
 def _in_order(chunks: dict[str, list]) -> dict[str, np.ndarray]:

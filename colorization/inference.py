@@ -6,20 +6,13 @@ diffusers nor anything of training (accelerate, datasets, the harness).
 
 from __future__ import annotations
 
-import importlib
 from typing import Union
 
 import torch
 
 from colorization.colorizer import Colorizer, default_device, read_export_config
 from colorization.errors import ColorizationError
-
-# model type -> the module of its inference half, which defines load_colorizer(path, config, device, **sampling)
-FAMILIES = {
-    "cnn": "colorization.models.cnn",
-    "gan": "colorization.models.gan",
-    "diffusion": "colorization.models.diffusion",
-}
+from colorization.families import family
 
 
 def load_colorizer(path: str, device: Union[str, torch.device, None] = None, **sampling) -> Colorizer:
@@ -29,11 +22,9 @@ def load_colorizer(path: str, device: Union[str, torch.device, None] = None, **s
     ``num_inference_steps``, ``seed``); the one-pass models have none and ignore them.
     """
     config = read_export_config(path)
-    model_type = config.get("model_type")
-    if model_type not in FAMILIES:
-        raise ColorizationError(
-            f"{path!r} holds a model of unknown type {model_type!r} (this installation knows {sorted(FAMILIES)})"
-        )
-    family = importlib.import_module(FAMILIES[model_type])
+    try:
+        known = family(config.get("model_type"))
+    except ColorizationError as error:
+        raise ColorizationError(f"{path!r} holds a model that cannot be loaded: {error}") from None
     device = torch.device(device) if device is not None else default_device()
-    return family.load_colorizer(path, config, device, **sampling)
+    return known.inference_module().load_colorizer(path, config, device, **sampling)

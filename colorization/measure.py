@@ -18,8 +18,6 @@ from colorization import color
 from colorization.colorizer import Colorizer
 from colorization.metrics import ab_histogram, colorfulness, psnr_per_image, ssim_per_image
 
-PER_IMAGE_METRICS = ("lpips", "psnr", "ssim", "colorfulness", "ab_histogram")
-
 
 def sample_seed(seed: int, index: int, sample: int = 0) -> int:
     """The noise seed of sample ``sample`` of image ``index`` (a data set index) under ``seed``."""

@@ -51,6 +51,26 @@ def make_schedules(optimizers: dict, kind: str, warmup_steps: int, total_steps: 
     }
 
 
+def prepare_networks(accelerator, task, config, max_steps: int) -> dict:
+    """The task's built networks and optimizers, with a schedule each, prepared by accelerate (in place in the
+    task) -> the prepared schedules by optimizer name."""
+    if config.channels_last:
+        for model in task.models.values():
+            model.to(memory_format=torch.channels_last)
+    schedules = make_schedules(
+        task.optimizers, config.lr_scheduler, config.lr_warmup_steps, max_steps, accelerator.num_processes
+    )
+    names, opt_names = list(task.models), list(task.optimizers)
+    prepared = accelerator.prepare(*task.models.values(), *task.optimizers.values(), *schedules.values())
+    task.models = dict(zip(names, prepared[: len(names)]))
+    task.optimizers = dict(zip(opt_names, prepared[len(names) : len(names) + len(opt_names)]))
+    for name in names:
+        # The harness enters accelerator.autocast() around each training step itself; without accelerate's own
+        # autocast wrapper around forward, validation and export run the networks in fp32 as evaluate.py does.
+        accelerator.unwrap_model(task.models[name], keep_fp32_wrapper=False)
+    return dict(zip(opt_names, prepared[len(names) + len(opt_names) :]))
+
+
 class Optimization:
     """Backward, clip and step each trained network; remember the first step whose loss was not finite."""
 

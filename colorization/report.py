@@ -19,8 +19,9 @@ from typing import Optional
 
 import torch
 
-from colorization.colorizer import CONFIG_NAME, WEIGHTS_NAME, read_json_if_present, write_json
+from colorization.colorizer import CONFIG_NAME, WEIGHTS_NAME
 from colorization.errors import ColorizationError
+from colorization.files import read_json_if_present, write_json
 
 GRAY, TRUTH = "Gray (ab = 0)", "Ground truth"
 # written last into every evaluation folder: which files are the evaluation's own (all it may replace)

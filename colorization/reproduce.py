@@ -37,13 +37,13 @@ from typing import Optional
 
 from colorization.config import HelpFormatter, choice_list, existing_folder, output_folder, positive_int, sampler_list
 from colorization.errors import ColorizationError, cli_entry_point
+from colorization.families import FAMILIES
+from colorization.files import write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODELS = ("cnn", "gan", "diffusion")
-DISPLAY_NAMES = {"cnn": "CNN", "gan": "GAN", "diffusion": "Diffusion"}
+MODELS = tuple(FAMILIES)
 STATE_NAME = "reproduce.json"
-# Weights that are downloaded once; --no-pretrained trains and evaluates without any of them.
-WITHOUT_PRETRAINED = {"cnn": ["--no-pretrained_backbone"], "gan": ["--lambda_perceptual", "0"]}
+# --no-pretrained: every family's flags that download nothing (FAMILIES), and no LPIPS column
 METRICS_WITHOUT_PRETRAINED = "psnr,ssim,colorfulness,ab_distance"
 
 
@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     extra = parser.add_argument_group("extra flags, appended to the commands (they win over the preset)")
     extra.add_argument("--data_args", default="", help="for every command, e.g. '--dataloader_num_workers 0'")
     for model in MODELS:
-        extra.add_argument(f"--{model}_args", default="", help=f"for train_{model}.py")
+        extra.add_argument(f"--{model}_args", default="", help=f"for {FAMILIES[model].script}")
     extra.add_argument("--eval_args", default="", help="for evaluate.py")
     return parser
 
@@ -247,7 +247,7 @@ class Reproduction:
         )
         command = [
             *self._launcher(),
-            self._here(os.path.join(ROOT, f"train_{model}.py")),
+            self._here(os.path.join(ROOT, FAMILIES[model].script)),
             *self._data_args(),
             *budget,
             "--train_batch_size",
@@ -269,7 +269,7 @@ class Reproduction:
             scheduler, steps = self.samplers().split(",")[0].split(":")
             command += ["--validation_sampler", scheduler, "--validation_inference_steps", steps]
         if not args.pretrained:
-            command += WITHOUT_PRETRAINED.get(model, [])
+            command += list(FAMILIES[model].without_pretrained)
         return command + shlex.split(getattr(args, f"{model}_args"))
 
     def samplers(self) -> str:
@@ -288,7 +288,7 @@ class Reproduction:
             "--checkpoints",
             *[self._here(self.model_dir(m)) for m in self.models],
             "--names",
-            *[DISPLAY_NAMES[m] for m in self.models],
+            *[FAMILIES[m].display_name for m in self.models],
             *self._data_args(),
             "--batch_size",
             str(preset.eval_batch_size),
@@ -327,10 +327,7 @@ class Reproduction:
             ) from None
 
     def _save_state(self) -> None:
-        temporary = self.state_path + ".tmp"
-        with open(temporary, "w") as handle:
-            json.dump(self.state, handle, indent=2)
-        os.replace(temporary, self.state_path)
+        write_json(self.state_path, self.state)
 
     def _finished(self, step: str, command: list[str], outputs: list[str], folder: Optional[str]) -> bool:
         """Was this exact command already run to the end (and are its outputs still there)?
@@ -419,46 +416,53 @@ class Reproduction:
         print(f"[reproduce] done: {os.path.join(self.output_dir, 'README.md')}", flush=True)
 
     def _write_readme(self) -> None:
-        evaluation = os.path.join(self.output_dir, "evaluation")
-        with open(os.path.join(evaluation, "table.md")) as handle:
-            table = handle.read().strip()
-        with open(os.path.join(evaluation, "results.json")) as handle:
-            settings = json.load(handle)["settings"]
-        with open(os.path.join(evaluation, "comparison_columns.txt")) as handle:
-            columns = handle.read().strip()
-        argv = ["python", "-m", "colorization.reproduce", *self.state["argv"]]
-        steps = self.state["steps"]
-        lines = [
-            f"# Colorization comparison: preset `{self.args.preset}`",
-            "",
-            f"- Command: `{shlex.join(argv)}`",
-            f"- Preset: {self.preset.description}.",
-            f"- Commit: `{self.state['commit']}`; finished {_now()}." + _earlier_commits(steps, self.state["commit"]),
-            f"- Evaluated on: {settings.get('hardware')}; software: "
-            + ", ".join(f"{k} {v}" for k, v in settings.get("versions", {}).items())
-            + ".",
-            "- Wall-clock of each command (with start-up): "
-            + ", ".join(f"{step} {steps[step]['seconds'] / 60:.1f} min" for step in steps),
-            "- Exact commands: `commands.sh`; TensorBoard: `tensorboard --logdir models`.",
-            "",
-            table,
-            "",
-            "![comparison](evaluation/comparison.png)",
-            "",
-            "Columns of `evaluation/comparison.png`: " + columns,
-            "",
-        ]
-        slow = os.path.join(self.output_dir, "evaluation_slow", "table.md")
-        if self.slow_samplers() and os.path.isfile(slow):
-            with open(slow) as handle:
-                lines += [
-                    f"## Slow samplers ({self.slow_samplers()}) on a subset of the images",
-                    "",
-                    handle.read().strip(),
-                    "",
-                ]
-        with open(os.path.join(self.output_dir, "README.md"), "w") as handle:
-            handle.write("\n".join(lines))
+        write_results_readme(
+            self.output_dir, self.args.preset, self.preset.description, self.state, self.slow_samplers()
+        )
+
+
+def write_results_readme(output_dir: str, preset: str, description: str, state: dict, slow_samplers: Optional[str]):
+    """The results folder's README.md: the command, preset, commit, hardware, costs, the table and the grid."""
+    evaluation = os.path.join(output_dir, "evaluation")
+    with open(os.path.join(evaluation, "table.md")) as handle:
+        table = handle.read().strip()
+    with open(os.path.join(evaluation, "results.json")) as handle:
+        settings = json.load(handle)["settings"]
+    with open(os.path.join(evaluation, "comparison_columns.txt")) as handle:
+        columns = handle.read().strip()
+    argv = ["python", "-m", "colorization.reproduce", *state["argv"]]
+    steps = state["steps"]
+    lines = [
+        f"# Colorization comparison: preset `{preset}`",
+        "",
+        f"- Command: `{shlex.join(argv)}`",
+        f"- Preset: {description}.",
+        f"- Commit: `{state['commit']}`; finished {_now()}." + _earlier_commits(steps, state["commit"]),
+        f"- Evaluated on: {settings.get('hardware')}; software: "
+        + ", ".join(f"{k} {v}" for k, v in settings.get("versions", {}).items())
+        + ".",
+        "- Wall-clock of each command (with start-up): "
+        + ", ".join(f"{step} {steps[step]['seconds'] / 60:.1f} min" for step in steps),
+        "- Exact commands: `commands.sh`; TensorBoard: `tensorboard --logdir models`.",
+        "",
+        table,
+        "",
+        "![comparison](evaluation/comparison.png)",
+        "",
+        "Columns of `evaluation/comparison.png`: " + columns,
+        "",
+    ]
+    slow = os.path.join(output_dir, "evaluation_slow", "table.md")
+    if slow_samplers and os.path.isfile(slow):
+        with open(slow) as handle:
+            lines += [
+                f"## Slow samplers ({slow_samplers}) on a subset of the images",
+                "",
+                handle.read().strip(),
+                "",
+            ]
+    with open(os.path.join(output_dir, "README.md"), "w") as handle:
+        handle.write("\n".join(lines))
 
 
 def _earlier_commits(steps: dict, commit: str) -> str:

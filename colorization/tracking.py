@@ -60,6 +60,12 @@ class ScalarWindow:
             self.sums[key] = self.sums.get(key, 0.0) + torch.where(present, value, 0.0)
             self.counts[key] = self.counts.get(key, 0.0) + present.float()
 
+    def values(self, accelerator, batch_size: int, seconds: float) -> tuple[dict[str, float], int]:
+        """-> (the window's means and training images per second, the images skipped in it), over every process."""
+        values = self.means(accelerator)
+        values["train/images_per_second"] = self.micro_steps * batch_size * accelerator.num_processes / seconds
+        return values, int(accelerator.reduce(self.images_skipped, "sum").item())
+
     def means(self, accelerator) -> dict[str, float]:
         """The window's mean of each value over every process. Every process reduces the same keys in the same
         order (tasks report a fixed set); a value absent for the whole window is left out rather than logged as 0."""

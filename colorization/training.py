@@ -47,7 +47,6 @@ from colorization.colorizer import (
     save_export_config,
     save_module_weights,
     save_training_data_record,
-    write_json,
 )
 from colorization.config import (
     HelpFormatter,
@@ -71,8 +70,9 @@ from colorization.data import (
     split_hashes,
 )
 from colorization.errors import ColorizationError, cli_entry_point
+from colorization.files import write_json
 from colorization.hardware import count_parameters, describe_hardware, use_all_cores
-from colorization.optimization import Optimization, make_schedules
+from colorization.optimization import Optimization, prepare_networks
 from colorization.tracking import ScalarWindow, Tracker
 from colorization.validation import SELECTION_PSNR_TOLERANCE_DB, Validator, format_metrics, selection_cadence
 
@@ -250,22 +250,15 @@ def make_optimizer(parameters, config: TrainConfig, learning_rate: Optional[floa
 class Trainer:
     """Sets a run up from its flags and trains it: the loop reads top to bottom; every part is a call."""
 
-    def __init__(
-        self,
-        task: TrainingTask,
-        train_config: TrainConfig,
-        data_config: DataConfig,
-        accelerator: Optional[Accelerator] = None,
-    ):
-        self.task, self.config, self.data_config = task, train_config, data_config
-        self.accelerator = accelerator or make_accelerator(train_config)
-        task.accelerator = self.accelerator
+    def __init__(self, task: TrainingTask, config: TrainConfig, data_config: DataConfig, accelerator=None):
+        self.task, self.config, self.data_config = task, config, data_config
+        self.accelerator = task.accelerator = accelerator or make_accelerator(config)
         self.progress = TrainingProgress()
-        self.tracker = Tracker(self.accelerator, train_config.report_to)
+        self.tracker = Tracker(self.accelerator, config.report_to)
         self.checkpointer = Checkpointer(
-            self.accelerator, train_config, task, self.progress, self.run_config, self.tracker.log
+            self.accelerator, config, task, self.progress, self.run_config, self.tracker.log
         )
-        self.optimization = Optimization(self.accelerator, task, train_config.max_grad_norm)
+        self.optimization = Optimization(self.accelerator, task, config.max_grad_norm)
         self.validator: Optional[Validator] = None
         self.max_steps = 0
         self._clock = self._window_started = time.perf_counter()  # the run's wall clock; the logged window's
@@ -277,28 +270,14 @@ class Trainer:
     # ----- set-up -----
 
     def _prepare_data(self):
-        config, data, accelerator = self.config, self.data_config, self.accelerator
-        with accelerator.main_process_first():  # the decoded cache is written once per machine
-            self.train_set, self.validation_set = build_datasets(data, config.seed)
-        train_loader, validation_loader, self.train_sampler = make_loaders(
-            self.train_set,
-            self.validation_set,
-            config.train_batch_size,
-            config.eval_batch_size,
-            config.validation_images,
-            config.seed,
-            data.dataloader_num_workers,
+        """The data sets, and their loaders prepared by accelerate -> the training loader."""
+        self.train_set, self.validation_set, train_loader, validation_loader, self.train_sampler = prepare_data(
+            self.accelerator, self.data_config, self.config
         )
-        train_loader, validation_loader = accelerator.prepare(train_loader, validation_loader)
-        if len(train_loader) == 0:
-            raise ColorizationError(
-                f"the training set has {len(self.train_set)} images, fewer than one batch of "
-                f"{config.train_batch_size} x {accelerator.num_processes} processes; lower --train_batch_size"
-            )
         self.validator = Validator(
-            accelerator,
+            self.accelerator,
             self.task,
-            config,
+            self.config,
             self.progress,
             self.tracker,
             self.validation_set,
@@ -319,21 +298,7 @@ class Trainer:
         )
         with accelerator.main_process_first():  # pretrained weights are downloaded once per machine
             task.build(self.config, self.checkpointer.statistics)
-        if self.config.channels_last:
-            for model in task.models.values():
-                model.to(memory_format=torch.channels_last)
-        schedules = make_schedules(
-            task.optimizers, self.config.lr_scheduler, self.config.lr_warmup_steps, max_steps, accelerator.num_processes
-        )
-        names, opt_names = list(task.models), list(task.optimizers)
-        prepared = accelerator.prepare(*task.models.values(), *task.optimizers.values(), *schedules.values())
-        task.models = dict(zip(names, prepared[: len(names)]))
-        task.optimizers = dict(zip(opt_names, prepared[len(names) : len(names) + len(opt_names)]))
-        self.optimization.schedulers = dict(zip(opt_names, prepared[len(names) + len(opt_names) :]))
-        for name in names:
-            # The harness enters accelerator.autocast() around each training step itself; without accelerate's
-            # own autocast wrapper around forward, validation and export run the networks in fp32 as evaluate.py does.
-            accelerator.unwrap_model(task.models[name], keep_fp32_wrapper=False)
+        self.optimization.schedulers = prepare_networks(accelerator, task, self.config, max_steps)
         self.optimization.use_scalers()
         self.checkpointer.scalers = self.optimization.scalers
         self.checkpointer.register_hooks()
@@ -458,15 +423,11 @@ class Trainer:
 
     def _log_window(self, window: ScalarWindow, bar) -> None:
         """Log the means of the training values since the last log, the speed, learning rates and gradient norms."""
-        accelerator, progress = self.accelerator, self.progress
+        progress = self.progress
         self.optimization.check_finite(self.checkpointer.last_checkpoint)
-        values = window.means(accelerator)
         seconds = time.perf_counter() - self._window_started
-        values["train/images_per_second"] = (
-            window.micro_steps * self.config.train_batch_size * accelerator.num_processes / seconds
-        )
+        values, skipped = window.values(self.accelerator, self.config.train_batch_size, seconds)
         values.update(self.optimization.scalars())
-        skipped = int(accelerator.reduce(window.images_skipped, "sum").item())
         progress.images_skipped += skipped
         values["data/images_skipped"] = progress.images_skipped
         if skipped:
@@ -474,9 +435,7 @@ class Trainer:
                 f"step {progress.global_step}: skipped {skipped} unreadable image(s), {progress.images_skipped} in all"
             )
         self.tracker.track(values, progress.global_step)
-        bar.set_postfix(
-            {k.split("/")[-1]: f"{v:.4g}" for k, v in values.items() if k.startswith("train/") and "loss" in k}
-        )
+        bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in values.items() if "loss" in k})
         window.reset()
         self._window_started = time.perf_counter()
 
@@ -519,27 +478,10 @@ class Trainer:
 
     def _export(self, folder: str, metrics: dict) -> None:
         """Write the exported model, with what it is and how it was trained, into ``folder`` (main process)."""
-        os.makedirs(folder, exist_ok=True)
-        extra = {
-            "training": {
-                "global_step": self.progress.global_step,
-                "data": describe_source(self.data_config),
-                "data_config": asdict(self.data_config),
-                "resolution": self.data_config.resolution,
-                "validation": metrics,
-                **self.training_costs(),
-            }
-        }
-        if self.progress.selection:
-            extra["selection"] = self.progress.selection
-        with self.task.evaluation_weights():
-            self.task.export(folder, extra)
-        hashes = {
-            "hash": "blake2b-64 of the image file's bytes",
-            "images": split_hashes(self.train_set),
-            "data": describe_source(self.data_config),
-        }
-        save_training_data_record(folder, self.checkpointer.statistics["mean_ab"], hashes)
+        mean_ab = self.checkpointer.statistics["mean_ab"]
+        export_model(
+            folder, self.task, self.progress, self.data_config, self.train_set, mean_ab, metrics, self.training_costs()
+        )
 
     def _finish(self, metrics: dict) -> dict:
         """Export (the chosen step's model under --model_selection best) -> the exported model's metrics."""
@@ -552,6 +494,58 @@ class Trainer:
             print(format_metrics(metrics, step, output_dir), flush=True)
         self.accelerator.wait_for_everyone()
         return metrics
+
+
+def prepare_data(accelerator, data: DataConfig, config: TrainConfig):
+    """-> (training set, validation set, training loader, validation loader, training sampler), the loaders
+    prepared by accelerate (sharded over the processes)."""
+    with accelerator.main_process_first():  # the decoded cache is written once per machine
+        train_set, validation_set = build_datasets(data, config.seed)
+    train_loader, validation_loader, sampler = make_loaders(
+        train_set,
+        validation_set,
+        config.train_batch_size,
+        config.eval_batch_size,
+        config.validation_images,
+        config.seed,
+        data.dataloader_num_workers,
+    )
+    train_loader, validation_loader = accelerator.prepare(train_loader, validation_loader)
+    if len(train_loader) == 0:
+        raise ColorizationError(
+            f"the training set has {len(train_set)} images, fewer than one batch of "
+            f"{config.train_batch_size} x {accelerator.num_processes} processes; lower --train_batch_size"
+        )
+    return train_set, validation_set, train_loader, validation_loader, sampler
+
+
+def export_model(
+    folder: str,
+    task: TrainingTask,
+    progress: TrainingProgress,
+    data_config: DataConfig,
+    train_set,
+    mean_ab,
+    metrics: dict,
+    costs: dict,
+) -> None:
+    """The live networks as an export in ``folder``, with what they are, how they were trained (``costs``), the
+    validation ``metrics``, the selection (if any), and the record of the training data (mean ab, image hashes)."""
+    os.makedirs(folder, exist_ok=True)
+    source = describe_source(data_config)
+    training = {
+        "global_step": progress.global_step,
+        "data": source,
+        "data_config": asdict(data_config),
+        "resolution": data_config.resolution,
+        "validation": metrics,
+        **costs,
+    }
+    extra = {"training": training, **({"selection": progress.selection} if progress.selection else {})}
+    with task.evaluation_weights():
+        task.export(folder, extra)
+    hashes = {"hash": "blake2b-64 of the image file's bytes", "images": split_hashes(train_set), "data": source}
+    save_training_data_record(folder, mean_ab, hashes)
 
 
 def training_costs(progress: TrainingProgress, accelerator, task: TrainingTask) -> dict:

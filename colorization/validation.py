@@ -16,8 +16,9 @@ import torch
 
 from colorization import color
 from colorization.checkpoints import PARTIAL_SUFFIX, REPLACED_SUFFIX
-from colorization.colorizer import CONFIG_NAME, Colorizer, read_json_if_present, write_json
+from colorization.colorizer import CONFIG_NAME, Colorizer
 from colorization.data import batch_to_rgb, split_hashes
+from colorization.files import read_json_if_present, write_json
 from colorization.measure import gray_baseline, measure, truth_values
 
 SELECTED_DIR = "selected_model"

@@ -1,6 +1,7 @@
 """The package's layers: no import circle anywhere, and the inference half of each family stands alone."""
 
 import ast
+import re
 import sys
 
 from conftest import ROOT, run_command
@@ -56,6 +57,9 @@ def test_inference_never_imports_training_code():
         "colorization.data",
         "colorization.checkpoints",
         "colorization.reproduce",
+        "colorization.validation",
+        "colorization.optimization",
+        "colorization.tracking",
     }
     inference = [
         m
@@ -89,3 +93,48 @@ print("LOADED", loaded)
 """
     result = run_command([sys.executable, "-c", script])
     assert "LOADED []" in result.stdout, result.stdout
+
+
+def test_no_class_in_the_package_is_over_250_lines():
+    sizes = {}
+    for path in (ROOT / "colorization").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                sizes[f"{path.relative_to(ROOT)}:{node.name}"] = node.end_lineno - node.lineno + 1
+    assert max(sizes.values()) <= 250, sorted(sizes.items(), key=lambda item: -item[1])[:3]
+
+
+def test_the_package_face_and_reproduce_import_no_torch():
+    script = """
+import runpy, sys
+import colorization, colorization.version
+assert colorization.__version__ and "torch" not in sys.modules, "import colorization imported torch"
+sys.argv = ["reproduce", "--help"]
+try:
+    runpy.run_module("colorization.reproduce", run_name="__main__")
+except SystemExit:
+    pass
+print("TORCH", "torch" in sys.modules)
+from colorization import load_colorizer, Colorizer  # the lazy names still work
+print("LAZY", callable(load_colorizer), Colorizer.__name__)
+"""
+    result = run_command([sys.executable, "-c", script])
+    assert "TORCH False" in result.stdout and "LAZY True Colorizer" in result.stdout, result.stdout
+
+
+def test_one_registry_of_families_serves_loading_training_and_reproduce(cnn_run, gan_run, diffusion_run):
+    from colorization import load_colorizer, reproduce
+    from colorization.families import FAMILIES
+    from colorization.tasks import TRAINING_TASKS
+
+    assert list(FAMILIES) == list(reproduce.MODELS) == list(TRAINING_TASKS)
+    for name, run in zip(FAMILIES, (cnn_run, gan_run, diffusion_run)):
+        assert TRAINING_TASKS[name].model_type == name and (ROOT / FAMILIES[name].script).is_file()
+        colorizer = load_colorizer(str(run[0]), "cpu")
+        assert type(colorizer) is FAMILIES[name].colorizer_class() and colorizer.model_type == name
+
+
+def test_the_version_is_written_once():
+    version = re.search(r'__version__ = "([^"]+)"', (ROOT / "colorization" / "version.py").read_text()).group(1)
+    result = run_command([sys.executable, "-c", "import colorization; print(colorization.__version__)"])
+    assert result.stdout.strip() == version and version not in (ROOT / "setup.py").read_text()

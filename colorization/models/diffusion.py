@@ -208,6 +208,12 @@ class DiffusionColorizer(Colorizer):
     def describe_sampling(self) -> str:
         return f"{sampler_name(self.pipeline.scheduler).upper()}-{self.num_inference_steps}"
 
+    def use_sampler(self, name: str, num_inference_steps: int) -> None:
+        """Sample with another sampler of the same training schedule, or another step count (same network)."""
+        if self.describe_sampling() != f"{name.upper()}-{num_inference_steps}":
+            self.pipeline.scheduler = make_sampler(name, self.pipeline.scheduler.config)
+            self.num_inference_steps = int(num_inference_steps)
+
     @torch.no_grad()
     def predict_ab(self, lightness: torch.Tensor, seeds: Optional[Sequence[int]] = None) -> torch.Tensor:
         seeds = [self.seed] * lightness.shape[0] if seeds is None else list(seeds)

@@ -38,7 +38,6 @@ from colorization.training import TrainConfig, TrainingTask, make_optimizer
 VGG_RELU3_3 = 16  # torchvision vgg16().features[:16] ends with relu3_3
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
-PHASES = ("content", "discriminator", "adversarial")
 
 
 @dataclass
