@@ -5,7 +5,8 @@
 
 For DDPM, DDIM and DPM-Solver at several step counts, on the first --images held-out images (all through
 colorization.measure, as evaluate.py measures): single-sample PSNR, PSNR of the mean of --num_samples samples
-(for step counts up to --max_mean_steps; DDPM-1000 gets one sample), the data-set colorfulness gap, the sliced
+(for step counts up to --max_mean_steps; DDPM-1000 gets one sample) with the spread-skill ratio and the PSNR of
+the sampler's own posterior mean (K -> infinity; see evaluate.py), the data-set colorfulness gap, the sliced
 Wasserstein ab distance to the truth, and the seconds per sample. Writes sampler_curve.json, sampler_curve.md
 (the table) and sampler_curve.png (the curves) into --output_dir.
 """
@@ -58,9 +59,12 @@ def run(args) -> list[dict]:
         timing[name] = (time.perf_counter() - started) / (sum(len(i) for _, i in batches) * k)
         print(f"{name}: {k} sample(s) per image, {timing[name]:.3f} s per sample", flush=True)
     joined = {row: {k: torch.cat(v).numpy() for k, v in found.items()} for row, found in {**rows, **values}.items()}
+    kept = ~joined[TRUTH].pop("gray_truth").astype(bool)  # black-and-white truths are left out, as evaluate.py does
+    joined = {row: {k: v[kept] for k, v in found.items()} for row, found in joined.items()}
     for name in rows:
         if "psnr_mean" in joined[name]:
-            samples[name] = {k: joined[name][k] for k in ("psnr_mean", "ssim_mean", "diversity", "index")}
+            keys = ("psnr_mean", "ssim_mean", "diversity", "spread2", "error2", "num_samples", "index")
+            samples[name] = {k: joined[name][k] for k in keys}
     summary = summarize(joined, args.seed, samples)
     results = []
     for name in rows:
@@ -74,6 +78,8 @@ def run(args) -> list[dict]:
                 "psnr": stats["psnr"],
                 "psnr_vs_gray": stats["psnr_vs_gray"],
                 "psnr_mean_of_k": mean_stats.get("psnr_mean"),
+                "psnr_posterior_mean": mean_stats.get("psnr_posterior"),
+                "spread_skill_ratio": mean_stats.get("spread_skill"),
                 "diversity": mean_stats.get("diversity"),
                 "k": args.num_samples if "psnr_mean" in mean_stats else 1,
                 "colorfulness": stats["colorfulness"],
@@ -114,14 +120,15 @@ def write(results: list[dict], reference: dict, args, hardware: str) -> None:
         )
     k = args.num_samples
     lines = [
-        f"| Sampler | Steps | PSNR, one sample | Δ vs gray | PSNR, mean of {k} | Diversity | Colorfulness | "
-        "Colorfulness gap ↓ | ab distance ↓ | s per sample |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| Sampler | Steps | PSNR, one sample | Δ vs gray | PSNR, mean of {k} | PSNR, posterior mean | "
+        "Spread-skill ratio | Diversity | Colorfulness | Colorfulness gap ↓ | ab distance ↓ | s per sample |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r['sampler'].upper()} | {r['steps']} | {_cell(r['psnr'])} | {_cell(r['psnr_vs_gray'])} | "
-            f"{_cell(r['psnr_mean_of_k'])} | {_cell(r['diversity'])} | {_cell(r['colorfulness'])} | "
+            f"{_cell(r['psnr_mean_of_k'])} | {_cell(r.get('psnr_posterior_mean'))} | "
+            f"{_cell(r.get('spread_skill_ratio'))} | {_cell(r['diversity'])} | {_cell(r['colorfulness'])} | "
             f"{_cell(r['colorfulness_gap'])} | {_cell(r['ab_distance'])} | {r['seconds_per_sample']:.3f} |"
         )
     lines += [

@@ -54,7 +54,15 @@ from colorization.errors import ColorizationError, cli_entry_point
 from colorization.hardware import count_parameters, describe_hardware, use_all_cores
 from colorization.inference import load_colorizer
 from colorization.measure import gray_baseline, mean_ab_baseline, measure, truth_values
-from colorization.metrics import bootstrap_mean, percentile_interval, resample_counts, sliced_wasserstein
+from colorization.metrics import (
+    GRAY_TRUTH_CHROMA,
+    bootstrap_mean,
+    percentile_interval,
+    posterior_mean_psnr,
+    resample_counts,
+    sliced_wasserstein,
+    spread_skill_ratio,
+)
 from colorization.pretrained import load_pretrained
 from colorization.report import GRAY, TRUTH
 from colorization.version import __version__
@@ -99,6 +107,11 @@ class EvaluationConfig:
     )
     allow_training_images: bool = field(
         False, "Score a model on images it was trained on (refused by default; the table then says so)."
+    )
+    keep_gray_images: bool = field(
+        False,
+        "Keep the images whose ground truth is itself black and white (left out of every row by default: gray "
+        "scores ~100 dB on them).",
     )
     keep_selection_images: bool = field(
         False, "Keep the images a model's checkpoint was chosen on (left out of every row by default)."
@@ -284,11 +297,14 @@ class Evaluator:
         unreadable = int((~values[TRUTH]["_readable"].astype(bool)).sum())
         if unreadable:
             self.notes.append(f"{unreadable} unreadable image(s) were left out (see the warnings above).")
+        order = values[TRUTH]["index"]  # the data set's order: an image's index grows with its position
         values = _readable_only(values)
         if len(values[TRUTH]["index"]) == 0:
             raise ColorizationError("none of the images to evaluate could be read")
-        samples = self._samples(dataset) if config.num_samples > 1 else None
-        grid = self._grid(dataset) if accelerator.is_main_process else None
+        values = self._leave_out_gray_truths(values)
+        kept = Subset(dataset, np.searchsorted(order, values[TRUTH]["index"]).tolist())  # what every row scores
+        samples = self._samples(kept) if config.num_samples > 1 else None
+        grid = self._grid(kept) if accelerator.is_main_process else None
         return {
             "values": values,
             "samples": samples,
@@ -298,6 +314,28 @@ class Evaluator:
             "unreadable": unreadable,
             "hashes_checked": len(hashes),
         }
+
+    def _leave_out_gray_truths(self, values: dict) -> dict:
+        """Leave out, from every row, the images whose ground truth is itself black and white: its gray row
+        scores ~100 dB and would drag every paired difference to gray (unless --keep_gray_images)."""
+        gray = values[TRUTH].pop("gray_truth").astype(bool)
+        if not gray.any():
+            return values
+        count = int(gray.sum())
+        if self.config.keep_gray_images:
+            self.notes.append(f"{count} image(s) whose ground truth is black and white are kept (--keep_gray_images).")
+            return values
+        if gray.all():
+            raise ColorizationError(
+                f"all {count} images to evaluate are black and white: there are no colors to "
+                "compare (add --keep_gray_images to score them anyway)"
+            )
+        self.notes.append(
+            f"{count} image(s) whose ground truth is itself black and white (99th-percentile chroma "
+            f"under {GRAY_TRUTH_CHROMA:g} Lab units) are left out of every row (--keep_gray_images "
+            "keeps them)."
+        )
+        return {row: {key: value[~gray] for key, value in metrics.items()} for row, metrics in values.items()}
 
     def _samples(self, dataset) -> dict:
         """The mean of K samples of each stochastic row, and their diversity, on the first images."""
@@ -462,6 +500,9 @@ def _summarize_samples(values: dict, samples: dict, seed: int) -> dict:
             "psnr": _stat(metrics["psnr"][positions], counts),
             "psnr_vs_gray": _stat(metrics["psnr"][positions] - gray["psnr"][positions], counts),
         }
+        if row in samples and "spread2" in samples[row]:
+            regressors = [r for r in values if r not in (GRAY, TRUTH, *samples) and not r.startswith(MEAN_AB)]
+            entry.update(_calibration(values, samples[row], regressors, positions, counts))
         if row in samples:
             mean_of_k = samples[row]
             entry.update(
@@ -472,6 +513,23 @@ def _summarize_samples(values: dict, samples: dict, seed: int) -> dict:
             )
         result[row] = entry
     return result
+
+
+def _calibration(values: dict, mean_of_k: dict, regressors: list, positions: np.ndarray, counts: np.ndarray) -> dict:
+    """A stochastic row's spread-skill ratio and the PSNR of its own posterior mean (K -> infinity), with the
+    paired differences of the latter to gray and to each deterministic model (``regressors``) on the same images."""
+    spread2, error2, k = mean_of_k["spread2"], mean_of_k["error2"], mean_of_k["num_samples"]
+    posterior = posterior_mean_psnr(spread2, error2, k)
+    return {
+        "spread_skill": spread_skill_ratio(spread2, error2, float(k[0]), counts),
+        "psnr_posterior": _stat(posterior, counts),
+        "psnr_posterior_vs_gray": _stat(posterior - values[GRAY]["psnr"][positions], counts),
+        "psnr_posterior_vs": {
+            other: _stat(posterior - values[other]["psnr"][positions], counts)
+            for other in regressors
+            if "psnr" in values[other]
+        },
+    }
 
 
 def _stat(values: np.ndarray, counts: np.ndarray) -> dict:

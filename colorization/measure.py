@@ -16,7 +16,14 @@ import torch
 
 from colorization import color
 from colorization.colorizer import Colorizer
-from colorization.metrics import ab_histogram, colorfulness, psnr_per_image, ssim_per_image
+from colorization.metrics import (
+    ab_histogram,
+    colorfulness,
+    ensemble_calibration,
+    is_gray_truth,
+    psnr_per_image,
+    ssim_per_image,
+)
 
 
 def sample_seed(seed: int, index: int, sample: int = 0) -> int:
@@ -56,8 +63,11 @@ def measure(
 
     ``truth`` is sRGB in [0, 1] at the measuring resolution; ``indices`` are the images' data set indices.
     With ``num_samples`` K > 1 (stochastic models) the values also hold ``psnr_mean``/``ssim_mean`` (of the
-    mean ab of K samples, the estimate of the posterior mean) and ``diversity`` (the mean distance in Lab ab
-    units between two samples of an image, averaged over pixels and pairs); the prediction is sample 0.
+    mean ab of K samples joined with L), ``diversity`` (the mean distance in Lab ab units between two samples of
+    an image, averaged over pixels and pairs), and ``spread2``/``error2``/``num_samples``: the spread of the K
+    samples and the error of their mean in sRGB (:func:`~colorization.metrics.ensemble_calibration`), from which
+    the table estimates the spread-skill ratio and the PSNR of the sampler's own posterior mean; the prediction
+    is sample 0.
     """
     truth = truth.float()
     lightness, _ = color.rgb_to_normalized_lab(truth)
@@ -69,6 +79,13 @@ def measure(
     prediction = color.normalized_lab_to_rgb(lightness, ab[0])
     values = image_metrics(prediction, truth, metrics, lpips)
     if samples > 1:
+        # in the space PSNR is computed in: sRGB in [0, 1]
+        spread2, error2 = ensemble_calibration(
+            torch.stack([color.normalized_lab_to_rgb(lightness, ab[k]) for k in range(samples)]), truth
+        )
+        values.update(
+            spread2=spread2.float(), error2=error2.float(), num_samples=torch.full_like(spread2, samples).float()
+        )
         mean = color.normalized_lab_to_rgb(lightness, ab.mean(dim=0))
         values["psnr_mean"] = psnr_per_image(mean, truth)
         values["ssim_mean"] = ssim_per_image(mean, truth)
@@ -104,5 +121,7 @@ def mean_ab_baseline(
 
 
 def truth_values(truth: torch.Tensor, metrics: Sequence[str]) -> dict[str, torch.Tensor]:
-    """The ground truth's own colorfulness and ab histogram (the reference of the distribution metrics)."""
-    return image_metrics(truth.float(), truth.float(), [m for m in metrics if m in ("colorfulness", "ab_histogram")])
+    """The ground truth's own colorfulness and ab histogram (the reference of the distribution metrics), and
+    ``gray_truth``: 1 for an image that is itself black and white (left out of the numbers, see metrics)."""
+    values = image_metrics(truth.float(), truth.float(), [m for m in metrics if m in ("colorfulness", "ab_histogram")])
+    return {**values, "gray_truth": is_gray_truth(truth).float()}

@@ -128,47 +128,51 @@ def markdown_table(summary: dict, settings: dict) -> str:
         ]
     samples = summary.get("samples")
     if samples:
-        k = settings["num_samples"]
-        table = []
-        for row, stats in samples.items():
-            if row == "num_images":
-                continue
-            table.append(
-                [
-                    row,
-                    _format(stats["psnr"], 2),
-                    _format(stats["psnr_vs_gray"], 2),
-                    _format(stats.get("psnr_mean"), 2),
-                    _format(stats.get("psnr_mean_vs_gray"), 2),
-                    _format(stats.get("ssim_mean"), 4),
-                    _format(stats.get("diversity"), 2),
-                ]
-            )
-        lines += [
-            "",
-            f"Stochastic models, {k} samples per image, on the first {samples['num_images']} of these "
-            "images (every row on those same images):",
-            "",
-            *_rows_table(
-                [
-                    "Model",
-                    "PSNR, one sample (dB)",
-                    "Δ vs gray",
-                    f"PSNR, mean of {k} (dB)",
-                    "Δ vs gray",
-                    f"SSIM, mean of {k}",
-                    "Diversity (ab units)",
-                ],
-                table,
-            ),
-            "",
-            f"The mean of {k} samples estimates the posterior mean; a sampler that draws from the true "
-            "posterior scores about 3 dB under it on PSNR with one sample. Diversity: the mean distance "
-            "between two samples of an image.",
-        ]
+        lines += _samples_table(samples, settings["num_samples"])
     if settings.get("notes"):
         lines += ["", "Notes:", *[f"- {note}" for note in settings["notes"]]]
     return "\n".join(lines)
+
+
+def _samples_table(samples: dict, k: int) -> list[str]:
+    """The stochastic models' table: one sample, the mean of K, the sampler's own posterior mean, calibration."""
+    table, differences = [], []
+    for row, stats in samples.items():
+        if row == "num_images":
+            continue
+        table.append(
+            [row, _format(stats["psnr"], 2), _format(stats["psnr_vs_gray"], 2), _format(stats.get("psnr_mean"), 2)]
+            + [_format(stats.get(key), 2) for key in ("psnr_mean_vs_gray", "psnr_posterior", "psnr_posterior_vs_gray")]
+            + [
+                _format(stats.get("spread_skill"), 2),
+                _format(stats.get("ssim_mean"), 4),
+                _format(stats.get("diversity"), 2),
+            ]
+        )
+        for other, difference in stats.get("psnr_posterior_vs", {}).items():
+            differences.append(f"{row} - {other}: {_format(difference, 2)} dB")
+    titles = ["Model", "PSNR, one sample (dB)", "Δ vs gray", f"PSNR, mean of {k} (dB)", "Δ vs gray"]
+    titles += ["PSNR, posterior mean (dB)", "Δ vs gray", "Spread-skill ratio", f"SSIM, mean of {k}"]
+    lines = [
+        "",
+        f"Stochastic models, {k} samples per image, on the first {samples['num_images']} of these images (every "
+        "row on those same images):",
+        "",
+        *_rows_table([*titles, "Diversity (ab units)"], table),
+        "",
+        f"The mean of {k} samples estimates the posterior mean; a sampler that draws from the true posterior scores "
+        "about 3 dB under it on PSNR with one sample, and even a perfect sampler's mean of K sits 10 log10(1 + 1/K) "
+        "dB under its posterior mean. PSNR, posterior mean: the sampler's own posterior mean (K -> infinity), "
+        "estimated without bias per image from error^2 - spread^2 / K in sRGB. Spread-skill ratio: "
+        "sqrt((1 + 1/K) mean spread^2 / mean error^2); 1 is calibrated, under 1 too little spread for the error, "
+        "over 1 too much. Diversity: the mean distance between two samples of an image.",
+    ]
+    if differences:
+        lines += [
+            "",
+            "Posterior mean against each deterministic model (paired, same images): " + "; ".join(differences) + ".",
+        ]
+    return lines
 
 
 def _describe_sampling(sampling) -> str:

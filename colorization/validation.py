@@ -20,6 +20,7 @@ from colorization.colorizer import CONFIG_NAME, Colorizer
 from colorization.data import batch_to_rgb, split_hashes
 from colorization.files import read_json_if_present, write_json
 from colorization.measure import gray_baseline, measure, truth_values
+from colorization.metrics import is_gray_truth
 
 SELECTED_DIR = "selected_model"
 VALIDATION_SEED = 0  # the noise of validation samples: evaluate.py's default --seed, seeded per image alike
@@ -140,6 +141,7 @@ class Validator:
             )
             lightness, ab = color.rgb_to_normalized_lab(truth)
             values.update(task.validation_losses(lightness, ab, predicted_ab))
+            values["gray_truth"] = is_gray_truth(truth).float()  # left out, as evaluate.py leaves them out
             if self.reference is None:
                 gray, _ = gray_baseline(truth, ("psnr", "ssim"))
                 values.update({f"{k}_gray": v for k, v in gray.items()})
@@ -148,11 +150,13 @@ class Validator:
                 per_image.setdefault(key, []).append(value.cpu())
             if first_batch is None:
                 first_batch = (truth, lightness, prediction)
-        metrics = {key: torch.cat(chunks).mean().item() for key, chunks in per_image.items()}
+        gray = torch.cat(per_image.pop("gray_truth")).bool()
+        kept = ~gray if not gray.all() else torch.ones_like(gray)  # all black and white: nothing to leave out for
+        metrics = {key: torch.cat(chunks)[kept].mean().item() for key, chunks in per_image.items()}
         if self.reference is None:
             self.reference = {k: metrics[k] for k in ("psnr_gray", "ssim_gray", "colorfulness_truth")}
         metrics.update(self.reference)
-        metrics["num_images"] = sum(len(c) for c in per_image["psnr"])
+        metrics["num_images"] = int(kept.sum())
         return metrics, first_batch
 
     def select(self, metrics: dict) -> None:

@@ -228,6 +228,65 @@ def test_same_command_twice_gives_the_same_table_with_sampled_rows(three_models,
     single = first["values"]["Diffusion"]["psnr"][:6]
     np.testing.assert_allclose(first["samples"]["Diffusion"]["psnr"], single, rtol=1e-5)
     assert "mean of 3" in (tmp_path / "a" / "table.md").read_text()
+    # calibration: the spread-skill ratio and the sampler's own posterior mean, paired with the CNN and gray
+    diffusion = samples["Diffusion"]
+    assert diffusion["spread_skill"]["mean"] > 0 and "spread_skill" not in samples["CNN"]
+    low, high = diffusion["spread_skill"]["ci95"]
+    assert low <= diffusion["spread_skill"]["mean"] <= high
+    assert diffusion["psnr_posterior"]["mean"] >= diffusion["psnr_mean"]["mean"] - 1.0  # K -> inf vs K = 3
+    assert set(diffusion["psnr_posterior_vs"]) == {"CNN"}
+    difference = diffusion["psnr_posterior"]["mean"] - samples["CNN"]["psnr"]["mean"]
+    assert diffusion["psnr_posterior_vs"]["CNN"]["mean"] == pytest.approx(difference, abs=1e-5)
+    assert "Spread-skill ratio" in (tmp_path / "a" / "table.md").read_text()
+
+
+def test_black_and_white_ground_truths_are_left_out_of_every_row(three_models, tmp_path):
+    from PIL import Image
+    from test_data import _write_images
+
+    folder = tmp_path / "photos"
+    _write_images(folder, 6)
+    gray = np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)
+    Image.fromarray(gray).convert("RGB").save(folder / "old_photo.jpg", quality=90)  # JPEG chroma noise included
+    data = DataConfig(train_data_dir=str(folder), resolution=32, dataloader_num_workers=0)
+    result = _evaluate(three_models, tmp_path / "eval", data, names=("CNN",), split="all")
+    assert result["settings"]["num_images"] == 6
+    assert "1 image(s) whose ground truth is itself black and white" in (tmp_path / "eval" / "table.md").read_text()
+    assert max(result["values"]["Gray (ab = 0)"]["psnr"]) < 90  # no ~100 dB gray row left
+    kept = _evaluate(three_models, tmp_path / "kept", data, names=("CNN",), split="all", keep_gray_images=True)
+    assert kept["settings"]["num_images"] == 7 and max(kept["values"]["Gray (ab = 0)"]["psnr"]) > 40
+
+
+def test_spread_skill_ratio_and_posterior_mean_on_cases_with_a_known_answer():
+    from colorization.metrics import ensemble_calibration, posterior_mean_psnr, spread_skill_ratio
+
+    rng = np.random.default_rng(0)
+    k, images, pixels, sigma = 8, 4000, 64, 0.05
+    mean = rng.uniform(0.3, 0.7, (images, pixels))
+    truth = mean + sigma * rng.standard_normal((images, pixels))
+    calibrated = mean + sigma * rng.standard_normal((k, images, pixels))  # exchangeable with the truth
+    shrunk = mean + 0.5 * sigma * rng.standard_normal((k, images, pixels))  # half the spread around the true mean
+    counts = resample_counts(images, 0, samples=200)
+    spread2, error2 = (t.numpy() for t in ensemble_calibration(torch.from_numpy(calibrated), torch.from_numpy(truth)))
+    ratio = spread_skill_ratio(spread2, error2, k, counts)
+    assert ratio["mean"] == pytest.approx(1.0, abs=0.01) and ratio["ci95"][0] < 1.0 < ratio["ci95"][1]
+    # the posterior mean is the true mean: its squared error is sigma^2, estimated without bias
+    posterior = posterior_mean_psnr(spread2, error2, np.full(images, k))
+    assert np.mean(10 ** (-posterior / 10)) == pytest.approx(sigma**2, rel=0.02)
+    spread2, error2 = (t.numpy() for t in ensemble_calibration(torch.from_numpy(shrunk), torch.from_numpy(truth)))
+    expected = math.sqrt(0.25 * (1 + 1 / k) / (1 + 0.25 / k))
+    assert spread_skill_ratio(spread2, error2, k, counts)["mean"] == pytest.approx(expected, rel=0.01)
+
+
+def test_a_black_and_white_photo_is_recognised_and_a_pale_color_one_is_not():
+    from colorization.metrics import is_gray_truth
+
+    generator = torch.Generator().manual_seed(0)
+    gray = torch.rand(1, 1, 32, 32, generator=generator).expand(1, 3, 32, 32)
+    noisy_gray = (gray + 0.002 * torch.randn(1, 3, 32, 32, generator=generator)).clamp(0, 1)  # ~0.5 Lab unit noise
+    pale = gray.clone()
+    pale[:, 0, :8] = (pale[:, 0, :8] + 0.08).clamp(0, 1)  # a faint red band over a quarter of the image
+    assert is_gray_truth(torch.cat([gray, noisy_gray, pale])).tolist() == [True, True, False]
 
 
 def test_same_numbers_on_real_photos_twice(three_models, tmp_path, afhq_dir):
