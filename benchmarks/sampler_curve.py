@@ -47,9 +47,14 @@ def run(args) -> list[dict]:
             for key, value in {**found, "index": index}.items():
                 values[row].setdefault(key, []).append(value.cpu())
     rows, samples, timing = {}, {}, {}
-    for sampler, steps in ((name, int(steps)) for name, steps in (e.split(":") for e in args.samplers.split(","))):
-        name = f"{sampler.upper()}-{steps}"
-        colorizer = load_colorizer(args.model, device, scheduler=sampler, num_inference_steps=steps)
+    plan = [(name, int(steps)) for name, steps in (e.split(":") for e in args.samplers.split(","))]
+    guided = float(read_export_config(args.model).get("condition_dropout", 0.0)) > 0
+    scales = [float(w) for w in args.guidance_scales.split(",")] if guided else [1.0]
+    for (sampler, steps), scale in ((entry, w) for w in scales for entry in plan):
+        name = f"{sampler.upper()}-{steps}" + (f", guidance {scale:g}" if scale != 1.0 else "")
+        colorizer = load_colorizer(
+            args.model, device, scheduler=sampler, num_inference_steps=steps, guidance_scale=scale
+        )
         k = args.num_samples if steps <= args.max_mean_steps else 1
         started = time.perf_counter()
         for truth, index in batches:
@@ -68,12 +73,14 @@ def run(args) -> list[dict]:
     summary = summarize(joined, args.seed, samples)
     results = []
     for name in rows:
-        sampler, steps = name.split("-")
+        sampler, _, rest = name.partition("-")
+        steps, _, guidance = rest.partition(", guidance ")
         stats, mean_stats = summary[name], summary.get("samples", {}).get(name, {})
         results.append(
             {
                 "sampler": sampler.lower(),
                 "steps": int(steps),
+                "guidance": float(guidance or 1.0),
                 "images": len(joined[TRUTH]["index"]),
                 "psnr": stats["psnr"],
                 "psnr_vs_gray": stats["psnr_vs_gray"],
@@ -120,13 +127,14 @@ def write(results: list[dict], reference: dict, args, hardware: str) -> None:
         )
     k = args.num_samples
     lines = [
-        f"| Sampler | Steps | PSNR, one sample | Δ vs gray | PSNR, mean of {k} | PSNR, posterior mean | "
+        f"| Sampler | Steps | Guidance | PSNR, one sample | Δ vs gray | PSNR, mean of {k} | PSNR, posterior mean | "
         "Spread-skill ratio | Diversity | Colorfulness | Colorfulness gap ↓ | ab distance ↓ | s per sample |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r['sampler'].upper()} | {r['steps']} | {_cell(r['psnr'])} | {_cell(r['psnr_vs_gray'])} | "
+            f"| {r['sampler'].upper()} | {r['steps']} | {r['guidance']:g} | {_cell(r['psnr'])} | "
+            f"{_cell(r['psnr_vs_gray'])} | "
             f"{_cell(r['psnr_mean_of_k'])} | {_cell(r.get('psnr_posterior_mean'))} | "
             f"{_cell(r.get('spread_skill_ratio'))} | {_cell(r['diversity'])} | {_cell(r['colorfulness'])} | "
             f"{_cell(r['colorfulness_gap'])} | {_cell(r['ab_distance'])} | {r['seconds_per_sample']:.3f} |"
@@ -151,7 +159,9 @@ def _plot(results: list[dict], reference: dict, args) -> None:
 
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for sampler, style in (("ddpm", "o-"), ("ddim", "s-"), ("dpm", "^-")):
-        rows = [r for r in results if r["sampler"] == sampler]
+        rows = [r for r in results if r["sampler"] == sampler and r["guidance"] == 1.0]
+        if not rows:
+            continue
         steps = [r["steps"] for r in rows]
         (line,) = axes[0].plot(steps, [r["psnr"]["mean"] for r in rows], style, label=f"{sampler.upper()}, one sample")
         with_mean = [r for r in rows if r["psnr_mean_of_k"]]
@@ -187,6 +197,11 @@ def main() -> None:
     parser.add_argument("--num_samples", type=int, default=8)
     parser.add_argument("--max_mean_steps", type=int, default=100, help="mean of K only up to this many steps")
     parser.add_argument("--samplers", default=CURVES, help="SCHEDULER:STEPS, comma-separated (evaluate.py's form)")
+    parser.add_argument(
+        "--guidance_scales",
+        default="1,1.5,2,3",
+        help="classifier-free guidance scales, each a row per sampler (models trained with condition dropout)",
+    )
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output_dir", default="results/sampler-curve")

@@ -21,7 +21,15 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from colorization.colorizer import default_device
-from colorization.config import SAMPLER_NAMES, HelpFormatter, device_name, existing_path, output_folder, positive_int
+from colorization.config import (
+    SAMPLER_NAMES,
+    HelpFormatter,
+    device_name,
+    existing_path,
+    output_folder,
+    positive_float,
+    positive_int,
+)
 from colorization.errors import ColorizationError, cli_entry_point
 from colorization.images import UNREADABLE_IMAGE_ERRORS, open_image
 from colorization.inference import load_colorizer
@@ -142,6 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--scheduler", choices=SAMPLER_NAMES, default=None, help="diffusion: sampler (default: the model's, dpm)"
     )
     parser.add_argument(
+        "--guidance_scale",
+        type=positive_float,
+        default=1.0,
+        help="diffusion: classifier-free guidance w (1: none; more: more vivid, for models trained with "
+        "--condition_dropout)",
+    )
+    parser.add_argument(
         "--seed",
         type=int,
         default=0,
@@ -164,6 +179,7 @@ def run(argv=None) -> int:
     sampling = {
         k: v for k, v in (("scheduler", args.scheduler), ("num_inference_steps", args.num_inference_steps)) if v
     }
+    sampling["guidance_scale"] = args.guidance_scale
     colorizer = load_colorizer(args.model, args.device or default_device(), seed=args.seed, **sampling)
     failures = written = 0
     bar = tqdm(total=len(inputs), desc="colorizing", unit="image")

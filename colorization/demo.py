@@ -33,6 +33,7 @@ from colorization.inference import load_colorizer
 
 EXAMPLES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_examples")
 MAX_STEPS = 1000
+MAX_GUIDANCE = 5.0
 
 
 class Demo:
@@ -51,12 +52,13 @@ class Demo:
                 raise ColorizationError(f"model {name!r} ({path}) does not load: {error}") from None
         self.stochastic = any(c.stochastic for c in self.colorizers.values())
 
-    def colorize(self, photo: Image.Image, sampler: str = "dpm", steps: int = 20, seed: int = 0):
+    def colorize(self, photo: Image.Image, sampler: str = "dpm", steps: int = 20, seed: int = 0, guidance: float = 1.0):
         """-> ({name: colorized PIL image}, {name: seconds}), every model on the same photo."""
         results, seconds = {}, {}
         for name, colorizer in self.colorizers.items():
-            if colorizer.stochastic:  # the page's sampler (the network is shared, not loaded again)
+            if colorizer.stochastic:  # the page's sampler and guidance (the network is shared, not loaded again)
                 colorizer.use_sampler(sampler, steps)
+                colorizer.use_guidance(guidance if colorizer.guidance_trained else 1.0)
             started = time.perf_counter()
             results[name] = colorizer.colorize(photo, seed=seed)
             seconds[name] = time.perf_counter() - started
@@ -100,16 +102,20 @@ def build_page(demo: Demo):
         result.save(target, format="PNG")
         return target
 
-    def run(path, sampler, steps, seed):
+    def run(path, sampler, steps, seed, guidance):
         try:
             photo, has_color = read_photo(path)
         except ColorizationError as error:
             return [None, None, *[None] * len(names), f"**Could not colorize:** {error}"]
-        results, seconds = demo.colorize(photo, sampler, int(steps), int(seed))
+        results, seconds = demo.colorize(photo, sampler, int(steps), int(seed), float(guidance))
         results = {name: save(result, path, name) for name, result in results.items()}
         gray = to_rgb(photo).convert("L")
         times = " · ".join(f"{name}: {seconds[name] * 1000:.0f} ms" for name in names)
-        sampling = f" Diffusion sampling: {sampler.upper()}-{int(steps)}, seed {int(seed)}." if demo.stochastic else ""
+        sampling = (
+            f" Diffusion sampling: {sampler.upper()}-{int(steps)}, seed {int(seed)}, guidance {float(guidance):g}."
+            if demo.stochastic
+            else ""
+        )
         shown = " (a color photo: shown, then made gray)" if has_color else ""
         status = f"Colorized {photo.size[0]}x{photo.size[1]} px{shown}. Time per model: {times}.{sampling}"
         return [to_rgb(photo) if has_color else None, gray, *[results[n] for n in names], status]
@@ -131,6 +137,14 @@ def build_page(demo: Demo):
                 sampler = gr.Dropdown(list(SAMPLER_NAMES), value="dpm", label="Diffusion sampler", elem_id="sampler")
                 steps = gr.Slider(1, MAX_STEPS, value=20, step=1, label="Sampling steps", elem_id="steps")
                 seed = gr.Number(value=0, precision=0, label="Seed", elem_id="seed")
+                guidance = gr.Slider(
+                    1,
+                    MAX_GUIDANCE,
+                    value=1,
+                    step=0.5,
+                    label="Guidance (vividness; models trained with condition dropout)",
+                    elem_id="guidance",
+                )
                 new_sample = gr.Button("New sample", elem_id="new-sample")
         go = gr.Button("Colorize", variant="primary", elem_id="colorize")
         status = gr.Markdown(elem_id="status")
@@ -162,7 +176,7 @@ def build_page(demo: Demo):
                 )
                 for index, name in enumerate(names)
             ]
-        inputs, targets = [upload, sampler, steps, seed], [original, gray, *outputs, status]
+        inputs, targets = [upload, sampler, steps, seed, guidance], [original, gray, *outputs, status]
         go.click(run, inputs, targets)
         upload.change(run, inputs, targets)
         new_sample.click(lambda value: int(value) + 1, seed, seed).then(run, inputs, targets)

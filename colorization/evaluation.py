@@ -38,6 +38,7 @@ from colorization.config import (
     field,
     output_folder,
     parse_samplers,
+    positive_float,
     positive_int,
     sampler_list,
 )
@@ -88,6 +89,12 @@ class EvaluationConfig:
     )
     scheduler: Optional[str] = field(
         None, "Diffusion sampler (default: the model's, dpm).", choices=(None, *SAMPLER_NAMES)
+    )
+    guidance_scale: float = field(
+        1.0,
+        "Classifier-free guidance of the diffusion models: unconditional + w (conditional - unconditional); 1: none "
+        "(needs a model trained with --condition_dropout).",
+        type=positive_float,
     )
     samplers: Optional[str] = field(
         None,
@@ -193,11 +200,12 @@ class Evaluator:
         """The sampling settings to evaluate a model with: one per --samplers entry for diffusion."""
         if model_type != "diffusion":
             return [{}]
+        guidance = {"guidance_scale": self.config.guidance_scale}
         if not self.config.samplers:
             sampling = {"scheduler": self.config.scheduler, "num_inference_steps": self.config.num_inference_steps}
-            return [{k: v for k, v in sampling.items() if v is not None}]
+            return [{**{k: v for k, v in sampling.items() if v is not None}, **guidance}]
         return [
-            {"scheduler": scheduler, "num_inference_steps": steps}
+            {"scheduler": scheduler, "num_inference_steps": steps, **guidance}
             for scheduler, steps in parse_samplers(self.config.samplers)
         ]
 

@@ -41,7 +41,16 @@ from colorization.families import FAMILIES
 from colorization.files import write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODELS = tuple(FAMILIES)
+# The runs of a comparison: each family, and the diffusion model that refines the CNN of the same run.
+REFINING = "refine"
+MODELS = (*FAMILIES, REFINING)
+DISPLAY_NAMES = {**{name: family.display_name for name, family in FAMILIES.items()}, REFINING: "Diffusion refining CNN"}
+
+
+def family_of(model: str) -> str:
+    return "diffusion" if model == REFINING else model
+
+
 STATE_NAME = "reproduce.json"
 # --no-pretrained: every family's flags that download nothing (FAMILIES), and no LPIPS column
 METRICS_WITHOUT_PRETRAINED = "psnr,ssim,colorfulness,ab_distance"
@@ -135,7 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the results folder (default: results/<preset>): new, empty, or an earlier run's",
     )
     parser.add_argument(
-        "--models", default=",".join(MODELS), type=model_list, help="comma-separated subset of cnn,gan,diffusion"
+        "--models",
+        default=",".join(MODELS),
+        type=model_list,
+        help=f"comma-separated subset of {','.join(MODELS)} ({REFINING}: the diffusion model refining the CNN; "
+        "it needs cnn)",
     )
     parser.add_argument(
         "--no-pretrained",
@@ -172,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     extra = parser.add_argument_group("extra flags, appended to the commands (they win over the preset)")
     extra.add_argument("--data_args", default="", help="for every command, e.g. '--dataloader_num_workers 0'")
     for model in MODELS:
-        extra.add_argument(f"--{model}_args", default="", help=f"for {FAMILIES[model].script}")
+        extra.add_argument(f"--{model}_args", default="", help=f"for {FAMILIES[family_of(model)].script}")
     extra.add_argument("--eval_args", default="", help="for evaluate.py")
     return parser
 
@@ -192,7 +205,9 @@ class Reproduction:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.preset = PRESETS[args.preset]
-        self.models = args.models.split(",")
+        self.models = sorted(args.models.split(","), key=MODELS.index)  # the CNN before the model refining it
+        if REFINING in self.models and "cnn" not in self.models:
+            raise ColorizationError(f"--models {REFINING} refines the CNN of the same run: add cnn to --models")
         self.output_dir = os.path.abspath(args.output_dir or os.path.join("results", args.preset))
         self.state_path = os.path.join(self.output_dir, STATE_NAME)
         if os.path.isdir(self.output_dir) and os.listdir(self.output_dir) and not os.path.isfile(self.state_path):
@@ -247,7 +262,7 @@ class Reproduction:
         )
         command = [
             *self._launcher(),
-            self._here(os.path.join(ROOT, FAMILIES[model].script)),
+            self._here(os.path.join(ROOT, FAMILIES[family_of(model)].script)),
             *self._data_args(),
             *budget,
             "--train_batch_size",
@@ -263,13 +278,15 @@ class Reproduction:
             # an interrupted run continues from its last checkpoint (a fresh run when there is none)
             "--resume_from_checkpoint",
             "latest",
-            *preset.model_args.get(model, []),
+            *preset.model_args.get(family_of(model), []),  # the refining model: the diffusion recipe
         ]
-        if model == "diffusion":  # validation samples as the table's first sampler does
+        if family_of(model) == "diffusion":  # validation samples as the table's first sampler does
             scheduler, steps = self.samplers().split(",")[0].split(":")
             command += ["--validation_sampler", scheduler, "--validation_inference_steps", steps]
+        if model == REFINING:  # the CNN of this run, finished before (MODELS order)
+            command += ["--refine_model", self._here(self.model_dir("cnn"))]
         if not args.pretrained:
-            command += list(FAMILIES[model].without_pretrained)
+            command += list(FAMILIES[family_of(model)].without_pretrained)
         return command + shlex.split(getattr(args, f"{model}_args"))
 
     def samplers(self) -> str:
@@ -277,7 +294,8 @@ class Reproduction:
 
     def slow_samplers(self) -> Optional[str]:
         slow = self.args.slow_samplers or self.preset.slow_samplers
-        return None if slow in (None, "none") or "diffusion" not in self.models else slow
+        diffusion = any(family_of(m) == "diffusion" for m in self.models)
+        return None if slow in (None, "none") or not diffusion else slow
 
     def evaluation_command(self, slow: bool = False) -> list[str]:
         """evaluate.py on the held-out images; ``slow``: the slow samplers' table, on the first images only."""
@@ -288,7 +306,7 @@ class Reproduction:
             "--checkpoints",
             *[self._here(self.model_dir(m)) for m in self.models],
             "--names",
-            *[FAMILIES[m].display_name for m in self.models],
+            *[DISPLAY_NAMES[m] for m in self.models],
             *self._data_args(),
             "--batch_size",
             str(preset.eval_batch_size),

@@ -206,6 +206,11 @@ class TrainingTask:
         weights of :meth:`evaluation_weights`): validation measures exactly what the export will do."""
         raise NotImplementedError
 
+    def measure_data(self, train_set, num_workers: int) -> dict:
+        """Statistics of the training data the family needs beyond the harness's (tensors; measured once per run
+        and kept in every checkpoint), e.g. a refining diffusion model's residual scale."""
+        return {}
+
     def selectable_steps(self, max_steps: int) -> tuple[int, int]:
         """The first and last step that --model_selection best may choose (the GAN: its adversarial phase)."""
         return 1, max_steps
@@ -322,11 +327,11 @@ class Trainer:
                 )
         if resume_path:  # after the cadence is settled: under --model_selection best it is part of the run
             self.checkpointer.check_settings(resume_path)
-        statistics = (
-            self.checkpointer.saved_statistics(resume_path)
-            if resume_path  # measured once per run
-            else data_statistics(self.train_set, self.data_config.dataloader_num_workers)
-        )
+        workers = self.data_config.dataloader_num_workers
+        if resume_path:  # measured once per run
+            statistics = self.checkpointer.saved_statistics(resume_path)
+        else:
+            statistics = {**data_statistics(self.train_set, workers), **task.measure_data(self.train_set, workers)}
         self._prepare_models(max_steps, statistics)
         if resume_path:
             self.checkpointer.resume(resume_path)

@@ -62,9 +62,9 @@ class _RecordingUNet(torch.nn.Module):
         self.unet = unet
         self.calls = []
 
-    def forward(self, noisy_ab, timesteps, lightness):
+    def forward(self, noisy_ab, timesteps, lightness, regressor_ab=None):
         self.calls.append((noisy_ab.detach().clone(), timesteps.clone(), lightness.clone()))
-        return self.unet(noisy_ab, timesteps, lightness) * 0.0
+        return self.unet(noisy_ab, timesteps, lightness, regressor_ab) * 0.0
 
 
 def _task(tmp_path, **config):
@@ -80,7 +80,7 @@ def _task(tmp_path, **config):
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 @pytest.mark.parametrize("snr_gamma", [None, 5.0])
 def test_training_step_targets_exactly_the_noise_added_at_the_predicted_timesteps(tmp_path, prediction_type, snr_gamma):
-    task, trainer = _task(tmp_path, prediction_type=prediction_type, snr_gamma=snr_gamma)
+    task, trainer = _task(tmp_path, prediction_type=prediction_type, snr_gamma=snr_gamma, condition_dropout=0.0)
     recorder = _RecordingUNet(task.models["unet"])
     task.models["unet"] = recorder
     added = []
@@ -174,7 +174,7 @@ def test_every_sampler_clips_the_clean_estimate_to_the_data_range(prediction_typ
     clean = torch.full((1, 2, 16, 16), 50.0)
 
     class Overshooting(LabConditionedUNet):
-        def forward(self, noisy, timestep, lightness):
+        def forward(self, noisy, timestep, lightness, regressor_ab=None):
             alpha = sampler.alphas_cumprod[timestep]
             noise = (noisy - alpha.sqrt() * clean) / (1 - alpha).sqrt()
             return {
@@ -354,3 +354,97 @@ def test_colorizer_from_parts_is_what_loading_an_export_gives(diffusion_run):
     torch.testing.assert_close(
         loaded.predict_ab(lightness[1:2], [2]), loaded.predict_ab(lightness, [1, 2, 3])[1:2], rtol=0, atol=2e-4
     )
+
+
+# ----- the refining model and classifier-free guidance -----
+
+
+def _regressor(tmp_path, resolution=16):
+    """A one-pass export (a CNN with random weights) and its colorizer."""
+    from colorization.colorizer import save_export_config, save_module_weights
+    from colorization.models.cnn import ResNetColorizer
+
+    torch.manual_seed(1)
+    save_module_weights(str(tmp_path / "cnn"), ResNetColorizer(), "cnn")
+    save_export_config(str(tmp_path / "cnn"), "cnn", {}, resolution)
+    return load_colorizer(str(tmp_path / "cnn"), "cpu")
+
+
+def _refining(tmp_path, guidance_trained=True, **sampling):
+    torch.manual_seed(0)
+    unet = LabConditionedUNet(**TINY_UNET, ab_scale=2.0, regressor_channels=2).eval()
+    ddpm = DDPMScheduler(num_train_timesteps=1000, prediction_type="sample", clip_sample=False)
+    return colorizer_from_parts(
+        unet, ddpm.config, 16, "dpm", 3, 0, _regressor(tmp_path), guidance_trained=guidance_trained, **sampling
+    )
+
+
+def test_a_zero_residual_reproduces_the_regressor_exactly(tmp_path):
+    from types import SimpleNamespace
+
+    colorizer = _refining(tmp_path)
+    colorizer.pipeline.scheduler.step = lambda prediction, t, sample, **kwargs: SimpleNamespace(
+        prev_sample=torch.zeros_like(sample)
+    )
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (23, 37, 3), dtype=np.uint8))
+    assert np.array_equal(np.asarray(colorizer.colorize(photo)), np.asarray(colorizer.regressor.colorize(photo)))
+
+
+def test_guidance_1_is_the_unguided_sampler_and_w_runs_the_unconditional_model(tmp_path):
+    lightness = torch.rand(2, 1, 16, 16) * 2 - 1
+    outputs, calls = {}, {}
+    for scale in (1.0, 2.0):
+        colorizer = _refining(tmp_path, guidance_scale=scale)
+        forward, seen = colorizer.pipeline.unet.forward, []
+
+        def counting(noisy, t, lightness, regressor_ab=None, forward=forward, seen=seen):
+            seen.append(float(lightness.abs().sum()))
+            return forward(noisy, t, lightness, regressor_ab)
+
+        colorizer.pipeline.unet.forward = counting
+        outputs[scale], calls[scale] = colorizer.predict_ab(lightness, [5, 6]), seen
+    plain = _refining(tmp_path).predict_ab(lightness, [5, 6])  # constructed without any guidance argument
+    assert torch.equal(outputs[1.0], plain) and len(calls[1.0]) == 3  # bit for bit; one UNet pass per step
+    assert len(calls[2.0]) == 6 and calls[2.0][1] == 0.0  # each step also the unconditional pass (zeros)
+    assert not torch.equal(outputs[2.0], plain)
+    with pytest.raises(ColorizationError, match="--condition_dropout"):
+        _refining(tmp_path, guidance_trained=False, guidance_scale=2.0)
+
+
+def test_condition_dropout_zeroes_both_conditions_of_the_same_images_at_its_rate():
+    task = DiffusionTask(DiffusionConfig(condition_dropout=0.25), 32)
+    torch.manual_seed(0)
+    lightness, regressor_ab = torch.ones(4000, 1, 2, 2), torch.ones(4000, 2, 2, 2)
+    kept_lightness, kept_regressor = task.drop_conditions(lightness, regressor_ab)
+    dropped = kept_lightness.flatten(1).sum(1) == 0
+    assert dropped.float().mean().item() == pytest.approx(0.25, abs=0.02)
+    assert torch.equal(dropped, kept_regressor.flatten(1).sum(1) == 0)
+    assert torch.equal(
+        DiffusionTask(DiffusionConfig(condition_dropout=0.0), 32).drop_conditions(lightness, None)[0], lightness
+    )
+
+
+def test_a_refining_model_of_a_gan_trains_and_its_export_stands_alone(tmp_path, gan_run):
+    regressor = tmp_path / "gan"  # the GAN's export alone, deleted once the refining model is trained
+    shutil.copytree(gan_run[0], regressor, ignore=shutil.ignore_patterns("checkpoints", "logs", "samples"))
+    args = [
+        *TINY_DATA,
+        *TINY_DIFFUSION,
+        "--max_train_steps",
+        "2",
+        "--validation_steps",
+        "2",
+        "--report_to",
+        "none",
+        "--refine_model",
+        regressor,
+        "--output_dir",
+        tmp_path / "refine",
+    ]
+    train_in_process(DiffusionTask, args)
+    exported = json.loads((tmp_path / "refine" / "colorizer.json").read_text())
+    assert exported["refines"]["model_type"] == "gan" and exported["condition_dropout"] == 0.1
+    shutil.rmtree(regressor)
+    colorizer = load_colorizer(str(tmp_path / "refine"), "cpu", num_inference_steps=2, guidance_scale=1.5)
+    assert colorizer.regressor.model_type == "gan" and colorizer.describe_sampling().endswith("guidance 1.5")
+    assert colorizer.colorize(Image.new("RGB", (20, 12), (90, 120, 150))).size == (20, 12)

@@ -35,8 +35,17 @@ TINY = [
     "--base_channels 8 --validation_images 4",
     "--diffusion_args",
     "--validation_images 4",
+    "--refine_args",
+    "--validation_images 4",
 ]
-MODEL_ROWS = {"CNN", "GAN", "Diffusion (DPM-2)", "Diffusion (DDIM-2)"}
+MODEL_ROWS = {
+    "CNN",
+    "GAN",
+    "Diffusion (DPM-2)",
+    "Diffusion (DDIM-2)",
+    "Diffusion refining CNN (DPM-2)",
+    "Diffusion refining CNN (DDIM-2)",
+}
 
 
 def reproduce(output_dir, *extra, check=True):
@@ -70,7 +79,8 @@ def test_reproduce_writes_one_consistent_comparison_and_skips_finished_models(tm
         cost = settings["costs"][row]
         assert cost["parameters"] > 0 and cost["ms_per_image"] > 0
         training = cost["training"]
-        assert training["images_seen"] == 3 * 8
+        # the refining model's cost counts the CNN it refines (trained on the same budget) too
+        assert training["images_seen"] == 3 * 8 * (2 if row.startswith("Diffusion refining") else 1)
         assert 0 < training["train_seconds"] <= training["wall_seconds"]
         assert training["images_per_second"] > 0 and training["hardware"]
         assert training["resolution"] == 32 and training["data"] == settings["data"]
@@ -85,15 +95,17 @@ def test_reproduce_writes_one_consistent_comparison_and_skips_finished_models(tm
 
     # what was run, and the TensorBoard logs of each model
     commands = _commands(out)
-    assert len(commands) == 5
-    for script in ("train_cnn.py", "train_gan.py", "train_diffusion.py"):
-        assert sum(script in c for c in commands) == 1
+    assert len(commands) == 6
+    for script, count in (("train_cnn.py", 1), ("train_gan.py", 1), ("train_diffusion.py", 2)):
+        assert sum(script in c for c in commands) == count
+    refining = [c for c in commands if "--refine_model" in c]
+    assert len(refining) == 1 and "--refine_model models/cnn" in refining[0]
     assert sum("evaluate.py" in c for c in commands) == 2  # the table, and the slow samplers' on 6 images
     diffusion = next(c for c in commands if "train_diffusion.py" in c)
     assert "--validation_sampler dpm --validation_inference_steps 2" in diffusion  # the table's first sampler
     slow = json.loads((out / "evaluation_slow" / "results.json").read_text())["settings"]
     assert "DDPM-3" in str(slow["sampling"]) and slow["evaluation"]["max_images"] == 6
-    for model in ("cnn", "gan", "diffusion"):
+    for model in ("cnn", "gan", "diffusion", "refine"):
         logs = out / "models" / model / "logs"
         assert any(name.startswith("events.out.tfevents") for _, _, files in os.walk(logs) for name in files), model
         assert (out / "logs" / f"{model}.log").stat().st_size > 0

@@ -198,3 +198,18 @@ def test_sampler_names_are_the_schedulers_of_the_diffusion_model():
     from colorization.models.diffusion import SAMPLERS
 
     assert set(SAMPLERS) == set(config.SAMPLER_NAMES)
+
+
+def test_refining_anything_but_a_one_pass_model_is_refused_when_parsed(tmp_path, capsys):
+    import json
+
+    (tmp_path / "colorizer.json").write_text(
+        json.dumps({"format": "colorization-model", "format_version": 1, "model_type": "diffusion", "resolution": 32})
+    )
+    code, error = _parse(lambda a: training.parse_args(DiffusionTask, a), ["--refine_model", str(tmp_path)], capsys)
+    _assert_one_error_line(code, error, "--refine_model a diffusion model")
+    assert "refines a one-pass model" in error
+    code, error = _parse(
+        lambda a: training.parse_args(DiffusionTask, a), ["--refine_model", str(tmp_path / "..")], capsys
+    )
+    _assert_one_error_line(code, error, "--refine_model a folder without a model")

@@ -13,6 +13,7 @@ its estimate of the clean ab the same way (:meth:`LabColorizationPipeline.sample
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional, Sequence
 
 import torch
@@ -33,6 +34,7 @@ from colorization.config import SAMPLER_NAMES
 from colorization.errors import ColorizationError
 
 NUM_TRAIN_TIMESTEPS = 1000
+REGRESSOR_DIR = "regressor"  # a refining model's export holds its regressor's export here
 SAMPLERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}
 assert set(SAMPLERS) == set(SAMPLER_NAMES), "the flags check sampler names against config.SAMPLER_NAMES"
 DEFAULT_SAMPLER = ("dpm", 20)  # validation, evaluate.py and colorize, unless told otherwise
@@ -47,7 +49,11 @@ PRESETS = {
 
 
 class LabConditionedUNet(ModelMixin, ConfigMixin):
-    """(noisy ab (N, 2, H, W), timestep, normalized L (N, 1, H, W)) -> the prediction (N, 2, H, W)."""
+    """(noisy ab (N, 2, H, W), timestep, normalized L (N, 1, H, W)[, a regressor's normalized ab (N, 2, H, W)])
+    -> the prediction (N, 2, H, W).
+
+    A refining model (``regressor_channels`` 2) diffuses the residual of a one-pass model's colors and sees them
+    next to L. The conditioning channels all zero is the unconditional model (classifier-free guidance)."""
 
     @register_to_config
     def __init__(
@@ -57,8 +63,10 @@ class LabConditionedUNet(ModelMixin, ConfigMixin):
         layers_per_block: int = PRESETS["base"][1],
         attention_levels: Sequence[int] = PRESETS["base"][2],
         ab_scale: float = 1.0,
+        regressor_channels: int = 0,
     ):
-        # ab_scale: the model works on x = normalized ab * ab_scale, about unit variance like the noise
+        # ab_scale: the model works on x = (normalized ab or its residual) * ab_scale, about unit variance like the
+        # noise; regressor_channels: 2 for a refining model
         super().__init__()
         levels = len(block_out_channels)
         if any(not 0 <= level < levels for level in attention_levels):
@@ -67,7 +75,7 @@ class LabConditionedUNet(ModelMixin, ConfigMixin):
         up = tuple("AttnUpBlock2D" if i in attention_levels else "UpBlock2D" for i in reversed(range(levels)))
         self.unet = UNet2DModel(
             sample_size=sample_size,
-            in_channels=3,
+            in_channels=3 + regressor_channels,
             out_channels=2,
             block_out_channels=tuple(block_out_channels),
             layers_per_block=layers_per_block,
@@ -77,8 +85,12 @@ class LabConditionedUNet(ModelMixin, ConfigMixin):
             norm_num_groups=math.gcd(32, *block_out_channels),
         )
 
-    def forward(self, noisy_ab: torch.Tensor, timestep, lightness: torch.Tensor) -> torch.Tensor:
-        return self.unet(torch.cat((noisy_ab, lightness.to(noisy_ab.dtype)), dim=1), timestep).sample
+    def forward(
+        self, noisy_ab: torch.Tensor, timestep, lightness: torch.Tensor, regressor_ab: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        conditions = (lightness,) if regressor_ab is None else (lightness, regressor_ab)
+        inputs = torch.cat((noisy_ab, *(c.to(noisy_ab.dtype) for c in conditions)), dim=1)
+        return self.unet(inputs, timestep).sample
 
 
 def build_unet(
@@ -88,6 +100,7 @@ def build_unet(
     layers_per_block: Optional[int] = None,
     attention_levels: Optional[Sequence[int]] = None,
     ab_scale: float = 1.0,
+    regressor_channels: int = 0,
 ) -> LabConditionedUNet:
     """A UNet of ``preset`` (or overridden widths, depth, attention) for ``resolution``; refuses what cannot work."""
     widths, layers, attention = PRESETS[preset]
@@ -99,7 +112,7 @@ def build_unet(
             f"--resolution {resolution} cannot be halved {len(widths) - 1} times by a UNet with "
             f"{len(widths)} levels; use a multiple of {2 ** (len(widths) - 1)}"
         )
-    return LabConditionedUNet(resolution, widths, layers, attention, ab_scale)
+    return LabConditionedUNet(resolution, widths, layers, attention, ab_scale, regressor_channels)
 
 
 def make_sampler(name: str, training_config) -> object:
@@ -136,14 +149,21 @@ class LabColorizationPipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
 
-    def _clip_clean_estimate(self, prediction: torch.Tensor, sample: torch.Tensor, timestep) -> torch.Tensor:
-        """Clip the clean-ab estimate that ``prediction`` implies to the range of the data (normalized ab in
-        [-1, 1], times ab_scale) and return the prediction of the same kind that implies the clipped estimate,
-        so that every sampler denoises toward an in-range clean ab (as DDPM's and DDIM's clip_sample do)."""
-        limit = self.unet.config.ab_scale
+    def _clip_clean_estimate(
+        self, prediction: torch.Tensor, sample: torch.Tensor, timestep, regressor_ab: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """Clip the clean estimate that ``prediction`` implies to the range of the data (normalized ab in [-1, 1];
+        for a refining model, the residual that keeps the regressor's ab plus it in [-1, 1]; times ab_scale) and
+        return the prediction of the same kind that implies the clipped estimate, so that every sampler denoises
+        toward an in-range clean ab (as DDPM's and DDIM's clip_sample do)."""
+        scale = self.unet.config.ab_scale
+        if regressor_ab is None:
+            low, high = -scale, scale
+        else:
+            low, high = (-1.0 - regressor_ab.float()) * scale, (1.0 - regressor_ab.float()) * scale
         kind = self.scheduler.config.prediction_type
         if kind == "sample":
-            return prediction.clamp(-limit, limit)
+            return torch.clamp(prediction.float(), low, high).to(prediction.dtype)
         alpha = self.scheduler.alphas_cumprod.to(sample.device)[timestep].float()
         signal, noise = alpha.sqrt(), (1.0 - alpha).sqrt()
         prediction, sample = prediction.float(), sample.float()
@@ -151,21 +171,30 @@ class LabColorizationPipeline(DiffusionPipeline):
             clean = (sample - noise * prediction) / signal.clamp_min(1e-6)
         else:  # v_prediction
             clean = signal * sample - noise * prediction
-        clean = clean.clamp(-limit, limit)
+        clean = torch.clamp(clean, low, high)
         if kind == "epsilon":
             return (sample - signal * clean) / noise
         return (signal * sample - clean) / noise
 
     @torch.no_grad()
     def sample_ab(
-        self, lightness: torch.Tensor, num_inference_steps: int = 20, generator: torch.Generator | list | None = None
+        self,
+        lightness: torch.Tensor,
+        num_inference_steps: int = 20,
+        generator: torch.Generator | list | None = None,
+        regressor_ab: Optional[torch.Tensor] = None,
+        guidance_scale: float = 1.0,
     ) -> torch.Tensor:
         """Normalized L (N, 1, H, W) at the UNet's resolution -> sampled normalized ab (N, 2, H, W).
 
         ``generator`` may be a list with one generator per image: each image's colors then depend on its
-        own generator only, not on the batch it is sampled in."""
+        own generator only, not on the batch it is sampled in. A refining model samples the residual of
+        ``regressor_ab`` (the one-pass model's normalized ab) and adds it back. ``guidance_scale`` w != 1:
+        classifier-free guidance, unconditional + w (conditional - unconditional); w = 1 is the plain sampler."""
         unet = self.unet
         lightness = lightness.to(device=unet.device, dtype=unet.dtype)
+        if regressor_ab is not None:
+            regressor_ab = regressor_ab.to(device=unet.device, dtype=unet.dtype)
         self.scheduler.set_timesteps(num_inference_steps, device=unet.device)
         sample = (
             randn_tensor(
@@ -178,10 +207,16 @@ class LabColorizationPipeline(DiffusionPipeline):
         )
         extra = {"generator": generator} if isinstance(self.scheduler, DDPMScheduler) else {}
         for timestep in self.progress_bar(self.scheduler.timesteps):
-            prediction = unet(self.scheduler.scale_model_input(sample, timestep), timestep, lightness)
-            prediction = self._clip_clean_estimate(prediction, sample, timestep)
+            model_input = self.scheduler.scale_model_input(sample, timestep)
+            prediction = unet(model_input, timestep, lightness, regressor_ab)
+            if guidance_scale != 1.0:  # the unconditional model: every conditioning channel zero, as in training
+                blank = None if regressor_ab is None else torch.zeros_like(regressor_ab)
+                unconditional = unet(model_input, timestep, torch.zeros_like(lightness), blank)
+                prediction = unconditional + guidance_scale * (prediction - unconditional)
+            prediction = self._clip_clean_estimate(prediction, sample, timestep, regressor_ab)
             sample = self.scheduler.step(prediction.to(sample.dtype), timestep, sample, **extra).prev_sample
-        return (sample.float() / unet.config.ab_scale).clamp(-1.0, 1.0)
+        sampled = sample.float() / unet.config.ab_scale
+        return (sampled if regressor_ab is None else regressor_ab.float() + sampled).clamp(-1.0, 1.0)
 
     def __call__(self, images, num_inference_steps: int = DEFAULT_SAMPLER[1], seed: int = 0, batch_size: int = 8):
         """PIL image(s) -> colorized PIL image(s) of the same size (the input's own L, sampled ab)."""
@@ -195,31 +230,61 @@ class DiffusionColorizer(Colorizer):
     stochastic = True
 
     def __init__(
-        self, pipeline: LabColorizationPipeline, resolution: int, num_inference_steps: int = 20, seed: int = 0
+        self,
+        pipeline: LabColorizationPipeline,
+        resolution: int,
+        num_inference_steps: int = 20,
+        seed: int = 0,
+        regressor: Optional[Colorizer] = None,
+        guidance_scale: float = 1.0,
+        guidance_trained: bool = False,
     ):
         super().__init__("diffusion", resolution, pipeline.unet.device, seed)
         self.pipeline = pipeline
         self.num_inference_steps = num_inference_steps
+        self.regressor = regressor  # a refining model's one-pass model (the mean it samples the residual of)
+        if (regressor is None) != (pipeline.unet.config.regressor_channels == 0):
+            raise ColorizationError("a refining diffusion model needs its regressor, and only a refining one has one")
+        self.guidance_trained = guidance_trained
+        self.use_guidance(guidance_scale)
+
+    def use_guidance(self, guidance_scale: float) -> None:
+        """Classifier-free guidance w for the next samples (1: none); refused for a model without its
+        unconditional half (trained without --condition_dropout)."""
+        if guidance_scale != 1.0 and not self.guidance_trained:
+            raise ColorizationError(
+                f"guidance scale {guidance_scale:g} needs a model trained with --condition_dropout (this one was "
+                "not: it has no unconditional model); use guidance 1"
+            )
+        self.guidance_scale = float(guidance_scale)
 
     @property
     def network(self) -> torch.nn.Module:
-        return self.pipeline.unet
+        """The UNet, and a refining model's regressor with it (both run at inference)."""
+        if self.regressor is None:
+            return self.pipeline.unet
+        return torch.nn.ModuleList([self.pipeline.unet, self.regressor.network])
 
     def describe_sampling(self) -> str:
-        return f"{sampler_name(self.pipeline.scheduler).upper()}-{self.num_inference_steps}"
+        guidance = f", guidance {self.guidance_scale:g}" if self.guidance_scale != 1.0 else ""
+        return f"{sampler_name(self.pipeline.scheduler).upper()}-{self.num_inference_steps}{guidance}"
 
     def use_sampler(self, name: str, num_inference_steps: int) -> None:
         """Sample with another sampler of the same training schedule, or another step count (same network)."""
-        if self.describe_sampling() != f"{name.upper()}-{num_inference_steps}":
+        if sampler_name(self.pipeline.scheduler) != name:
             self.pipeline.scheduler = make_sampler(name, self.pipeline.scheduler.config)
-            self.num_inference_steps = int(num_inference_steps)
+        self.num_inference_steps = int(num_inference_steps)
 
     @torch.no_grad()
     def predict_ab(self, lightness: torch.Tensor, seeds: Optional[Sequence[int]] = None) -> torch.Tensor:
         seeds = [self.seed] * lightness.shape[0] if seeds is None else list(seeds)
         # CPU generators: the same noise on any device
         generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
-        return self.pipeline.sample_ab(lightness, self.num_inference_steps, generators)
+        # the regressor sees the L at its own resolution (colorize_lightness resizes there and back)
+        regressor_ab = None if self.regressor is None else self.regressor.colorize_lightness(lightness)
+        return self.pipeline.sample_ab(
+            lightness, self.num_inference_steps, generators, regressor_ab, self.guidance_scale
+        )
 
 
 def colorizer_from_parts(
@@ -229,11 +294,16 @@ def colorizer_from_parts(
     sampler: str,
     num_inference_steps: int,
     seed: int = 0,
+    regressor: Optional[Colorizer] = None,
+    guidance_scale: float = 1.0,
+    guidance_trained: bool = False,
 ) -> DiffusionColorizer:
     """The one way a diffusion colorizer is assembled, for a loaded export and for validation alike."""
     pipeline = LabColorizationPipeline(unet, make_sampler(sampler, training_scheduler_config))
     pipeline.set_progress_bar_config(disable=True)
-    return DiffusionColorizer(pipeline, resolution, num_inference_steps, seed)
+    return DiffusionColorizer(
+        pipeline, resolution, num_inference_steps, seed, regressor, guidance_scale, guidance_trained
+    )
 
 
 def load_colorizer(
@@ -243,9 +313,11 @@ def load_colorizer(
     scheduler: Optional[str] = None,
     num_inference_steps: Optional[int] = None,
     seed: int = 0,
+    guidance_scale: float = 1.0,
 ) -> Colorizer:
     """An exported diffusion pipeline -> its colorizer, sampling with ``scheduler`` (ddpm, ddim or dpm) for
-    ``num_inference_steps`` (default: the sampler recorded in the export, else DPM-Solver with 20 steps)."""
+    ``num_inference_steps`` (default: the sampler recorded in the export, else DPM-Solver with 20 steps), with
+    classifier-free ``guidance_scale`` (1: none). A refining model carries its regressor in ``regressor/``."""
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.disable_progress_bar()  # no "Loading pipeline components" bar in command-line tools
@@ -260,7 +332,19 @@ def load_colorizer(
     recorded = config.get("sampling", {})
     sampler = scheduler or recorded.get("scheduler", DEFAULT_SAMPLER[0])
     steps = num_inference_steps or recorded.get("num_inference_steps", DEFAULT_SAMPLER[1])
-    colorizer = colorizer_from_parts(
-        pipeline.unet.to(device).eval(), pipeline.scheduler.config, int(config["resolution"]), sampler, int(steps), seed
+    regressor = None
+    if config.get("refines"):
+        from colorization.inference import load_colorizer as load_any
+
+        regressor = load_any(os.path.join(path, REGRESSOR_DIR), device)
+    return colorizer_from_parts(
+        pipeline.unet.to(device).eval(),
+        pipeline.scheduler.config,
+        int(config["resolution"]),
+        sampler,
+        int(steps),
+        seed,
+        regressor,
+        guidance_scale,
+        guidance_trained=float(config.get("condition_dropout", 0.0)) > 0,
     )
-    return colorizer

@@ -9,6 +9,9 @@ factor), measured once per run, kept in the checkpoints and stored in the model'
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
+import shutil
 from dataclasses import dataclass
 from typing import Optional
 
@@ -16,13 +19,36 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from diffusers.training_utils import EMAModel, compute_snr
+from torch.utils.data import DataLoader, Subset
 
-from colorization.colorizer import Colorizer, save_export_config
-from colorization.config import decay, field, index_list, parse_ints, positive_float, positive_int, positive_int_list
+from colorization import color
+from colorization.colorizer import (
+    CONFIG_NAME,
+    MEAN_AB_NAME,
+    TRAINING_IMAGES_NAME,
+    WEIGHTS_NAME,
+    Colorizer,
+    read_export_config,
+    save_export_config,
+)
+from colorization.config import (
+    decay,
+    existing_folder,
+    field,
+    fraction,
+    index_list,
+    parse_ints,
+    positive_float,
+    positive_int,
+    positive_int_list,
+)
+from colorization.data import batch_to_rgb, collate
+from colorization.errors import ColorizationError
 from colorization.models.diffusion import (
     DEFAULT_SAMPLER,
     NUM_TRAIN_TIMESTEPS,
     PRESETS,
+    REGRESSOR_DIR,
     SAMPLERS,
     LabColorizationPipeline,
     LabConditionedUNet,
@@ -30,6 +56,9 @@ from colorization.models.diffusion import (
     colorizer_from_parts,
 )
 from colorization.training import TrainConfig, TrainingTask, make_optimizer
+
+REGRESSOR_TYPES = ("cnn", "gan")  # what a diffusion model can refine: the one-pass families
+REFINE_STATISTICS_IMAGES = 512  # training images the residual's scale is measured on
 
 
 @dataclass
@@ -81,6 +110,18 @@ class DiffusionConfig:
         "normalized ab (measured once per run, stored in the model).",
         type=positive_float,
     )
+    refine_model: Optional[str] = field(
+        None,
+        "Refine this one-pass model (an exported CNN or GAN folder): the UNet also sees its ab and diffuses the "
+        "residual; the export carries the regressor, so nothing else is needed to load it. none: plain diffusion.",
+        type=existing_folder,
+    )
+    condition_dropout: float = field(
+        0.1,
+        "Probability that a training image's conditioning (L, and the regressor's ab) is replaced by zeros: it "
+        "trains the unconditional model that classifier-free guidance (--guidance_scale at sampling) needs.",
+        type=fraction,
+    )
     validation_sampler: str = field(
         DEFAULT_SAMPLER[0], "Sampler of validation (and evaluate.py's default for this model).", choices=tuple(SAMPLERS)
     )
@@ -96,7 +137,7 @@ class DiffusionTask(TrainingTask):
     config_class = DiffusionConfig
     flag_defaults = {"learning_rate": 1e-4, "lr_warmup_steps": 500}
     exported_model_name = "unet"
-    exported_files = TrainingTask.exported_files + ("unet", "scheduler", "model_index.json")
+    exported_files = TrainingTask.exported_files + ("unet", "scheduler", "model_index.json", REGRESSOR_DIR)
 
     @classmethod
     def check_flags(cls, config: DiffusionConfig):
@@ -106,13 +147,50 @@ class DiffusionTask(TrainingTask):
                 "--zero_terminal_snr needs --prediction_type v_prediction or sample (with epsilon prediction the "
                 "last timestep is pure noise and sampling divides by zero)"
             )
+        if config.refine_model is not None:
+            try:
+                refined = read_export_config(config.refine_model)
+            except ColorizationError as error:
+                return f"--refine_model: {error}"
+            if refined.get("model_type") not in REGRESSOR_TYPES:
+                return (
+                    f"--refine_model {config.refine_model} is a {refined.get('model_type')} model; a diffusion "
+                    f"model refines a one-pass model ({' or '.join(REGRESSOR_TYPES)})"
+                )
         return None
 
     def __init__(self, config: DiffusionConfig, resolution: int):
         super().__init__(config, resolution)
         self.ema: Optional[EMAModel] = None
+        self._regressor: Optional[Colorizer] = None
 
-    def _unet(self, ab_scale: float = 1.0) -> LabConditionedUNet:
+    @property
+    def regressor(self) -> Optional[Colorizer]:
+        """The frozen one-pass model a refining model samples the residual of (loaded once), or None."""
+        if self.config.refine_model is not None and self._regressor is None:
+            from colorization.inference import load_colorizer
+
+            self._regressor = load_colorizer(self.config.refine_model, self.accelerator.device)
+            self._regressor.network.requires_grad_(False)
+        return self._regressor
+
+    def measure_data(self, train_set, num_workers: int) -> dict:
+        """A refining model: the standard deviation of the normalized residual ab (truth - regressor) over up to
+        REFINE_STATISTICS_IMAGES training images, for the residual's scale (measured once per run, stored)."""
+        if self.regressor is None:
+            return {}
+        loader = DataLoader(
+            Subset(train_set, range(min(REFINE_STATISTICS_IMAGES, len(train_set)))), batch_size=64, collate_fn=collate
+        )
+        total = total_sq = count = 0.0
+        for batch in loader:
+            lightness, ab = color.rgb_to_normalized_lab(batch_to_rgb(batch, self.accelerator.device))
+            residual = (ab - self.regressor.colorize_lightness(lightness)).double()
+            total, total_sq, count = total + residual.sum(), total_sq + residual.pow(2).sum(), count + residual.numel()
+        mean = total / count
+        return {"residual_std": (total_sq / count - mean**2).clamp_min(0).sqrt().float().cpu()}
+
+    def _unet(self, ab_scale: float = 1.0, regressor_channels: int = 0) -> LabConditionedUNet:
         config = self.config
         return build_unet(
             self.resolution,
@@ -121,6 +199,7 @@ class DiffusionTask(TrainingTask):
             config.layers_per_block,
             parse_ints(config.attention_levels),
             ab_scale,
+            regressor_channels,
         )
 
     def check_resolution(self, resolution: int) -> None:
@@ -128,11 +207,11 @@ class DiffusionTask(TrainingTask):
 
     def build(self, train_config: TrainConfig, statistics: dict) -> None:
         config = self.config
-        spread = float(statistics["ab_std"])
+        spread = float(statistics["residual_std"] if self.regressor is not None else statistics["ab_std"])
         self.ab_scale = (
             config.ab_scale if config.ab_scale is not None else round(1.0 / max(spread, 0.02), 3)
         )  # gray data: <= x50
-        unet = self._unet(self.ab_scale)
+        unet = self._unet(self.ab_scale, 2 if self.regressor is not None else 0)
         self.models = {"unet": unet}
         self.optimizers = {"unet": make_optimizer(unet.parameters(), train_config)}
         self.noise_scheduler = DDPMScheduler(
@@ -169,6 +248,15 @@ class DiffusionTask(TrainingTask):
         shadow = [tensors[f"ema.{i}"] for i in range(len(tensors))]
         self.ema.load_state_dict({**state["ema"], "shadow_params": shadow})
 
+    def drop_conditions(self, lightness: torch.Tensor, regressor_ab: Optional[torch.Tensor]):
+        """Each image's conditioning replaced by zeros with probability --condition_dropout (the unconditional
+        model of classifier-free guidance) -> (lightness, regressor_ab) as the UNet sees them."""
+        if self.config.condition_dropout <= 0:
+            return lightness, regressor_ab
+        keep = torch.rand(lightness.shape[0], device=lightness.device) >= self.config.condition_dropout
+        keep = keep.to(lightness.dtype).view(-1, 1, 1, 1)
+        return lightness * keep, None if regressor_ab is None else regressor_ab * keep
+
     def training_target(self, ab: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         if self.config.prediction_type == "epsilon":
             return noise
@@ -191,11 +279,16 @@ class DiffusionTask(TrainingTask):
         return torch.where(snr == 0, torch.ones_like(weights), weights)  # zero terminal SNR: weight 1 there
 
     def training_step(self, trainer, lightness, ab):
+        regressor_ab = None
+        if self.regressor is not None:  # frozen, at its own resolution, in fp32
+            regressor_ab = self.regressor.colorize_lightness(lightness).to(ab.dtype)
+            ab = ab - regressor_ab  # a refining model diffuses the residual
         ab = ab * self.ab_scale  # the diffused variable (unit variance, like the noise)
         noise = torch.randn_like(ab)
         timesteps = torch.randint(0, NUM_TRAIN_TIMESTEPS, (ab.shape[0],), device=ab.device)
         noisy_ab = self.noise_scheduler.add_noise(ab, noise, timesteps)
-        prediction = self.models["unet"](noisy_ab, timesteps, lightness)
+        lightness, regressor_ab = self.drop_conditions(lightness, regressor_ab)
+        prediction = self.models["unet"](noisy_ab, timesteps, lightness, regressor_ab)
         per_image = F.mse_loss(
             prediction.float(), self.training_target(ab, noise, timesteps).float(), reduction="none"
         ).mean(dim=(1, 2, 3))
@@ -234,6 +327,8 @@ class DiffusionTask(TrainingTask):
             self.resolution,
             config.validation_sampler,
             config.validation_inference_steps,
+            regressor=self.regressor,
+            guidance_trained=config.condition_dropout > 0,
         )
 
     def validation_losses(self, lightness, ab, predicted_ab):
@@ -248,4 +343,40 @@ class DiffusionTask(TrainingTask):
             "scheduler": self.config.validation_sampler,
             "num_inference_steps": self.config.validation_inference_steps,
         }
-        save_export_config(output_dir, self.model_type, {}, self.resolution, {**extra, "sampling": sampling})
+        extra = {**extra, "sampling": sampling, "condition_dropout": self.config.condition_dropout}
+        if self.regressor is not None:  # self-contained: the regressor's export travels inside this one
+            extra["refines"] = copy_regressor(self.config.refine_model, os.path.join(output_dir, REGRESSOR_DIR))
+            extra["training"] = with_regressor_costs(extra["training"], os.path.join(output_dir, REGRESSOR_DIR))
+        save_export_config(output_dir, self.model_type, {}, self.resolution, extra)
+
+
+def with_regressor_costs(training: dict, regressor: str) -> dict:
+    """A refining model's training record with its regressor's training counted in (images seen and time; the
+    refining run's own numbers are kept under "own"): the model is not had without both."""
+    before = read_export_config(regressor).get("training", {})
+    summed = {
+        key: training[key] + before[key]
+        for key in ("images_seen", "train_seconds", "wall_seconds")
+        if isinstance(training.get(key), (int, float)) and isinstance(before.get(key), (int, float))
+    }
+    own = {key: training[key] for key in summed}
+    return {**training, **summed, "own": own, "regressor_step": before.get("global_step")}
+
+
+def copy_regressor(source: str, target: str) -> dict:
+    """Copy a one-pass model's export files (not its checkpoints or logs) -> what was refined (type, folder name,
+    SHA-256 of its config and weights)."""
+    os.makedirs(target, exist_ok=True)
+    digest = hashlib.sha256()
+    for name in (CONFIG_NAME, WEIGHTS_NAME, MEAN_AB_NAME, TRAINING_IMAGES_NAME):
+        if os.path.isfile(os.path.join(source, name)):
+            shutil.copyfile(os.path.join(source, name), os.path.join(target, name))
+            if name in (CONFIG_NAME, WEIGHTS_NAME):
+                with open(os.path.join(source, name), "rb") as handle:
+                    digest.update(handle.read())
+    config = read_export_config(target)
+    return {
+        "model_type": config["model_type"],
+        "source": os.path.basename(os.path.normpath(source)),
+        "sha256": digest.hexdigest(),
+    }
