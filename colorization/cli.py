@@ -26,6 +26,7 @@ from colorization.config import (
     HelpFormatter,
     device_name,
     existing_path,
+    model_reference,
     output_folder,
     positive_float,
     positive_int,
@@ -130,8 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="colorize", description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("inputs", nargs="+", type=existing_path, help="image files and folders")
     parser.add_argument(
-        "--model", required=True, type=existing_path, help="an exported model folder (a training run's output_dir)"
+        "--model",
+        required=True,
+        type=model_reference,
+        help="an exported model: a folder (a training run's output_dir) or a Hugging Face Hub id (owner/name)",
     )
+    parser.add_argument("--revision", default=None, help="the Hub model's branch, tag or commit (default: main)")
     parser.add_argument(
         "--output_dir", default="colorized", type=output_folder, help="where the colorized images are written"
     )
@@ -180,7 +185,9 @@ def run(argv=None) -> int:
         k: v for k, v in (("scheduler", args.scheduler), ("num_inference_steps", args.num_inference_steps)) if v
     }
     sampling["guidance_scale"] = args.guidance_scale
-    colorizer = load_colorizer(args.model, args.device or default_device(), seed=args.seed, **sampling)
+    colorizer = load_colorizer(
+        args.model, args.device or default_device(), revision=args.revision, seed=args.seed, **sampling
+    )
     failures = written = 0
     bar = tqdm(total=len(inputs), desc="colorizing", unit="image")
     for start in range(0, len(inputs), args.batch_size):

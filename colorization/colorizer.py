@@ -174,6 +174,7 @@ class Colorizer:
         self.resolution = resolution
         self.device = torch.device(device)
         self.seed = seed  # the default seed of colorize()
+        self.origin: Optional[dict] = None  # a model loaded by Hub id: its repo id, revision and commit
 
     @property
     def network(self) -> torch.nn.Module:

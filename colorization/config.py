@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import types
 import typing
 from typing import Any, Callable, Optional, Union
@@ -185,6 +186,24 @@ def existing_folder(text: str) -> str:
 def existing_path(text: str) -> str:
     if not os.path.exists(text):
         raise argparse.ArgumentTypeError(f"{text!r} does not exist")
+    return text
+
+
+@_named("model_reference")
+def model_reference(text: str) -> str:
+    """An exported model: a folder, or a Hugging Face Hub id (owner/name; checked when it is loaded)."""
+    if os.path.exists(text):
+        return text
+    if re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9_.-]{1,96}$", text) and not text.startswith((".", "/")):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is neither a folder that exists nor a Hub id (owner/name)")
+
+
+@_named("hub_repo_id")
+def hub_repo_id(text: str) -> str:
+    """A Hugging Face Hub repository id: owner/name."""
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9_.-]{1,96}$", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a Hub repository id (owner/name)")
     return text
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from colorization.colorizer import Colorizer, default_device
-from colorization.config import SAMPLER_NAMES, HelpFormatter, device_name, existing_path, port
+from colorization.config import SAMPLER_NAMES, HelpFormatter, device_name, model_reference, port
 from colorization.errors import ColorizationError, cli_entry_point
 from colorization.images import UNREADABLE_IMAGE_ERRORS, open_image, to_rgb
 from colorization.inference import load_colorizer
@@ -39,7 +39,7 @@ MAX_GUIDANCE = 5.0
 class Demo:
     """The models, loaded once, and what the page asks of them."""
 
-    def __init__(self, paths: list[str], names: Optional[list[str]] = None, device=None):
+    def __init__(self, paths: list[str], names: Optional[list[str]] = None, device=None, revision=None):
         names = names or [os.path.basename(os.path.normpath(p)) for p in paths]
         if len(names) != len(paths):
             raise ColorizationError(f"{len(names)} --names for {len(paths)} --models")
@@ -47,7 +47,7 @@ class Demo:
         self.colorizers: dict[str, Colorizer] = {}
         for name, path in zip(names, paths):
             try:
-                self.colorizers[name] = load_colorizer(path, self.device)
+                self.colorizers[name] = load_colorizer(path, self.device, revision=revision)
             except ColorizationError as error:
                 raise ColorizationError(f"model {name!r} ({path}) does not load: {error}") from None
         self.stochastic = any(c.stochastic for c in self.colorizers.values())
@@ -190,7 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="A web page that colorizes your photo with each trained model, side by side.",
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--models", nargs="+", required=True, type=existing_path, help="exported model folders")
+    parser.add_argument(
+        "--models", nargs="+", required=True, type=model_reference, help="exported models: folders or Hub ids"
+    )
+    parser.add_argument("--revision", default=None, help="the Hub models' branch, tag or commit (default: main)")
     parser.add_argument("--names", nargs="+", help="a name per model (default: folder names)")
     parser.add_argument("--port", type=port, default=7860, help="local port of the page")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
@@ -215,7 +218,7 @@ def run(argv=None) -> None:
         import gradio  # noqa: F401
     except ImportError:
         raise ColorizationError('the demo needs Gradio, an optional extra: pip install -e ".[demo]"') from None
-    demo = Demo(args.models, args.names, args.device)
+    demo = Demo(args.models, args.names, args.device, args.revision)
     print(f"loaded {', '.join(demo.colorizers)}; open http://{args.host}:{args.port}", flush=True)
     build_page(demo).launch(
         server_name=args.host, server_port=args.port, share=args.share, show_error=False, allowed_paths=[EXAMPLES_DIR]

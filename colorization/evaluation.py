@@ -34,8 +34,8 @@ from colorization.config import (
     add_dataclass_arguments,
     build_dataclass,
     choice_list,
-    existing_path,
     field,
+    model_reference,
     output_folder,
     parse_samplers,
     positive_float,
@@ -53,6 +53,7 @@ from colorization.data import (
 )
 from colorization.errors import ColorizationError, cli_entry_point
 from colorization.hardware import count_parameters, describe_hardware, use_all_cores
+from colorization.hub import resolve
 from colorization.inference import load_colorizer
 from colorization.measure import gray_baseline, mean_ab_baseline, measure, truth_values
 from colorization.metrics import (
@@ -123,6 +124,9 @@ class EvaluationConfig:
     keep_selection_images: bool = field(
         False, "Keep the images a model's checkpoint was chosen on (left out of every row by default)."
     )
+    revision: Optional[str] = field(
+        None, "Revision (branch, tag or commit) of the --checkpoints given as Hub ids (none: main)."
+    )
     output_dir: str = field(
         "results/evaluation",
         "Where the tables, per-image values and grid are written: a new "
@@ -174,8 +178,11 @@ class Evaluator:
             raise ColorizationError(f"model names must be distinct and not {GRAY!r}, {TRUTH!r} or {MEAN_AB!r}")
         if config.num_samples < 1:
             raise ColorizationError("--num_samples must be at least 1")
-        self.exports = {name: read_export_config(path) for name, path in zip(names, checkpoints)}  # fail early
-        self.paths = dict(zip(names, checkpoints))
+        # Hub ids resolved to their cached snapshot (downloaded once), every export read before anything runs
+        located = {name: resolve(reference, config.revision) for name, reference in zip(names, checkpoints)}
+        self.paths = {name: path for name, (path, _) in located.items()}
+        self.origins = {name: origin for name, (_, origin) in located.items() if origin is not None}
+        self.exports = {name: read_export_config(path) for name, path in self.paths.items()}
         self.accelerator = accelerator or Accelerator()
         use_all_cores(self.accelerator)
         self.colorizers, self.checkpoints, self.trainings, self.models_of_rows = {}, {}, {}, {}
@@ -591,7 +598,11 @@ def evaluate(
         "num_samples": config.num_samples,
         "notes": evaluator.notes,
         "unreadable_images": result["unreadable"],
-        "checkpoints": {name: os.path.relpath(path) for name, path in evaluator.checkpoints.items()},
+        "checkpoints": {
+            row: evaluator.origins[name]["repo_id"] if name in evaluator.origins else os.path.relpath(path)
+            for row, (name, path) in ((r, (evaluator.models_of_rows[r], p)) for r, p in evaluator.checkpoints.items())
+        },
+        "hub_models": evaluator.origins,  # repo id, revision and the commit that was evaluated
         "model_types": {name: c.model_type for name, c in evaluator.colorizers.items()},
         "model_resolutions": {name: c.resolution for name, c in evaluator.colorizers.items()},
         "selections": {
@@ -616,8 +627,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoints",
         nargs="+",
         required=True,
-        type=existing_path,
-        help="exported model folders (training output_dir)",
+        type=model_reference,
+        help="exported models: folders (a training output_dir) or Hugging Face Hub ids (owner/name)",
     )
     parser.add_argument("--names", nargs="+", help="a name per checkpoint (default: folder names)")
     add_dataclass_arguments(parser, EvaluationConfig)

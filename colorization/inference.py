@@ -6,25 +6,37 @@ diffusers nor anything of training (accelerate, datasets, the harness).
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Optional, Union
 
 import torch
 
 from colorization.colorizer import Colorizer, default_device, read_export_config
 from colorization.errors import ColorizationError
 from colorization.families import family
+from colorization.hub import resolve
 
 
-def load_colorizer(path: str, device: Union[str, torch.device, None] = None, **sampling) -> Colorizer:
-    """Load any exported model -> a :class:`Colorizer`.
+def load_colorizer(
+    path: str, device: Union[str, torch.device, None] = None, revision: Optional[str] = None, **sampling
+) -> Colorizer:
+    """Load any exported model, from a folder or by Hugging Face Hub id ("owner/name", at ``revision``; a local
+    folder of that name wins) -> a :class:`Colorizer`; ``colorizer.origin`` says where a Hub model came from.
 
     ``sampling`` options apply to the diffusion model (``scheduler`` in ddpm/ddim/dpm,
-    ``num_inference_steps``, ``seed``); the one-pass models have none and ignore them.
+    ``num_inference_steps``, ``seed``, ``guidance_scale``); the one-pass models have none and ignore them.
     """
-    config = read_export_config(path)
+    local, origin = resolve(path, revision)
+    try:
+        config = read_export_config(local)
+    except ColorizationError as error:
+        if origin is None:
+            raise
+        raise ColorizationError(f"the Hub model {path} is not an export of this project ({error})") from None
     try:
         known = family(config.get("model_type"))
     except ColorizationError as error:
         raise ColorizationError(f"{path!r} holds a model that cannot be loaded: {error}") from None
     device = torch.device(device) if device is not None else default_device()
-    return known.inference_module().load_colorizer(path, config, device, **sampling)
+    colorizer = known.inference_module().load_colorizer(local, config, device, **sampling)
+    colorizer.origin = origin
+    return colorizer

@@ -54,6 +54,7 @@ from colorization.config import (
     build_dataclass,
     field,
     fraction,
+    hub_repo_id,
     non_negative_float,
     non_negative_int,
     output_folder,
@@ -72,6 +73,7 @@ from colorization.data import (
 from colorization.errors import ColorizationError, cli_entry_point
 from colorization.files import write_json
 from colorization.hardware import count_parameters, describe_hardware, use_all_cores
+from colorization.hub import push
 from colorization.optimization import Optimization, prepare_networks
 from colorization.tracking import ScalarWindow, Tracker
 from colorization.validation import SELECTION_PSNR_TOLERANCE_DB, Validator, format_metrics, selection_cadence
@@ -151,6 +153,13 @@ class TrainConfig:
         "Resume even where settings that change the trained weights "
         "differ from the checkpoint's (recorded in run_config.json).",
     )
+    push_to_hub: bool = field(
+        False, "At the end, upload the exported model (never the checkpoints) with a model card to --hub_model_id."
+    )
+    hub_model_id: Optional[str] = field(
+        None, "The Hub repository (owner/name) --push_to_hub uploads to.", type=hub_repo_id
+    )
+    hub_private: bool = field(False, "With --push_to_hub: create the repository private.")
     report_to: str = field("tensorboard", "Where to log.", choices=("tensorboard", "none"))
     cpu_threads: Optional[int] = field(
         None,
@@ -628,6 +637,8 @@ def parse_args(task_class: type[TrainingTask], argv=None) -> tuple[TrainConfig, 
     )
     if data.dataset_name and data.train_data_dir:
         parser.error("give either --dataset_name or --train_data_dir, not both")
+    if train.push_to_hub and not train.hub_model_id:
+        parser.error("--push_to_hub needs --hub_model_id owner/name")
     try:
         task_class(model, data.resolution).check_resolution(data.resolution)
     except ColorizationError as error:
@@ -643,9 +654,13 @@ def run_training(task_class: type[TrainingTask], argv=None) -> dict:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     trainer = Trainer(task_class(model_config, data_config.resolution), train_config, data_config)
     try:
-        return trainer.train()
+        metrics = trainer.train()
     finally:
         trainer.accelerator.end_training()
+    if train_config.push_to_hub and trainer.accelerator.is_main_process:  # the export, never the checkpoints
+        url = push(train_config.output_dir, train_config.hub_model_id, private=train_config.hub_private)
+        print(f"pushed the exported model to {url}", flush=True)
+    return metrics
 
 
 def main(task_class: type[TrainingTask], argv=None) -> None:

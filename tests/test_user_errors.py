@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from colorization import cli, config, demo, evaluation, reproduce, training
+from colorization import cli, config, demo, evaluation, push_to_hub, reproduce, training
 from colorization.tasks.cnn import CNNTask
 from colorization.tasks.diffusion import DiffusionTask
 from colorization.tasks.gan import GANTask
@@ -26,7 +26,10 @@ FREE_TEXT = {
     "cache_dir",
     "names",
     "host",
+    "revision",
+    "license",
     "data_args",
+    "refine_args",
     "cnn_args",
     "gan_args",
     "diffusion_args",
@@ -62,6 +65,8 @@ WRONG_VALUES = {
     reproduce.model_list: ["cnn,vae", ""],
     reproduce.slow_sampler_list: ["ddpm", "none:5"],
     training.checkpoint_request: [MISSING, "newest"],
+    config.model_reference: [MISSING, "a/b/c", "not a model"],
+    config.hub_repo_id: ["no-owner", "a/b/c", "/x"],
 }
 
 
@@ -90,6 +95,7 @@ def _commands(model_dir, photo):
         ),
         "colorize-demo": (demo.build_parser(), demo.parse_args, ["--models", model_dir]),
         "reproduce": (reproduce.build_parser(), reproduce.parse_args, []),
+        "push_to_hub": (push_to_hub.build_parser(), push_to_hub.parse_args, [model_dir, "you/model"]),
     }
 
 

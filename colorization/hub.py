@@ -1,0 +1,205 @@
+"""Models by Hugging Face Hub id: an export is loaded from the Hub's cache (``HF_HUB_OFFLINE`` honoured) wherever
+a model folder is accepted, and pushed with a model card (``python -m colorization.push_to_hub``).
+
+A local folder always wins over a Hub id of the same name. ``huggingface_hub`` is imported only when a Hub id
+is used, so loading a local model needs no network and no Hub library at import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from typing import Optional
+
+from colorization.errors import ColorizationError
+from colorization.files import read_json_if_present
+from colorization.version import __version__
+
+# owner/name, as the Hub spells repository ids
+REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9_.-]{1,96}$")
+# what a training run writes beside its export, and is never uploaded (checkpoints hold optimizer state)
+RUN_ONLY = ("checkpoints", "logs", "samples", "run_config.json", "validation_metrics.json", "selected_model")
+CARD_NAME = "README.md"
+# the weights' license the card states unless told otherwise: AFHQ, the default data, is CC BY-NC 4.0
+DEFAULT_LICENSE = "cc-by-nc-4.0"
+
+
+def resolve(reference: str, revision: Optional[str] = None) -> tuple[str, Optional[dict]]:
+    """A model folder or a Hub id -> (a local folder holding the export, where it came from: None for a local
+    folder, else {"repo_id", "revision", "commit"})."""
+    if os.path.exists(reference):
+        return reference, None
+    if not REPO_ID.match(reference):
+        raise ColorizationError(f"model {reference!r} is neither a folder nor a Hugging Face Hub id (owner/name)")
+    from huggingface_hub import errors, snapshot_download
+
+    # a mistyped local path looks like a Hub id too: say both
+    where = f"there is no folder {reference!r} here, and the Hub model {reference}" + (
+        f" (revision {revision})" if revision else ""
+    )
+    try:
+        path = snapshot_download(reference, revision=revision, library_name="colorization", library_version=__version__)
+    except errors.RevisionNotFoundError:
+        raise ColorizationError(f"{where} does not exist (no such revision)") from None
+    except errors.RepositoryNotFoundError:
+        raise ColorizationError(f"{where} does not exist (or it is private: log in with `hf auth login`)") from None
+    except errors.LocalEntryNotFoundError:
+        raise ColorizationError(
+            f"{where} is not in the local Hub cache and the Hub cannot be reached (offline, or HF_HUB_OFFLINE=1): "
+            "connect once to download it, or give a local model folder"
+        ) from None
+    except (errors.HfHubHTTPError, OSError, ValueError) as error:
+        raise ColorizationError(f"{where} cannot be downloaded: {str(error).splitlines()[0]}") from None
+    return path, {"repo_id": reference, "revision": revision or "main", "commit": os.path.basename(path)}
+
+
+# ----- pushing -----
+
+
+def upload_files(export_dir: str) -> list[str]:
+    """The names in an export folder that an upload carries: the exported model, not the run around it."""
+    names = sorted(
+        name
+        for name in os.listdir(export_dir)
+        if not name.startswith(".") and name not in RUN_ONLY and not name.startswith("selected_model")
+    )
+    if "colorizer.json" not in names:
+        raise ColorizationError(f"{export_dir} is not an exported colorization model (no colorizer.json)")
+    return names
+
+
+def model_card(export_dir: str, repo_id: str, license_id: str):
+    """The model card (a ``huggingface_hub.ModelCard``) of an export: metadata, metrics next to gray's, how it
+    was trained, how to load it, and what it is not for."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    config = read_json_if_present(os.path.join(export_dir, "colorizer.json"))
+    training = config.get("training", {})
+    model_type, resolution = config["model_type"], config["resolution"]
+    data = training.get("data", "unknown data")
+    data_config = training.get("data_config", {})
+    images = (read_json_if_present(os.path.join(export_dir, "training_images.json")) or {}).get("images", [])
+    hub_data = data_config.get("dataset_name")
+    if hub_data:
+        source = f"the Hub data set [{hub_data}](https://huggingface.co/datasets/{hub_data})"
+    else:
+        digest = hashlib.sha256("\n".join(images).encode()).hexdigest()[:16]
+        source = f"a local folder of {len(images)} training images (SHA-256 of their hash list: `{digest}`)"
+    validation = training.get("validation") or {}
+    metrics = ""
+    if "psnr" in validation:
+        metrics = (
+            "| | PSNR (dB) | SSIM |\n|---|---|---|\n"
+            f"| this model | {validation['psnr']:.2f} | {validation['ssim']:.4f} |\n"
+            f"| gray (ab = 0) | {validation['psnr_gray']:.2f} | {validation['ssim_gray']:.4f} |\n\n"
+            f"On {validation.get('num_images', '?')} held-out images at {resolution}x{resolution} (validation at the "
+            "exported step; the gray row is the input itself, which a model that learned must beat)."
+        )
+    refines = config.get("refines")
+    what = {"cnn": "a CNN", "gan": "a GAN", "diffusion": "a diffusion model"}[model_type]
+    if refines:
+        what += f" that refines a {refines['model_type'].upper()} (carried in `regressor/`)"
+    command = training.get("command") or (read_json_if_present(os.path.join(export_dir, "run_config.json")) or {}).get(
+        "command", "not recorded"
+    )
+    minutes = training.get("wall_seconds", 0) / 60
+    card_data = ModelCardData(
+        license=license_id,
+        library_name="colorization",
+        tags=["image-colorization", model_type, "pytorch"],
+        datasets=[hub_data] if hub_data else None,
+        metrics=["psnr", "ssim"],
+        model_name=repo_id.split("/")[-1],
+    )
+    text = f"""---
+{card_data.to_yaml()}
+---
+
+# {repo_id.split("/")[-1]}
+
+Automatic image colorization: {what}, trained with the `colorization` repository. It predicts the Lab `ab`
+channels of a grayscale photo and keeps the photo's own lightness, at the photo's full resolution.
+
+## How to load it
+
+```python
+from colorization import load_colorizer
+
+colorizer = load_colorizer("{repo_id}")
+color = colorizer.colorize(PIL.Image.open("photo.jpg"))
+```
+
+or `colorize --model {repo_id} photo.jpg`.
+
+## Training
+
+- Data: {source} ({data}), {resolution}x{resolution}.
+- Budget: step {training.get("global_step", "?")}, {training.get("images_seen", "?")} training images seen,
+  {minutes:.1f} minutes on {training.get("hardware", "unknown hardware")}, mixed precision
+  {training.get("mixed_precision", "?")}.
+- Command: `{command}`
+
+## Validation
+
+{metrics or "No validation was recorded."}
+
+## Intended use and limits
+
+For colorizing grayscale photos like its training images ({data}, at {resolution}x{resolution}); on other
+subjects it colors from what it learned there. The colors are plausible guesses, not a record of the scene:
+do not use them as evidence of what the original colors were.
+"""
+    return ModelCard(text)
+
+
+def write_upload_folder(export_dir: str, target: str, repo_id: str, license_id: str) -> list[str]:
+    """Write exactly what an upload carries into ``target`` (a new or empty folder) -> the files, relative."""
+    if os.path.exists(target) and (not os.path.isdir(target) or os.listdir(target)):
+        raise ColorizationError(f"--output_dir {target} is not a new or empty folder; choose another")
+    os.makedirs(target, exist_ok=True)
+    for name in upload_files(export_dir):
+        source = os.path.join(export_dir, name)
+        if os.path.isdir(source):
+            shutil.copytree(source, os.path.join(target, name))
+        else:
+            shutil.copy2(source, os.path.join(target, name))
+    model_card(export_dir, repo_id, license_id).save(os.path.join(target, CARD_NAME))
+    return sorted(os.path.relpath(os.path.join(root, f), target) for root, _, files in os.walk(target) for f in files)
+
+
+def push(
+    export_dir: str,
+    repo_id: str,
+    private: bool = False,
+    revision: Optional[str] = None,
+    license_id: str = DEFAULT_LICENSE,
+) -> str:
+    """Upload an export (never its checkpoints) with its model card to ``repo_id`` -> the commit's URL."""
+    import tempfile
+
+    from huggingface_hub import HfApi, errors
+
+    if not REPO_ID.match(repo_id):
+        raise ColorizationError(f"{repo_id!r} is not a Hub repository id (owner/name)")
+    with tempfile.TemporaryDirectory(prefix="colorization-upload-") as staging:
+        folder = os.path.join(staging, "upload")
+        write_upload_folder(export_dir, folder, repo_id, license_id)
+        api = HfApi()
+        try:
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            if revision:
+                api.create_branch(repo_id, branch=revision, exist_ok=True)
+            info = api.upload_folder(
+                repo_id=repo_id,
+                folder_path=folder,
+                revision=revision,
+                commit_message=f"Upload a colorization model ({__version__})",
+            )
+        except (errors.HfHubHTTPError, OSError, ValueError) as error:
+            raise ColorizationError(
+                f"cannot push to {repo_id}: {str(error).splitlines()[0]} (log in with `hf auth login`; the export "
+                f"in {export_dir} is untouched)"
+            ) from None
+    return getattr(info, "commit_url", str(info))
