@@ -422,9 +422,12 @@ class Reproduction:
         for model in self.models:
             folder = self.model_dir(model)
             if self._run(model, self.training_command(model), [os.path.join(folder, "colorizer.json")], folder):
-                # a model changed: its tables are out of date
+                # a model changed: its tables are out of date, and so is a model that refines it
                 self.state["steps"].pop("evaluation", None)
                 self.state["steps"].pop("evaluation_slow", None)
+                if model == "cnn" and self.state["steps"].pop(REFINING, None):
+                    shutil.rmtree(self.model_dir(REFINING), ignore_errors=True)  # this folder's own run
+                    print(f"[reproduce] {REFINING}: the CNN it refines was trained again; so is it", flush=True)
         outputs = [os.path.join(self.output_dir, "evaluation", name) for name in ("table.md", "results.json")]
         self._run("evaluation", self.evaluation_command(), outputs)
         if self.slow_samplers():

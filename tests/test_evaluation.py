@@ -356,7 +356,7 @@ def test_command_line_end_to_end_and_bad_input(three_models, tmp_path, capsys):
     result = run_command([sys.executable, "evaluate.py", *args])  # the real script, once
     assert "| CNN |" in result.stdout and "| Gray (ab = 0) |" in result.stdout
     code, _, error = run_in_process(main, ["--checkpoints", tmp_path / "nowhere"] + args[6:], capsys)
-    assert code == 2 and "does not exist" in error and "Traceback" not in error
+    assert code == 2 and "is neither a folder that exists nor a Hub id" in error and "Traceback" not in error
     (tmp_path / "not_a_model").mkdir()
     code, _, error = run_in_process(
         main, ["--checkpoints", tmp_path / "not_a_model"] + args[6:] + ["--output_dir", tmp_path / "x"], capsys
