@@ -91,6 +91,11 @@ def build_page(demo: Demo):
     """The Gradio page (a ``gr.Blocks``)."""
     import gradio as gr
 
+    def picture(label: str, elem_id: str, kind: str = "pil"):
+        """An output image with its download and fullscreen buttons."""
+        buttons = ["download", "fullscreen"]
+        return gr.Image(label=label, type=kind, format="png", interactive=False, buttons=buttons, elem_id=elem_id)
+
     names = list(demo.colorizers)
     # Each result is written as <photo>_<model>.png into a folder of its own (Gradio serves files from the
     # system's temporary folder), so each download is named after the photo and the model, not "image.png".
@@ -149,33 +154,9 @@ def build_page(demo: Demo):
         go = gr.Button("Colorize", variant="primary", elem_id="colorize")
         status = gr.Markdown(elem_id="status")
         with gr.Row():
-            original = gr.Image(
-                label="Original",
-                type="pil",
-                format="png",
-                interactive=False,
-                buttons=["download", "fullscreen"],
-                elem_id="original",
-            )
-            gray = gr.Image(
-                label="Gray input",
-                type="pil",
-                format="png",
-                interactive=False,
-                buttons=["download", "fullscreen"],
-                elem_id="gray",
-            )
-            outputs = [
-                gr.Image(
-                    label=name,
-                    type="filepath",
-                    format="png",
-                    interactive=False,
-                    buttons=["download", "fullscreen"],
-                    elem_id=f"output-{index}",
-                )
-                for index, name in enumerate(names)
-            ]
+            original, gray = picture("Original", "original"), picture("Gray input", "gray")
+            # the results are files named <photo>_<model>.png, so that each downloads under its own name
+            outputs = [picture(name, f"output-{index}", "filepath") for index, name in enumerate(names)]
         inputs, targets = [upload, sampler, steps, seed, guidance], [original, gray, *outputs, status]
         go.click(run, inputs, targets)
         upload.change(run, inputs, targets)
