@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from PIL import Image
@@ -118,13 +119,14 @@ def save_output(image: Image.Image, target: Path, save_format: str, overwrite: b
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists (add --overwrite to replace it)")
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.tmp")
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".colorize-", suffix=target.suffix)
+    os.close(handle)  # a new name of our own: nothing the user has is overwritten or removed
     try:
         image.save(temporary, format=save_format, **_SAVE_OPTIONS.get(save_format, {}))
         os.replace(temporary, target)
     finally:
-        if temporary.exists():
-            temporary.unlink()
+        if os.path.exists(temporary):
+            os.remove(temporary)
 
 
 def build_parser() -> argparse.ArgumentParser:

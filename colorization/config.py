@@ -189,12 +189,16 @@ def existing_path(text: str) -> str:
     return text
 
 
+# a Hugging Face Hub repository id: owner/name
+HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9_.-]{1,96}$")
+
+
 @_named("model_reference")
 def model_reference(text: str) -> str:
     """An exported model: a folder, or a Hugging Face Hub id (owner/name; checked when it is loaded)."""
     if os.path.exists(text):
         return text
-    if re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9_.-]{1,96}$", text) and not text.startswith((".", "/")):
+    if HUB_REPO_ID.match(text):
         return text
     raise argparse.ArgumentTypeError(f"{text!r} is neither a folder that exists nor a Hub id (owner/name)")
 
@@ -202,7 +206,7 @@ def model_reference(text: str) -> str:
 @_named("hub_repo_id")
 def hub_repo_id(text: str) -> str:
     """A Hugging Face Hub repository id: owner/name."""
-    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9_.-]{1,96}$", text):
+    if not HUB_REPO_ID.match(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a Hub repository id (owner/name)")
     return text
 

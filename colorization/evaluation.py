@@ -192,7 +192,8 @@ class Evaluator:
                 row = f"{name} ({colorizer.describe_sampling()})" if config.samplers and sampling else name
                 if row in self.colorizers:
                     raise ColorizationError(f"two rows would be named {row!r}: give distinct --names")
-                self.colorizers[row], self.checkpoints[row], self.models_of_rows[row] = colorizer, path, name
+                given = self.origins[name]["repo_id"] if name in self.origins else os.path.relpath(path)
+                self.colorizers[row], self.checkpoints[row], self.models_of_rows[row] = colorizer, given, name
                 self.trainings[row] = self.exports[name].get("training", {})
         self.mean_abs = self._mean_ab_rows()
         self.seconds = {row: 0.0 for row in self.colorizers}  # inference time on this process
@@ -598,10 +599,7 @@ def evaluate(
         "num_samples": config.num_samples,
         "notes": evaluator.notes,
         "unreadable_images": result["unreadable"],
-        "checkpoints": {
-            row: evaluator.origins[name]["repo_id"] if name in evaluator.origins else os.path.relpath(path)
-            for row, (name, path) in ((r, (evaluator.models_of_rows[r], p)) for r, p in evaluator.checkpoints.items())
-        },
+        "checkpoints": evaluator.checkpoints,
         "hub_models": evaluator.origins,  # repo id, revision and the commit that was evaluated
         "model_types": {name: c.model_type for name, c in evaluator.colorizers.items()},
         "model_resolutions": {name: c.resolution for name, c in evaluator.colorizers.items()},

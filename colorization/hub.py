@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
 from typing import Optional
 
+from colorization.config import HUB_REPO_ID
 from colorization.errors import ColorizationError
 from colorization.files import read_json_if_present
 from colorization.version import __version__
 
-# owner/name, as the Hub spells repository ids
-REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9_.-]{1,96}$")
-# what a training run writes beside its export, and is never uploaded (checkpoints hold optimizer state)
-RUN_ONLY = ("checkpoints", "logs", "samples", "run_config.json", "validation_metrics.json", "selected_model")
 CARD_NAME = "README.md"
 # the weights' license the card states unless told otherwise: AFHQ, the default data, is CC BY-NC 4.0
 DEFAULT_LICENSE = "cc-by-nc-4.0"
@@ -31,7 +27,7 @@ def resolve(reference: str, revision: Optional[str] = None) -> tuple[str, Option
     folder, else {"repo_id", "revision", "commit"})."""
     if os.path.exists(reference):
         return reference, None
-    if not REPO_ID.match(reference):
+    if not HUB_REPO_ID.match(reference):
         raise ColorizationError(f"model {reference!r} is neither a folder nor a Hugging Face Hub id (owner/name)")
     from huggingface_hub import errors, snapshot_download
 
@@ -59,12 +55,11 @@ def resolve(reference: str, revision: Optional[str] = None) -> tuple[str, Option
 
 
 def upload_files(export_dir: str) -> list[str]:
-    """The names in an export folder that an upload carries: the exported model, not the run around it."""
-    names = sorted(
-        name
-        for name in os.listdir(export_dir)
-        if not name.startswith(".") and name not in RUN_ONLY and not name.startswith("selected_model")
-    )
+    """The names in an export folder that an upload carries: the exported model, not the run around it
+    (checkpoints hold optimizer state)."""
+    from colorization.checkpoints import RUN_FILES
+
+    names = sorted(name for name in os.listdir(export_dir) if not name.startswith(".") and name not in RUN_FILES)
     if "colorizer.json" not in names:
         raise ColorizationError(f"{export_dir} is not an exported colorization model (no colorizer.json)")
     return names
@@ -181,7 +176,7 @@ def push(
 
     from huggingface_hub import HfApi, errors
 
-    if not REPO_ID.match(repo_id):
+    if not HUB_REPO_ID.match(repo_id):
         raise ColorizationError(f"{repo_id!r} is not a Hub repository id (owner/name)")
     with tempfile.TemporaryDirectory(prefix="colorization-upload-") as staging:
         folder = os.path.join(staging, "upload")

@@ -327,12 +327,13 @@ class Trainer:
         steps_per_epoch = math.ceil(len(train_loader) / config.gradient_accumulation_steps)
         max_steps = config.max_train_steps or config.num_train_epochs * steps_per_epoch
         if config.model_selection == "best":
-            cadence = selection_cadence(config.validation_steps, *task.selectable_steps(max_steps))
+            first, last = task.selectable_steps(max_steps)
+            cadence = selection_cadence(config.validation_steps, first, last)
             if cadence != config.validation_steps:
                 config.validation_steps = cadence
                 self.tracker.log(
                     f"--model_selection best: validating every {cadence} steps (enough validations "
-                    f"to choose from, steps {'{} to {}'.format(*task.selectable_steps(max_steps))})"
+                    f"to choose from, steps {first} to {last})"
                 )
         if resume_path:  # after the cadence is settled: under --model_selection best it is part of the run
             self.checkpointer.check_settings(resume_path)

@@ -281,12 +281,7 @@ def test_diffusion_beats_the_gray_baseline_on_the_embedded_data(tmp_path):
     metrics = train_in_process(
         DiffusionTask,
         [
-            "--resolution",
-            "32",
-            "--embedded_num_images",
-            "256",
-            "--dataloader_num_workers",
-            "0",
+            *TINY_DATA,
             "--unet_preset",
             "small",
             "--prediction_type",

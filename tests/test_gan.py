@@ -278,12 +278,7 @@ def test_gan_beats_the_gray_baseline_on_the_embedded_data(tmp_path):
     metrics = train_in_process(
         GANTask,
         [
-            "--resolution",
-            "32",
-            "--embedded_num_images",
-            "256",
-            "--dataloader_num_workers",
-            "0",
+            *TINY_DATA,
             "--lambda_perceptual",
             "0",
             "--base_channels",

@@ -1,7 +1,7 @@
 """Does the CNN learn? Short real training runs, judged on the validation split (the GAN's and the diffusion
 model's learning tests are in their own files)."""
 
-from conftest import TINY_CNN, train_in_process
+from conftest import TINY_CNN, TINY_DATA, train_in_process
 
 from colorization.tasks.cnn import CNNTask
 
@@ -18,12 +18,7 @@ def test_cnn_beats_the_gray_baseline_on_the_embedded_data(tmp_path):
     metrics = train_in_process(
         CNNTask,
         [
-            "--resolution",
-            "32",
-            "--embedded_num_images",
-            "256",
-            "--dataloader_num_workers",
-            "0",
+            *TINY_DATA,
             *TINY_CNN,
             "--train_batch_size",
             "16",

@@ -42,29 +42,16 @@ def test_the_imagenet_files_are_the_ones_the_code_downloads():
     assert sorted(os.path.basename(url) for url in urls) == sorted(FILES)
 
 
+def _train_offline(script, args, home, output_dir):
+    """A training script with its default pretrained flags, the weights from ``home``'s hub cache only."""
+    common = ["--train_batch_size", "8", "--validation_images", "8", "--report_to", "none", "--output_dir", output_dir]
+    run_command([sys.executable, script, *TINY_DATA, *args, *common], env=_env(home))
+
+
 def test_cnn_trains_from_the_imagenet_trunk_by_default(torch_home, tmp_path):
     home, weights = torch_home
     # a learning rate so small that the exported trunk is still the file's: proof that the file was loaded
-    run_command(
-        [
-            sys.executable,
-            "train_cnn.py",
-            *TINY_DATA,
-            "--train_batch_size",
-            "8",
-            "--max_train_steps",
-            "2",
-            "--learning_rate",
-            "1e-12",
-            "--validation_images",
-            "8",
-            "--report_to",
-            "none",
-            "--output_dir",
-            tmp_path,
-        ],
-        env=_env(home),
-    )
+    _train_offline("train_cnn.py", ["--max_train_steps", "2", "--learning_rate", "1e-12"], home, tmp_path)
     exported = load_file(tmp_path / "model.safetensors")
     resnet = weights["resnet18-f37072fd.pth"]
     torch.testing.assert_close(exported["trunk.4.0.conv1.weight"], resnet["layer1.0.conv1.weight"], rtol=0, atol=1e-9)
@@ -75,26 +62,7 @@ def test_cnn_trains_from_the_imagenet_trunk_by_default(torch_home, tmp_path):
 
 def test_gan_trains_with_the_vgg_perceptual_loss_by_default(torch_home, tmp_path, monkeypatch):
     home, weights = torch_home
-    run_command(
-        [
-            sys.executable,
-            "train_gan.py",
-            *TINY_DATA,
-            "--base_channels",
-            "8",
-            "--train_batch_size",
-            "8",
-            "--max_train_steps",
-            "4",
-            "--validation_images",
-            "8",
-            "--report_to",
-            "none",
-            "--output_dir",
-            tmp_path,
-        ],
-        env=_env(home),
-    )
+    _train_offline("train_gan.py", ["--base_channels", "8", "--max_train_steps", "4"], home, tmp_path)
     assert (tmp_path / "model.safetensors").is_file()
     run_config = (tmp_path / "run_config.json").read_text()
     assert '"lambda_perceptual": 0.5' in run_config  # the default: VGG-16 was in the loss

@@ -24,8 +24,6 @@ from torch.utils.data import DataLoader, Subset
 from colorization import color
 from colorization.colorizer import (
     CONFIG_NAME,
-    MEAN_AB_NAME,
-    TRAINING_IMAGES_NAME,
     WEIGHTS_NAME,
     Colorizer,
     read_export_config,
@@ -368,7 +366,7 @@ def copy_regressor(source: str, target: str) -> dict:
     SHA-256 of its config and weights)."""
     os.makedirs(target, exist_ok=True)
     digest = hashlib.sha256()
-    for name in (CONFIG_NAME, WEIGHTS_NAME, MEAN_AB_NAME, TRAINING_IMAGES_NAME):
+    for name in TrainingTask.exported_files:  # what a one-pass export writes
         if os.path.isfile(os.path.join(source, name)):
             shutil.copyfile(os.path.join(source, name), os.path.join(target, name))
             if name in (CONFIG_NAME, WEIGHTS_NAME):
