@@ -14,7 +14,7 @@ import os
 import re
 import types
 import typing
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 
 def field(default: Any, help: str, choices: tuple | None = None, type: Optional[Callable] = None):  # noqa: A002
@@ -166,6 +166,37 @@ def sampler_list(text: str) -> str:
 def parse_samplers(text: str) -> list[tuple[str, int]]:
     """The (scheduler, steps) pairs of a checked --samplers value."""
     return [(name, int(steps)) for name, _, steps in (entry.partition(":") for entry in text.split(","))]
+
+
+@_named("guidance_list")
+def guidance_list(text: str) -> str:
+    """Classifier-free guidance scales, comma-separated: W for every diffusion model, or NAME=W for the model
+    of that --names entry (e.g. 1,2 or "Diffusion=1.5,Refiner=2"); several scales for a model, a row each."""
+    entries = [entry.strip() for entry in text.split(",")]
+    for entry in entries:
+        name, equals, scale = entry.rpartition("=")
+        try:
+            value = _number(scale, float, "")
+            valid = 0 < value < float("inf") and not (equals and not name.strip())
+        except argparse.ArgumentTypeError:
+            valid = False
+        if not valid:
+            raise argparse.ArgumentTypeError(
+                f"{entry!r} is not a positive guidance scale W or NAME=W (e.g. 1.5 or Diffusion=2)"
+            )
+    return ",".join(entries)
+
+
+def parse_guidance(text: str, names: Sequence[str]) -> dict[str, list[float]]:
+    """A checked --guidance_scale value -> the scales of each model in ``names`` (NAME=W entries win over the
+    plain W ones for their model; 1.0 where none is given). An unknown NAME raises ValueError."""
+    shared, named = [], {}
+    for entry in text.split(","):
+        name, _, scale = entry.rpartition("=")
+        if name and name.strip() not in names:
+            raise ValueError(f"--guidance_scale names {name.strip()!r}, which is not one of --names {list(names)}")
+        (named.setdefault(name.strip(), []) if name else shared).append(float(scale))
+    return {name: list(dict.fromkeys(named.get(name) or shared or [1.0])) for name in names}
 
 
 # The diffusion samplers by name (the schedulers behind them: colorization.models.diffusion.SAMPLERS, which

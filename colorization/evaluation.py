@@ -35,10 +35,12 @@ from colorization.config import (
     build_dataclass,
     choice_list,
     field,
+    guidance_list,
     model_reference,
+    non_negative_int,
     output_folder,
+    parse_guidance,
     parse_samplers,
-    positive_float,
     positive_int,
     sampler_list,
 )
@@ -91,11 +93,18 @@ class EvaluationConfig:
     scheduler: Optional[str] = field(
         None, "Diffusion sampler (default: the model's, dpm).", choices=(None, *SAMPLER_NAMES)
     )
-    guidance_scale: float = field(
-        1.0,
+    guidance_scale: str = field(
+        "1",
         "Classifier-free guidance of the diffusion models: unconditional + w (conditional - unconditional); 1: none "
-        "(needs a model trained with --condition_dropout).",
-        type=positive_float,
+        "(needs a model trained with --condition_dropout). Comma-separated: W for every diffusion model or NAME=W "
+        "for one (a --names entry); several scales for a model give a row each (e.g. 1,1.5,2,3).",
+        type=guidance_list,
+    )
+    skip_images: int = field(
+        0,
+        "Leave out the first N images (e.g. those that sampling settings were tuned on); --max_images counts "
+        "from there.",
+        type=non_negative_int,
     )
     samplers: Optional[str] = field(
         None,
@@ -186,14 +195,26 @@ class Evaluator:
         self.accelerator = accelerator or Accelerator()
         use_all_cores(self.accelerator)
         self.colorizers, self.checkpoints, self.trainings, self.models_of_rows = {}, {}, {}, {}
+        self.guidance_of_rows: dict[str, float] = {}
+        try:
+            guidance = parse_guidance(config.guidance_scale, names)
+        except ValueError as error:
+            raise ColorizationError(str(error)) from None
+        guided_by_name = {e.rpartition("=")[0].strip() for e in config.guidance_scale.split(",") if "=" in e}
         for name, path in self.paths.items():
-            for sampling in self._samplings(self.exports[name]["model_type"]):
+            model_type = self.exports[name]["model_type"]
+            if model_type != "diffusion" and name in guided_by_name:
+                raise ColorizationError(f"--guidance_scale names {name!r}, a {model_type} model (not guided)")
+            samplings = self._samplings(model_type, guidance[name])
+            for sampling in samplings:
                 colorizer = load_colorizer(path, self.accelerator.device, **sampling)
-                row = f"{name} ({colorizer.describe_sampling()})" if config.samplers and sampling else name
+                named_by_sampling = sampling and (len(samplings) > 1 or config.samplers)
+                row = f"{name} ({colorizer.describe_sampling()})" if named_by_sampling else name
                 if row in self.colorizers:
                     raise ColorizationError(f"two rows would be named {row!r}: give distinct --names")
                 given = self.origins[name]["repo_id"] if name in self.origins else os.path.relpath(path)
                 self.colorizers[row], self.checkpoints[row], self.models_of_rows[row] = colorizer, given, name
+                self.guidance_of_rows[row] = sampling.get("guidance_scale", 1.0)
                 self.trainings[row] = self.exports[name].get("training", {})
         self.mean_abs = self._mean_ab_rows()
         self.seconds = {row: 0.0 for row in self.colorizers}  # inference time on this process
@@ -204,18 +225,20 @@ class Evaluator:
         )
         self.notes: list[str] = []
 
-    def _samplings(self, model_type: str) -> list[dict]:
-        """The sampling settings to evaluate a model with: one per --samplers entry for diffusion."""
+    def _samplings(self, model_type: str, guidance_scales: list[float]) -> list[dict]:
+        """The sampling settings to evaluate a model with: for diffusion, one per --samplers entry and scale."""
         if model_type != "diffusion":
             return [{}]
-        guidance = {"guidance_scale": self.config.guidance_scale}
-        if not self.config.samplers:
-            sampling = {"scheduler": self.config.scheduler, "num_inference_steps": self.config.num_inference_steps}
-            return [{**{k: v for k, v in sampling.items() if v is not None}, **guidance}]
-        return [
-            {"scheduler": scheduler, "num_inference_steps": steps, **guidance}
-            for scheduler, steps in parse_samplers(self.config.samplers)
-        ]
+        if self.config.samplers:
+            samplers = parse_samplers(self.config.samplers)
+        else:
+            samplers = [(self.config.scheduler, self.config.num_inference_steps)]
+        samplings = []
+        for scheduler, steps in samplers:
+            for scale in guidance_scales:
+                sampling = {"scheduler": scheduler, "num_inference_steps": steps, "guidance_scale": scale}
+                samplings.append({k: v for k, v in sampling.items() if v is not None})
+        return samplings
 
     def _mean_ab_rows(self) -> dict[str, torch.Tensor]:
         """One mean-ab baseline row per distinct map among the models' exports."""
@@ -239,8 +262,12 @@ class Evaluator:
             images = datasets.concatenate_datasets([validation, train])
         else:
             images = validation
-        if self.config.max_images is not None:
-            images = images.select(range(min(self.config.max_images, len(images))))
+        first = min(self.config.skip_images, len(images))
+        last = len(images) if self.config.max_images is None else min(first + self.config.max_images, len(images))
+        if (first, last) != (0, len(images)):
+            images = images.select(range(first, last))
+        if first:
+            self.notes.append(f"The first {first} images are left out of every row (--skip_images).")
         with self.accelerator.main_process_first():  # the decoded cache is written once per machine
             dataset = prepare_split(images, self.data, train=False)
         hashes = split_hashes(dataset)
@@ -602,6 +629,10 @@ def evaluate(
         "checkpoints": evaluator.checkpoints,
         "hub_models": evaluator.origins,  # repo id, revision and the commit that was evaluated
         "model_types": {name: c.model_type for name, c in evaluator.colorizers.items()},
+        "rows": {  # which model (--names) and guidance scale each model row is
+            row: {"model": evaluator.models_of_rows[row], "guidance_scale": evaluator.guidance_of_rows[row]}
+            for row in evaluator.colorizers
+        },
         "model_resolutions": {name: c.resolution for name, c in evaluator.colorizers.items()},
         "selections": {
             name: export["selection"] for name, export in evaluator.exports.items() if "selection" in export

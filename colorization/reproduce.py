@@ -35,7 +35,15 @@ from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import Optional
 
-from colorization.config import HelpFormatter, choice_list, existing_folder, output_folder, positive_int, sampler_list
+from colorization.config import (
+    HelpFormatter,
+    choice_list,
+    existing_folder,
+    guidance_list,
+    output_folder,
+    positive_int,
+    sampler_list,
+)
 from colorization.errors import ColorizationError, cli_entry_point
 from colorization.families import FAMILIES
 from colorization.files import write_json
@@ -43,6 +51,7 @@ from colorization.files import write_json
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The runs of a comparison: each family, and the diffusion model that refines the CNN of the same run.
 REFINING = "refine"
+GUIDANCE_DIR = "evaluation_guidance"  # the guidance scales tried on the validation images
 MODELS = (*FAMILIES, REFINING)
 DISPLAY_NAMES = {**{name: family.display_name for name, family in FAMILIES.items()}, REFINING: "Diffusion refining CNN"}
 
@@ -69,7 +78,12 @@ class Preset:
     num_samples: int = 1  # the diffusion model's mean of K samples ...
     num_samples_images: Optional[int] = None  # ... on the first N held-out images
     slow_samplers: Optional[str] = None  # samplers too slow for every image: a second table ...
-    slow_sampler_images: int = 64  # ... on the first N held-out images
+    slow_sampler_images: int = 64  # ... on the first N held-out images after the validation images
+    # Classifier-free guidance scales tried for each diffusion model on the training runs' validation images
+    # (the first validation_images held-out images, never in a table); each model's table row uses the scale
+    # whose samples come closest to the true colors there (the smallest ab distance).
+    guidance_scales: Optional[str] = "1,1.5,2,3"
+    validation_images: int = 64
 
 
 PRESETS = {
@@ -109,7 +123,7 @@ PRESETS = {
         num_samples=8,
         num_samples_images=128,
         slow_samplers="ddpm:1000",
-    ),  # on the first 64 held-out images (slow_sampler_images)
+    ),  # on 64 held-out images (slow_sampler_images)
 }
 
 
@@ -118,6 +132,15 @@ model_list = choice_list(MODELS, "model_list")  # --models
 
 def slow_sampler_list(text: str) -> str:
     return text if text == "none" else sampler_list(text)
+
+
+def scale_list(text: str) -> str:
+    """--guidance_scales: comma-separated positive scales, or none."""
+    if text == "none":
+        return text
+    if "=" in text:
+        raise argparse.ArgumentTypeError(f"{text!r}: give scales only (e.g. 1,1.5,2), one list for every model")
+    return guidance_list(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,6 +205,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="samplers evaluated in a second table on a subset, e.g. ddpm:1000 ('none': no second table)",
     )
     budget.add_argument("--slow_sampler_images", type=positive_int, help="... on the first N held-out images")
+    budget.add_argument(
+        "--validation_images",
+        type=positive_int,
+        help="the first N held-out images, where every run validates, the GAN's step and each diffusion model's "
+        "guidance scale are chosen; never in a table",
+    )
+    budget.add_argument(
+        "--guidance_scales",
+        type=scale_list,
+        help="classifier-free guidance scales tried for each diffusion model on the validation images; the table "
+        "uses the one with the smallest ab distance there ('none': no guidance)",
+    )
     extra = parser.add_argument_group("extra flags, appended to the commands (they win over the preset)")
     extra.add_argument("--data_args", default="", help="for every command, e.g. '--dataloader_num_workers 0'")
     for model in MODELS:
@@ -216,6 +251,7 @@ class Reproduction:
                 "choose a new or empty --output_dir"
             )
         self.num_processes = args.num_processes or _gpu_count() or 1
+        self.validation_images = args.validation_images or self.preset.validation_images
 
     # ----- the commands -----
 
@@ -273,6 +309,8 @@ class Reproduction:
             args.mixed_precision or preset.mixed_precision,
             "--seed",
             str(args.seed),
+            "--validation_images",
+            str(self.validation_images),
             "--output_dir",
             self._here(self.model_dir(model)),
             # an interrupted run continues from its last checkpoint (a fresh run when there is none)
@@ -297,8 +335,14 @@ class Reproduction:
         diffusion = any(family_of(m) == "diffusion" for m in self.models)
         return None if slow in (None, "none") or not diffusion else slow
 
-    def evaluation_command(self, slow: bool = False) -> list[str]:
-        """evaluate.py on the held-out images; ``slow``: the slow samplers' table, on the first images only."""
+    def guidance_scales(self) -> Optional[list[float]]:
+        """The scales tried on the validation images (None: no diffusion model, or --guidance_scales none)."""
+        scales = self.args.guidance_scales or self.preset.guidance_scales
+        diffusion = any(family_of(m) == "diffusion" for m in self.models)
+        return None if scales in (None, "none") or not diffusion else [float(w) for w in scales.split(",")]
+
+    def _evaluate(self, output: str, samplers: str) -> list[str]:
+        """evaluate.py on every model, with what every evaluation of this folder shares."""
         args, preset = self.args, self.preset
         command = [
             *self._launcher(),
@@ -313,12 +357,54 @@ class Reproduction:
             "--seed",
             str(args.seed),
             "--samplers",
-            self.slow_samplers() if slow else self.samplers(),
+            samplers,
             # the folder is this command's own: each evaluation replaces the previous one's files
             "--output_dir",
-            "evaluation_slow" if slow else "evaluation",
+            output,
             "--overwrite_output_dir",
         ]
+        if not args.pretrained:
+            command += ["--metrics", METRICS_WITHOUT_PRETRAINED]
+        return command
+
+    def guidance_command(self) -> list[str]:
+        """Every model on the validation images (those the GAN's step was chosen on too), each diffusion model
+        at every guidance scale its training allows (condition dropout), with the table's first sampler."""
+        scales = {}
+        for model in self.models:
+            if family_of(model) == "diffusion":
+                with open(os.path.join(self.model_dir(model), "colorizer.json")) as handle:
+                    guided = json.load(handle).get("condition_dropout", 0.0) > 0
+                scales[DISPLAY_NAMES[model]] = self.guidance_scales() if guided else [1.0]
+        first_sampler = self.samplers().split(",")[0]
+        return self._evaluate(GUIDANCE_DIR, first_sampler) + [
+            "--guidance_scale",
+            ",".join(f"{name}={w:g}" for name, ws in scales.items() for w in ws),
+            "--max_images",
+            str(self.validation_images),
+            "--keep_selection_images",
+        ]
+
+    def chosen_guidance(self) -> dict[str, float]:
+        """Each diffusion model's scale with the smallest ab distance on the validation images (ties: the
+        smaller scale); ``{}`` when no guidance was tried."""
+        path = os.path.join(self.output_dir, GUIDANCE_DIR, "results.json")
+        if self.guidance_scales() is None or not os.path.isfile(path):
+            return {}
+        return choose_guidance(path)
+
+    def evaluation_command(self, slow: bool = False) -> list[str]:
+        """evaluate.py on the held-out images after the validation images; ``slow``: the slow samplers'
+        table, on the first of them only."""
+        args, preset = self.args, self.preset
+        command = self._evaluate(
+            "evaluation_slow" if slow else "evaluation", self.slow_samplers() if slow else self.samplers()
+        )
+        # the validation images chose the GAN's exported step and the guidance scales: never in a table
+        command += ["--skip_images", str(self.validation_images)]
+        chosen = self.chosen_guidance()
+        if chosen:
+            command += ["--guidance_scale", ",".join(f"{name}={w:g}" for name, w in chosen.items())]
         images = args.slow_sampler_images or preset.slow_sampler_images if slow else args.max_eval_images
         if images:
             command += ["--max_images", str(images)]
@@ -327,8 +413,6 @@ class Reproduction:
             command += ["--num_samples", str(num_samples)]
             if args.num_samples_images or preset.num_samples_images:
                 command += ["--num_samples_images", str(args.num_samples_images or preset.num_samples_images)]
-        if not args.pretrained:
-            command += ["--metrics", METRICS_WITHOUT_PRETRAINED]
         return command + shlex.split(args.eval_args)
 
     # ----- state: what is finished, with which command -----
@@ -423,11 +507,15 @@ class Reproduction:
             folder = self.model_dir(model)
             if self._run(model, self.training_command(model), [os.path.join(folder, "colorizer.json")], folder):
                 # a model changed: its tables are out of date, and so is a model that refines it
-                self.state["steps"].pop("evaluation", None)
-                self.state["steps"].pop("evaluation_slow", None)
+                for step in ("guidance", "evaluation", "evaluation_slow"):
+                    self.state["steps"].pop(step, None)
                 if model == "cnn" and self.state["steps"].pop(REFINING, None):
                     shutil.rmtree(self.model_dir(REFINING), ignore_errors=True)  # this folder's own run
                     print(f"[reproduce] {REFINING}: the CNN it refines was trained again; so is it", flush=True)
+        if self.guidance_scales() is not None:
+            outputs = [os.path.join(self.output_dir, GUIDANCE_DIR, name) for name in ("table.md", "results.json")]
+            self._run("guidance", self.guidance_command() + shlex.split(self.args.eval_args), outputs)
+            self.state["guidance"] = self.chosen_guidance()
         outputs = [os.path.join(self.output_dir, "evaluation", name) for name in ("table.md", "results.json")]
         self._run("evaluation", self.evaluation_command(), outputs)
         if self.slow_samplers():
@@ -473,6 +561,28 @@ def write_results_readme(output_dir: str, preset: str, description: str, state: 
         "Columns of `evaluation/comparison.png`: " + columns,
         "",
     ]
+    sweep = os.path.join(output_dir, GUIDANCE_DIR, "results.json")
+    if os.path.isfile(sweep):
+        figure = os.path.join(output_dir, GUIDANCE_DIR, "perception_distortion.png")
+        points = perception_distortion(sweep, figure)
+        chosen = state.get("guidance", {})
+        lines += [
+            "## Guidance scale, chosen on the validation images",
+            "",
+            f"Each diffusion model sampled at every guidance scale on the {_num_images(sweep)} validation images "
+            "(where every run validated and the GAN's exported step was chosen; in no table); the table uses the "
+            "scale with the smallest ab distance there: "
+            + (", ".join(f"{model}: w = {w:g}" for model, w in chosen.items()) or "none was guided")
+            + ". Every row on the perception-distortion plane (full table: "
+            f"`{GUIDANCE_DIR}/table.md`):",
+            "",
+            "| Row | PSNR (dB) | ab distance |",
+            "|---|---|---|",
+            *[f"| {p['row']} | {p['psnr']:.2f} | {p['ab_distance']:.2f} |" for p in points],
+            "",
+        ]
+        if os.path.isfile(figure):
+            lines += [f"![perception-distortion]({GUIDANCE_DIR}/perception_distortion.png)", ""]
     slow = os.path.join(output_dir, "evaluation_slow", "table.md")
     if slow_samplers and os.path.isfile(slow):
         with open(slow) as handle:
@@ -484,6 +594,73 @@ def write_results_readme(output_dir: str, preset: str, description: str, state: 
             ]
     with open(os.path.join(output_dir, "README.md"), "w") as handle:
         handle.write("\n".join(lines))
+
+
+def choose_guidance(results_path: str) -> dict[str, float]:
+    """An evaluation's guidance sweep (results.json) -> each guided model's scale with the smallest mean ab
+    distance (ties: the smaller scale)."""
+    with open(results_path) as handle:
+        results = json.load(handle)
+    candidates: dict[str, list[tuple[float, float]]] = {}
+    for row, about in results["settings"]["rows"].items():
+        if row in results["summary"] and results["settings"]["model_types"][row] == "diffusion":
+            distance = results["summary"][row]["ab_distance"]["mean"]
+            candidates.setdefault(about["model"], []).append((distance, about["guidance_scale"]))
+    return {model: min(found)[1] for model, found in candidates.items() if len(found) > 1}
+
+
+def perception_distortion(results_path: str, figure_path: str) -> list[dict]:
+    """Every row of an evaluation on the perception-distortion plane (Blau and Michaeli 2018): PSNR against
+    the ab distance to the true colors. Writes the figure where matplotlib is installed; -> the points."""
+    with open(results_path) as handle:
+        results = json.load(handle)
+    rows = results["settings"].get("rows", {})
+    points = [
+        {
+            "row": row,
+            "model": rows.get(row, {}).get("model", row),
+            "guidance_scale": rows.get(row, {}).get("guidance_scale"),
+            "psnr": stats["psnr"]["mean"],
+            "ab_distance": stats["ab_distance"]["mean"],
+        }
+        for row, stats in results["summary"].items()
+        if isinstance(stats, dict) and "psnr" in stats and "ab_distance" in stats
+    ]
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("[reproduce] matplotlib is not installed: no perception-distortion figure (pip install matplotlib)")
+        return points
+    figure, axes = plt.subplots(figsize=(6.4, 4.4))
+    for model in dict.fromkeys(p["model"] for p in points):
+        mine = [p for p in points if p["model"] == model]
+        line = axes.plot([p["ab_distance"] for p in mine], [p["psnr"] for p in mine], "o-", label=model)[0]
+        for p in mine if len(mine) > 1 else []:  # each guidance scale a point, labelled with its w
+            axes.annotate(
+                f"w={p['guidance_scale']:g}",
+                (p["ab_distance"], p["psnr"]),
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords="offset points",
+                color=line.get_color(),
+            )
+    axes.set_xlabel("ab distance to the true colors (sliced Wasserstein, Lab) ← more realistic")
+    axes.set_ylabel("PSNR (dB) ↑ less distortion")
+    axes.set_title(f"Perception-distortion plane, {results['settings']['num_images']} validation images")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(figure_path, dpi=120)
+    plt.close(figure)
+    return points
+
+
+def _num_images(results_path: str) -> int:
+    with open(results_path) as handle:
+        return json.load(handle)["settings"]["num_images"]
 
 
 def _earlier_commits(steps: dict, commit: str) -> str:

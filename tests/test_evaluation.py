@@ -257,6 +257,25 @@ def test_black_and_white_ground_truths_are_left_out_of_every_row(three_models, t
     assert kept["settings"]["num_images"] == 7 and max(kept["values"]["Gray (ab = 0)"]["psnr"]) > 40
 
 
+def test_guidance_scales_give_a_row_each_per_model_and_skip_images_leaves_out_the_first(three_models, tmp_path):
+    options = dict(names=("CNN", "Diffusion"), num_inference_steps=2, skip_images=4, max_images=6)
+    swept = _evaluate(three_models, tmp_path / "swept", _embedded(), guidance_scale="1,2", **options)
+    assert list(swept["summary"])[:3] == ["CNN", "Diffusion (DPM-2)", "Diffusion (DPM-2, guidance 2)"]
+    named = _evaluate(three_models, tmp_path / "named", _embedded(), guidance_scale="Diffusion=2", **options)
+    assert list(named["summary"])[:2] == ["CNN", "Diffusion"]  # one scale for the model: its plain name
+    np.testing.assert_array_equal(
+        named["values"]["Diffusion"]["psnr"], swept["values"]["Diffusion (DPM-2, guidance 2)"]["psnr"]
+    )
+    assert "Diffusion: DPM-2, guidance 2" in (tmp_path / "named" / "table.md").read_text()
+    assert not np.array_equal(named["values"]["Diffusion"]["psnr"], swept["values"]["Diffusion (DPM-2)"]["psnr"])
+    whole = _evaluate(three_models, tmp_path / "whole", _embedded(), names=("CNN",), max_images=10)
+    np.testing.assert_array_equal(whole["values"]["CNN"]["psnr"][4:], swept["values"]["CNN"]["psnr"])
+    assert "The first 4 images are left out" in (tmp_path / "swept" / "table.md").read_text()
+    for wrong, message in (("CNN=2", "a cnn model"), ("Difusion=2", "not one of --names")):
+        with pytest.raises(ColorizationError, match=message):
+            _evaluate(three_models, tmp_path / "wrong", _embedded(), guidance_scale=wrong, **options)
+
+
 def test_spread_skill_ratio_and_posterior_mean_on_cases_with_a_known_answer():
     from colorization.metrics import ensemble_calibration, posterior_mean_psnr, spread_skill_ratio
 

@@ -11,7 +11,8 @@ from conftest import run_command
 from colorization.evaluation import GRAY, MEAN_AB, TRUTH
 
 # A few steps per model on a small slice of the embedded data, at 32 px.
-# The GAN chooses its step on 4 held-out images, which the evaluation then leaves out for every row.
+# Every run validates on the first 4 held-out images, where the GAN chooses its step and each diffusion model its
+# guidance scale; the tables leave them out.
 TINY = [
     "--embedded",
     "--no-pretrained",
@@ -31,21 +32,23 @@ TINY = [
     "6",
     "--data_args",
     "--embedded_num_images 128 --dataloader_num_workers 0",
+    "--validation_images",
+    "4",
+    "--guidance_scales",
+    "1,3",
     "--gan_args",
-    "--base_channels 8 --validation_images 4",
-    "--diffusion_args",
-    "--validation_images 4",
-    "--refine_args",
-    "--validation_images 4",
+    "--base_channels 8",
 ]
-MODEL_ROWS = {
-    "CNN",
-    "GAN",
-    "Diffusion (DPM-2)",
-    "Diffusion (DDIM-2)",
-    "Diffusion refining CNN (DPM-2)",
-    "Diffusion refining CNN (DDIM-2)",
-}
+
+
+def model_rows(guidance: dict) -> set:
+    """The table's model rows, each diffusion model at the guidance scale chosen for it."""
+    sampled = {
+        f"{model} ({sampler}" + (f", guidance {guidance[model]:g})" if guidance[model] != 1 else ")")
+        for model in ("Diffusion", "Diffusion refining CNN")
+        for sampler in ("DPM-2", "DDIM-2")
+    }
+    return {"CNN", "GAN"} | sampled
 
 
 def reproduce(output_dir, *extra, check=True):
@@ -69,13 +72,16 @@ def test_reproduce_writes_one_consistent_comparison_and_skips_finished_models(tm
     with open(evaluation / "results.json") as handle:
         results = json.load(handle)
     summary, settings = results["summary"], results["settings"]
-    assert set(summary) == MODEL_ROWS | {MEAN_AB, GRAY, TRUTH, "samples"}  # every model, nothing missing
+    chosen = json.loads((out / "reproduce.json").read_text())["guidance"]  # each diffusion model's scale
+    table_rows = model_rows(chosen)
+    assert set(summary) == table_rows | {MEAN_AB, GRAY, TRUTH, "samples"}  # every model, nothing missing
     assert settings["resolution"] == 32 and settings["split"] == "validation" and settings["num_images"] == 13 - 4
-    assert any("GAN's exported step was chosen" in note for note in settings["notes"])
-    assert "samples" in summary and "psnr_mean" in summary["samples"]["Diffusion (DPM-2)"]
+    assert any("The first 4 images are left out" in note for note in settings["notes"])
+    first_diffusion_row = sorted(r for r in table_rows if r.startswith("Diffusion (DPM-2"))[0]
+    assert "samples" in summary and "psnr_mean" in summary["samples"][first_diffusion_row]
 
     # the same budget for every model, and its costs recorded next to the quality
-    for row in MODEL_ROWS:
+    for row in table_rows:
         cost = settings["costs"][row]
         assert cost["parameters"] > 0 and cost["ms_per_image"] > 0
         training = cost["training"]
@@ -90,17 +96,38 @@ def test_reproduce_writes_one_consistent_comparison_and_skips_finished_models(tm
         handle.seek(0)
         rows = list(csv.DictReader(handle))
     images = {r["image_index"] for r in rows}
-    for row in MODEL_ROWS | {MEAN_AB, GRAY}:  # every row measured on the same held-out images
+    for row in table_rows | {MEAN_AB, GRAY}:  # every row measured on the same held-out images
         assert {r["image_index"] for r in rows if r["model"] == row} == images
 
     # what was run, and the TensorBoard logs of each model
     commands = _commands(out)
-    assert len(commands) == 6
+    assert len(commands) == 7
     for script, count in (("train_cnn.py", 1), ("train_gan.py", 1), ("train_diffusion.py", 2)):
         assert sum(script in c for c in commands) == count
     refining = [c for c in commands if "--refine_model" in c]
     assert len(refining) == 1 and "--refine_model models/cnn" in refining[0]
-    assert sum("evaluate.py" in c for c in commands) == 2  # the table, and the slow samplers' on 6 images
+    # the guidance scales on the validation images, the table, and the slow samplers' on 6 images
+    assert sum("evaluate.py" in c for c in commands) == 3
+    sweep = json.loads((out / "evaluation_guidance" / "results.json").read_text())
+    assert sweep["settings"]["num_images"] == 4 and set(sweep["summary"]) >= {
+        "CNN",
+        "Diffusion (DPM-2)",
+        "Diffusion (DPM-2, guidance 3)",
+        "Diffusion refining CNN (DPM-2, guidance 3)",
+    }
+    assert set(chosen) == {"Diffusion", "Diffusion refining CNN"} and set(chosen.values()) <= {1.0, 3.0}
+    for model, w in chosen.items():  # the smallest ab distance of the model's rows on the validation images
+        rows = [r for r, about in sweep["settings"]["rows"].items() if about["model"] == model]
+        best = min(
+            rows,
+            key=lambda r: (sweep["summary"][r]["ab_distance"]["mean"], sweep["settings"]["rows"][r]["guidance_scale"]),
+        )
+        assert sweep["settings"]["rows"][best]["guidance_scale"] == w
+    table_command = shlex.split(next(c for c in commands if "--output_dir evaluation " in c + " "))
+    assert table_command[table_command.index("--skip_images") + 1] == "4"
+    assert table_command[table_command.index("--guidance_scale") + 1] == ",".join(
+        f"{m}={w:g}" for m, w in chosen.items()
+    )
     diffusion = next(c for c in commands if "train_diffusion.py" in c)
     assert "--validation_sampler dpm --validation_inference_steps 2" in diffusion  # the table's first sampler
     slow = json.loads((out / "evaluation_slow" / "results.json").read_text())["settings"]
@@ -128,11 +155,13 @@ def test_reproduce_writes_one_consistent_comparison_and_skips_finished_models(tm
     readme = (out / "README.md").read_text()
     assert (evaluation / "table.md").read_text().strip() in readme
     assert "python -m colorization.reproduce" in readme and "comparison.png" in readme
+    assert "## Guidance scale, chosen on the validation images" in readme and "perception_distortion.png" in readme
+    assert (out / "evaluation_guidance" / "perception_distortion.png").is_file()
 
     exported = {m: (out / "models" / m / "colorizer.json").stat().st_mtime_ns for m in ("cnn", "gan", "diffusion")}
     table = (evaluation / "table.md").read_text()
     second = reproduce(out)
-    for step in ("cnn", "gan", "diffusion", "evaluation", "evaluation_slow"):
+    for step in ("cnn", "gan", "diffusion", "guidance", "evaluation", "evaluation_slow"):
         assert f"{step}: finished earlier, skipped" in second.stdout
     assert _commands(out) == commands  # nothing was run again
     assert {m: (out / "models" / m / "colorizer.json").stat().st_mtime_ns for m in exported} == exported
