@@ -30,14 +30,18 @@ setup(
         "tqdm>=4.66",
         "numpy>=1.24",
         "pillow>=10.0",
+        "matplotlib>=3.7",  # reproduce's perception-distortion figure, the benchmark plots
     ],
     package_data={"colorization": ["demo_examples/*"]},
     entry_points={"console_scripts": ["colorize=colorization.cli:main", "colorize-demo=colorization.demo:main"]},
     extras_require={
         # the web demo (python -m colorization.demo)
         "demo": ["gradio>=5"],
+        # ONNX export (python -m colorization.export_onnx) and colorize --backend onnx: the releases tested;
+        # torch's ONNX exporter needs onnxscript
+        "onnx": ["onnx>=1.23", "onnxruntime>=1.32", "onnxscript>=0.7"],
         # scikit-image and scipy: independent references the color conversion and the metrics are tested
-        # against; gradio and playwright: the demo's browser test; matplotlib: the benchmark plots
+        # against; gradio and playwright: the demo's browser test; onnx...: the ONNX backend's tests
         # accelerate 1.7: the tests launch two processes with --main_process_port 0 (a free port); ruff: CI's lint
         "dev": [
             "pytest>=7",
@@ -45,8 +49,10 @@ setup(
             "scipy>=1.10",
             "gradio>=5",
             "playwright>=1.40",
-            "matplotlib>=3.7",
             "accelerate>=1.7",
+            "onnx>=1.23",
+            "onnxruntime>=1.32",
+            "onnxscript>=0.7",
             "ruff",
         ],
     },

@@ -35,6 +35,7 @@ from colorization.config import (
 from colorization.errors import ColorizationError, cli_entry_point
 from colorization.images import UNREADABLE_IMAGE_ERRORS, open_image
 from colorization.inference import load_colorizer
+from colorization.onnx_backend import BACKENDS
 
 _SAVE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}}
 _FORMATS_WITHOUT_ALPHA = {"JPEG", "BMP"}
@@ -140,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--revision", default=None, help="the Hub model's branch, tag or commit (default: main)")
     parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="torch",
+        help="onnx: --model is an ONNX folder (python -m colorization.export_onnx), run by ONNX Runtime on the CPU",
+    )
+    parser.add_argument(
         "--output_dir", default="colorized", type=output_folder, help="where the colorized images are written"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace outputs that already exist (never an input)")
@@ -187,8 +194,11 @@ def run(argv=None) -> int:
         k: v for k, v in (("scheduler", args.scheduler), ("num_inference_steps", args.num_inference_steps)) if v
     }
     sampling["guidance_scale"] = args.guidance_scale
+    if args.backend == "onnx" and args.device not in (None, "cpu"):
+        raise ColorizationError(f"--backend onnx runs on the CPU; drop --device {args.device}")
+    device = "cpu" if args.backend == "onnx" else args.device or default_device()
     colorizer = load_colorizer(
-        args.model, args.device or default_device(), revision=args.revision, seed=args.seed, **sampling
+        args.model, device, revision=args.revision, backend=args.backend, seed=args.seed, **sampling
     )
     failures = written = 0
     bar = tqdm(total=len(inputs), desc="colorizing", unit="image")

@@ -168,6 +168,7 @@ class Colorizer:
     """
 
     stochastic = False
+    backend = "torch"  # or "onnx": the network runs in ONNX Runtime (colorization.onnx_backend)
 
     def __init__(self, model_type: str, resolution: int, device: torch.device, seed: int = 0):
         self.model_type = model_type

@@ -14,18 +14,35 @@ from colorization.colorizer import Colorizer, default_device, read_export_config
 from colorization.errors import ColorizationError
 from colorization.families import family
 from colorization.hub import resolve
+from colorization.onnx_backend import BACKENDS, is_onnx_export, load_onnx_colorizer
 
 
 def load_colorizer(
-    path: str, device: Union[str, torch.device, None] = None, revision: Optional[str] = None, **sampling
+    path: str,
+    device: Union[str, torch.device, None] = None,
+    revision: Optional[str] = None,
+    backend: str = "torch",
+    **sampling,
 ) -> Colorizer:
     """Load any exported model, from a folder or by Hugging Face Hub id ("owner/name", at ``revision``; a local
     folder of that name wins) -> a :class:`Colorizer`; ``colorizer.origin`` says where a Hub model came from.
 
     ``sampling`` options apply to the diffusion model (``scheduler`` in ddpm/ddim/dpm,
     ``num_inference_steps``, ``seed``, ``guidance_scale``); the one-pass models have none and ignore them.
+    ``backend="onnx"``: ``path`` is an ONNX folder (``python -m colorization.export_onnx``), run by ONNX Runtime
+    on the CPU with the same pre- and post-processing.
     """
+    if backend not in BACKENDS:
+        raise ColorizationError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     local, origin = resolve(path, revision)
+    if backend == "onnx":
+        if device is not None and torch.device(device).type != "cpu":
+            raise ColorizationError(f"the ONNX backend runs on the CPU, not on {device}")
+        colorizer = load_onnx_colorizer(local, **sampling)
+        colorizer.origin = origin
+        return colorizer
+    if is_onnx_export(local):
+        raise ColorizationError(f"{path!r} is an ONNX export: load it with backend='onnx' (colorize --backend onnx)")
     try:
         config = read_export_config(local)
     except ColorizationError as error:

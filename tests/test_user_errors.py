@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from colorization import cli, config, demo, evaluation, push_to_hub, reproduce, training
+from colorization import cli, config, demo, evaluation, export_onnx, push_to_hub, reproduce, training
 from colorization.tasks.cnn import CNNTask
 from colorization.tasks.diffusion import DiffusionTask
 from colorization.tasks.gan import GANTask
@@ -98,6 +98,11 @@ def _commands(model_dir, photo):
         "colorize-demo": (demo.build_parser(), demo.parse_args, ["--models", model_dir]),
         "reproduce": (reproduce.build_parser(), reproduce.parse_args, []),
         "push_to_hub": (push_to_hub.build_parser(), push_to_hub.parse_args, [model_dir, "you/model"]),
+        "export_onnx": (
+            export_onnx.build_parser(),
+            lambda argv: export_onnx.build_parser().parse_args(argv),
+            [model_dir, model_dir + "-onnx"],
+        ),
     }
 
 
