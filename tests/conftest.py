@@ -6,6 +6,7 @@ trained model or a finished run folder shares them (and must not change them).
 """
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -112,6 +113,24 @@ def gan_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def diffusion_run(tmp_path_factory):
     return _session_run(tmp_path_factory, "train_diffusion.py", TINY_DIFFUSION)
+
+
+@pytest.fixture(scope="session")
+def refine_run(tmp_path_factory, gan_run):
+    """A 2-step diffusion model refining a copy of the GAN's export, which is deleted once it is trained: the
+    refining model's export must stand alone. Shared; must not be changed."""
+    from colorization.tasks.diffusion import DiffusionTask
+
+    folder = tmp_path_factory.mktemp("refine")
+    regressor = folder / "gan"
+    shutil.copytree(gan_run[0], regressor, ignore=shutil.ignore_patterns("checkpoints", "logs", "samples"))
+    run = ["--max_train_steps", "2", "--validation_steps", "2", "--report_to", "none"]
+    train_in_process(
+        DiffusionTask,
+        [*TINY_DATA, *TINY_DIFFUSION, *run, "--refine_model", regressor, "--output_dir", folder / "model"],
+    )
+    shutil.rmtree(regressor)
+    return folder / "model"
 
 
 @pytest.fixture

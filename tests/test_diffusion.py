@@ -419,27 +419,10 @@ def test_condition_dropout_zeroes_both_conditions_of_the_same_images_at_its_rate
     )
 
 
-def test_a_refining_model_of_a_gan_trains_and_its_export_stands_alone(tmp_path, gan_run):
-    regressor = tmp_path / "gan"  # the GAN's export alone, deleted once the refining model is trained
-    shutil.copytree(gan_run[0], regressor, ignore=shutil.ignore_patterns("checkpoints", "logs", "samples"))
-    args = [
-        *TINY_DATA,
-        *TINY_DIFFUSION,
-        "--max_train_steps",
-        "2",
-        "--validation_steps",
-        "2",
-        "--report_to",
-        "none",
-        "--refine_model",
-        regressor,
-        "--output_dir",
-        tmp_path / "refine",
-    ]
-    train_in_process(DiffusionTask, args)
-    exported = json.loads((tmp_path / "refine" / "colorizer.json").read_text())
+def test_a_refining_model_of_a_gan_trains_and_its_export_stands_alone(refine_run):
+    # refine_run trained on a copy of the GAN's export and deleted the copy
+    exported = json.loads((refine_run / "colorizer.json").read_text())
     assert exported["refines"]["model_type"] == "gan" and exported["condition_dropout"] == 0.1
-    shutil.rmtree(regressor)
-    colorizer = load_colorizer(str(tmp_path / "refine"), "cpu", num_inference_steps=2, guidance_scale=1.5)
+    colorizer = load_colorizer(str(refine_run), "cpu", num_inference_steps=2, guidance_scale=1.5)
     assert colorizer.regressor.model_type == "gan" and colorizer.describe_sampling().endswith("guidance 1.5")
     assert colorizer.colorize(Image.new("RGB", (20, 12), (90, 120, 150))).size == (20, 12)
