@@ -234,6 +234,14 @@ def model_reference(text: str) -> str:
     raise argparse.ArgumentTypeError(f"{text!r} is neither a folder that exists nor a Hub id (owner/name)")
 
 
+@_named("data_source")
+def data_source(text: str) -> str:
+    """Photos: a folder that exists, or a Hugging Face Hub data set id (owner/name; checked when it is read)."""
+    if os.path.isdir(text) or HUB_REPO_ID.match(text):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is neither a folder that exists nor a Hub data set id (owner/name)")
+
+
 @_named("hub_repo_id")
 def hub_repo_id(text: str) -> str:
     """A Hugging Face Hub repository id: owner/name."""

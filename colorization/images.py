@@ -53,10 +53,15 @@ def decode_image(value) -> Image.Image:
         return to_rgb(image)
 
 
+def resize_shorter_side(image: Image.Image, resolution: int) -> Image.Image:
+    """Resize the shorter side to ``resolution`` (bicubic, antialiased); an image already that size is kept as
+    it is, so that stored shards (``colorization.shard``) crop to the pixels the original gives."""
+    return TF.resize(image, resolution, interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+
+
 def resize_and_crop(image: Image.Image, resolution: int) -> torch.Tensor:
     """Resize the shorter side to ``resolution`` (bicubic, antialiased), center-crop a square -> uint8 (3, R, R)."""
-    image = TF.resize(image, resolution, interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
-    image = TF.center_crop(image, [resolution, resolution])
+    image = TF.center_crop(resize_shorter_side(image, resolution), [resolution, resolution])
     return TF.pil_to_tensor(image)
 
 

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from colorization import cli, config, demo, evaluation, export_onnx, push_to_hub, reproduce, training
+from colorization import cli, config, demo, evaluation, export_onnx, push_to_hub, reproduce, shard, training
 from colorization.tasks.cnn import CNNTask
 from colorization.tasks.diffusion import DiffusionTask
 from colorization.tasks.gan import GANTask
@@ -69,6 +69,7 @@ WRONG_VALUES = {
     training.checkpoint_request: [MISSING, "newest"],
     config.model_reference: [MISSING, "a/b/c", "not a model"],
     config.hub_repo_id: ["no-owner", "a/b/c", "/x"],
+    config.data_source: [MISSING, "{file}", "a/b/c"],
 }
 
 
@@ -102,6 +103,11 @@ def _commands(model_dir, photo):
             export_onnx.build_parser(),
             lambda argv: export_onnx.build_parser().parse_args(argv),
             [model_dir, model_dir + "-onnx"],
+        ),
+        "shard": (
+            shard.build_parser(),
+            lambda argv: shard.build_parser().parse_args(argv),
+            [model_dir, model_dir + "-x"],
         ),
     }
 

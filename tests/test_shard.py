@@ -1,0 +1,42 @@
+"""python -m colorization.shard: photos written once as parquet shards give the folder path's pixels."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_data import _write_images
+
+from colorization.data import image_hash
+from colorization.errors import ColorizationError
+from colorization.images import decode_image, resize_and_crop
+from colorization.shard import read_manifest, run
+
+
+def test_shards_hold_every_readable_photo_with_the_folder_paths_pixels_and_hashes(tmp_path, capsys):
+    import datasets
+
+    photos = tmp_path / "photos"
+    _write_images(photos / "a", 5)
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (50, 90, 3), dtype=np.uint8)).save(photos / "wide.png")
+    (photos / "a" / "broken.jpg").write_bytes(b"not an image")
+    with pytest.warns(UserWarning, match="skipping unreadable image a/broken.jpg"):
+        assert run([str(photos), str(tmp_path / "shards"), "--resolution", "32", "--shard_size", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "6 images at 32px in 2 shards" in out and "1 unreadable skipped" in out
+    manifest = read_manifest(str(tmp_path / "shards"))
+    assert manifest["count"] == 6 and [s["rows"] for s in manifest["shards"]] == [4, 2]
+    assert manifest["unreadable"] == ["a/broken.jpg"] and manifest["resolution"] == 32
+    files = [str(tmp_path / "shards" / s["file"]) for s in manifest["shards"]]
+    rows = datasets.load_dataset("parquet", data_files=files, split="train")
+    assert isinstance(rows.features["image"], datasets.Image)
+    rows = rows.cast_column("image", datasets.Image(decode=False))
+    assert [row["hash"] for row in rows] == manifest["hashes"]
+    for row in rows:
+        source = {"bytes": None, "path": str(photos / row["source"])}
+        assert row["hash"] == image_hash(source)  # what evaluate.py compares with a model's training record
+        assert torch.equal(resize_and_crop(decode_image(row["image"]), 32), resize_and_crop(decode_image(source), 32))
+    assert json.loads((tmp_path / "shards" / "manifest.json").read_text())["format"] == "colorization-shards"
+    with pytest.raises(ColorizationError, match="not empty"):
+        run([str(photos), str(tmp_path / "shards")])
