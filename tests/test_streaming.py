@@ -1,0 +1,96 @@
+"""Streamed training images: held out by key, whole shards per process, an order that resumes exactly."""
+
+import io
+import itertools
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_data import _write_images
+from torch.utils.data import DataLoader
+
+from colorization.data import collate
+from colorization.images import decode_image, resize_and_crop
+from colorization.shard import run as write_shards
+from colorization.streaming import StreamedImages, find_shards, held_out, read_shard, shards_of_rank
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("streaming")
+    _write_images(folder / "photos", 24)
+    write_shards([str(folder / "photos"), str(folder / "shards"), "--resolution", "16", "--shard_size", "4"])
+    return find_shards(str(folder / "shards"))
+
+
+def _batches(dataset, count, workers=0):
+    loader = DataLoader(dataset, batch_size=3, collate_fn=collate, num_workers=workers)
+    return list(itertools.islice(iter(loader), count))
+
+
+def _stream(shards, rank=0, world_size=1, start=0):
+    dataset = StreamedImages(shards, 16, seed=3, rank=rank, world_size=world_size, batch_size=3, validation_split=0.25)
+    dataset.start_at(start)
+    return dataset
+
+
+def test_held_out_by_key_is_a_stable_fraction_and_shards_go_whole_to_one_process_each_epoch():
+    keys = [f"{i:016x}" for i in range(4000)]
+    fraction = np.mean([held_out(k, 0.1) for k in keys])
+    assert 0.08 < fraction < 0.12 and [held_out(k, 0.1) for k in keys[:50]] == [held_out(k, 0.1) for k in keys[:50]]
+    assert [held_out(k, 0.1, split_seed=1) for k in keys[:200]] != [held_out(k, 0.1) for k in keys[:200]]
+    for num_shards, world_size in ((8, 2), (6, 3), (7, 2)):
+        for epoch in range(3):
+            taken = [shards_of_rank(num_shards, 0, epoch, rank, world_size) for rank in range(world_size)]
+            assert sorted(sum(taken, [])) == list(range(num_shards))  # disjoint, and every shard once
+        assert shards_of_rank(num_shards, 0, 0, 0, world_size) != shards_of_rank(num_shards, 0, 1, 0, world_size)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_stream_started_at_batch_k_gives_the_uninterrupted_streams_batches(shards, workers):
+    uninterrupted = _batches(_stream(shards), 14, workers)  # past the first epoch (18 training images / 3)
+    for start in (1, 5, 8):
+        resumed = _batches(_stream(shards, start=start), 14 - start, workers)
+        for expected, found in zip(uninterrupted[start:], resumed):
+            assert torch.equal(expected["pixels"], found["pixels"]) and torch.equal(expected["flip"], found["flip"])
+
+
+def test_two_processes_stream_disjoint_training_images_and_never_a_held_out_one(shards):
+    key_of_pixels = {
+        resize_and_crop(decode_image(row["image"]), 16).numpy().tobytes(): row["key"]
+        for shard in shards
+        for row in read_shard(shard)
+    }
+    seen = []
+    for rank in range(2):
+        # this process's first epoch: the training images of its shards of epoch 0
+        mine = shards_of_rank(len(shards), 3, 0, rank, 2)
+        count = sum(not held_out(key, 0.25) for index in mine for key in shards[index].keys)
+        samples = [p for b in _batches(_stream(shards, rank=rank, world_size=2), -(-count // 3)) for p in b["pixels"]]
+        seen.append([key_of_pixels[p.numpy().tobytes()] for p in samples[:count]])
+    first, second = set(seen[0]), set(seen[1])
+    assert len(first) == len(seen[0]) and len(second) == len(seen[1])  # no image twice in an epoch
+    assert not first & second and not any(held_out(key, 0.25) for key in first | second)
+    all_training = {k for shard in shards for k in shard.keys if not held_out(k, 0.25)}
+    assert first | second == all_training  # together, every training image once
+
+
+def test_webdataset_tars_and_unreadable_images(tmp_path):
+    for number in range(2):
+        with tarfile.open(tmp_path / f"shard-{number}.tar", "w") as tar:
+            for i in range(3):
+                buffer = io.BytesIO()
+                Image.new("RGB", (20, 18), (40 * i, 80, 120 + number)).save(buffer, format="PNG")
+                data = buffer.getvalue() if (number, i) != (1, 1) else b"broken"
+                info = tarfile.TarInfo(f"sample{number}{i}.png")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    found = find_shards(str(tmp_path))
+    assert [s.kind for s in found] == ["webdataset", "webdataset"] and len(read_shard(found[0])) == 3
+    dataset = StreamedImages(found, 16, seed=0, rank=0, world_size=1, batch_size=3, validation_split=0.0)
+    with pytest.warns(UserWarning, match="unreadable"):
+        batches = _batches(dataset, 2)
+    # one sample per row, always: the broken image is replaced by a readable one and counted
+    assert sum(int(b["skipped"]) for b in batches) == 1 and all(len(b["pixels"]) == 3 for b in batches)
