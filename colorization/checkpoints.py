@@ -64,6 +64,9 @@ SELECTION_SETTINGS = {
     "data": {"max_validation_samples"},
     "model": {"validation_sampler", "validation_inference_steps"},
 }
+# ... and for a streamed run (--streaming), where each loader worker reads shards of its own: the order of the
+# images depends on how many there are.
+STREAMING_SETTINGS = {"dataloader_num_workers"}
 # What a run writes into its output folder (besides the exported model, which each family names).
 RUN_FILES = (
     CHECKPOINTS_DIR,
@@ -143,6 +146,8 @@ def changed_settings(saved: dict, current: dict) -> list[str]:
     for group in ("train", "data", "model"):
         before, now = saved.get(group, {}), current.get(group, {})
         free = FREE_SETTINGS.get(group, set()) - (SELECTION_SETTINGS.get(group, set()) if selecting else set())
+        if group == "data" and (before.get("streaming") or now.get("streaming")):
+            free = free - STREAMING_SETTINGS  # the loader workers share out a stream's shards
         for key in sorted(set(before) | set(now)):
             if key in free:
                 continue

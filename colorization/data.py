@@ -77,6 +77,12 @@ class DataConfig:
     max_validation_samples: Optional[int] = field(None, "Use only the first N validation images.", type=positive_int)
     embedded_num_images: int = field(1200, "Number of images of the embedded data set.", type=positive_int)
     dataloader_num_workers: int = field(2, "Worker processes that decode images.", type=non_negative_int)
+    streaming: bool = field(
+        False,
+        "Stream the images shard by shard instead of reading the whole data set: --train_data_dir holds the "
+        "shards (python -m colorization.shard, parquet files with an image column, or webdataset tars), or "
+        "--dataset_name a Hub data set in parquet. Images are held out for validation by a hash of their key.",
+    )
     preprocess: bool = field(
         True,
         "Decode, resize and crop every image once into a uint8 cache (datasets' "
@@ -100,7 +106,7 @@ def image_hash(value) -> str:
 
 def _decode_batch(batch: dict, image_column: str, resolution: int) -> dict:
     """datasets.map function of the decoded cache: each image resized and cropped once, as uint8."""
-    pixels, readable, hashes = [], [], []
+    pixels, readable = [], []
     for value in batch[image_column]:
         try:
             pixels.append(resize_and_crop(decode_image(value), resolution).numpy())
@@ -108,7 +114,8 @@ def _decode_batch(batch: dict, image_column: str, resolution: int) -> dict:
         except UNREADABLE_IMAGE_ERRORS:
             pixels.append(np.zeros((3, resolution, resolution), dtype=np.uint8))
             readable.append(False)
-        hashes.append(image_hash(value))
+    # a streamed split carries its images' keys (their source files' hashes) in a hash column of its own
+    hashes = batch["hash"] if "hash" in batch else [image_hash(value) for value in batch[image_column]]
     return {"pixels": pixels, "readable": readable, "hash": hashes, "source": [_source(v) for v in batch[image_column]]}
 
 
@@ -476,7 +483,7 @@ def build_datasets(config: DataConfig, seed: int) -> tuple[ColorizationImages, C
 
 def split_hashes(images: ColorizationImages) -> list[str]:
     """The :func:`image_hash` of every image of a split, in order."""
-    if images.decoded:
+    if images.decoded or "hash" in images.images.column_names:
         return [str(h) for h in images.images["hash"]]
     return [image_hash(images.images[i][images.image_column]) for i in range(len(images))]
 

@@ -255,13 +255,19 @@ class Evaluator:
     # ----- which images -----
 
     def _images(self):
-        train, validation = load_splits(self.data)
-        if self.config.split == "all":
-            import datasets
+        if self.data.streaming:  # the held-out images of the shards (or all), read in shard order
+            from colorization.streaming import streamed_split, streaming_shards
 
-            images = datasets.concatenate_datasets([validation, train])
+            wanted = None if self.config.max_images is None else self.config.skip_images + self.config.max_images
+            images = streamed_split(streaming_shards(self.data), self.data, self.config.split, wanted)
         else:
-            images = validation
+            train, validation = load_splits(self.data)
+            if self.config.split == "all":
+                import datasets
+
+                images = datasets.concatenate_datasets([validation, train])
+            else:
+                images = validation
         first = min(self.config.skip_images, len(images))
         last = len(images) if self.config.max_images is None else min(first + self.config.max_images, len(images))
         if (first, last) != (0, len(images)):

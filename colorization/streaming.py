@@ -78,10 +78,18 @@ def find_shards(location: str) -> list[Shard]:
     )
 
 
-def _parquet_rows(path: str, image_column: str) -> Iterator[tuple[dict, Optional[str]]]:
+def _open_parquet(path: str):
     import pyarrow.parquet as pq
 
-    handle = pq.ParquetFile(path)
+    if path.startswith("hf://"):  # a Hub data set's file, read over HTTP in ranges
+        from huggingface_hub import HfFileSystem
+
+        return pq.ParquetFile(HfFileSystem().open(path[len("hf://") :], "rb"))
+    return pq.ParquetFile(path)
+
+
+def _parquet_rows(path: str, image_column: str) -> Iterator[tuple[dict, Optional[str]]]:
+    handle = _open_parquet(path)
     names = handle.schema_arrow.names
     if image_column not in names:
         raise ColorizationError(f"{path} has no column {image_column!r} (columns: {names}); set --image_column")
@@ -252,9 +260,7 @@ def count_rows(shard: Shard) -> int:
     if shard.keys is not None:
         return len(shard.keys)
     if shard.kind == "parquet":
-        import pyarrow.parquet as pq
-
-        return pq.ParquetFile(shard.path).metadata.num_rows
+        return _open_parquet(shard.path).metadata.num_rows
     import tarfile
 
     with tarfile.open(shard.path) as tar:
@@ -262,3 +268,77 @@ def count_rows(shard: Shard) -> int:
     return len(
         {name.split("/")[-1].split(".")[0] for name in names if name.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS}
     )
+
+
+# ----- the streamed data set's parts: its shards, held-out images, first images, the record of its images -----
+
+
+def hub_shards(name: str, revision: Optional[str] = None) -> list[Shard]:
+    """A Hub data set's parquet files (its own, or the Hub's parquet conversion), as shards read over HTTP."""
+    from huggingface_hub import HfFileSystem, constants
+
+    filesystem = HfFileSystem()
+    try:
+        files = sorted(filesystem.glob(f"datasets/{name}@{revision or 'main'}/**/*.parquet"))
+        if not files:
+            files = sorted(filesystem.glob(f"datasets/{name}@refs%2Fconvert%2Fparquet/**/*.parquet"))
+    except Exception as error:  # the Hub client's errors (offline, not found, HTTP) share no one base class
+        offline = " (HF_HUB_OFFLINE is set: streaming needs the network)" if constants.HF_HUB_OFFLINE else ""
+        text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ColorizationError(
+            f"cannot list the parquet files of the Hub data set {name!r}{offline}: {text}"
+        ) from None
+    train = [f for f in files if "/train" in f or "train-" in f.rsplit("/", 1)[-1]] or files
+    if not train:
+        raise ColorizationError(f"the Hub data set {name!r} has no parquet files to stream")
+    return [Shard(f"hf://{file}", "parquet") for file in train]
+
+
+def streaming_shards(config) -> list[Shard]:
+    """The shards of a --streaming data configuration (colorization.data.DataConfig)."""
+    if config.train_data_dir:
+        return find_shards(config.train_data_dir)
+    if config.dataset_name:
+        return hub_shards(config.dataset_name)
+    raise ColorizationError(
+        "--streaming reads shards: give --train_data_dir SHARDS (python -m colorization.shard writes them) or "
+        "--dataset_name of a Hub data set in parquet"
+    )
+
+
+def _rows_in_order(shards: list[Shard], image_column: str, keep, limit: Optional[int]) -> list[dict]:
+    rows = []
+    for shard in shards:
+        if shard.keys is not None and not any(keep(key) for key in shard.keys):
+            continue  # nothing wanted in it: not read
+        rows += [row for row in read_shard(shard, image_column) if keep(row["key"])]
+        if limit is not None and len(rows) >= limit:
+            return rows[:limit]
+    return rows
+
+
+def streamed_split(shards: list[Shard], config, which: str = "validation", limit: Optional[int] = None):
+    """The first ``limit`` images of a split, in shard order, as an undecoded ``datasets.Dataset`` with a ``hash``
+    column (their keys) for :func:`colorization.data.prepare_split`. ``which``: "validation" (the held-out
+    images), "train" (the others) or "all"."""
+    import datasets
+
+    def keep(key: str) -> bool:
+        return which == "all" or held_out(key, config.validation_split, config.split_seed) == (which == "validation")
+
+    rows = _rows_in_order(shards, config.image_column, keep, limit)
+    if not rows:
+        raise ColorizationError(
+            f"no {which} image in the {len(shards)} shards (--validation_split {config.validation_split})"
+        )
+    features = datasets.Features({config.image_column: datasets.Image(decode=False), "hash": datasets.Value("string")})
+    return datasets.Dataset.from_dict(
+        {config.image_column: [row["image"] for row in rows], "hash": [row["key"] for row in rows]}, features=features
+    )
+
+
+def training_keys(shards: list[Shard], config) -> Optional[list[str]]:
+    """The keys of every training image when the shards' manifest lists them (None otherwise)."""
+    if any(shard.keys is None for shard in shards):
+        return None
+    return [k for s in shards for k in s.keys if not held_out(k, config.validation_split, config.split_seed)]

@@ -34,6 +34,7 @@ from typing import Optional
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from colorization import color
@@ -65,9 +66,11 @@ from colorization.data import (
     DataConfig,
     batch_to_rgb,
     build_datasets,
+    collate,
     data_statistics,
     describe_source,
     make_loaders,
+    prepare_split,
     split_hashes,
 )
 from colorization.errors import ColorizationError, cli_entry_point
@@ -285,20 +288,20 @@ class Trainer:
 
     def _prepare_data(self):
         """The data sets, and their loaders prepared by accelerate -> the training loader."""
-        self.train_set, self.validation_set, train_loader, validation_loader, self.train_sampler = prepare_data(
-            self.accelerator, self.data_config, self.config
-        )
+        prepare = prepare_streamed_data if self.data_config.streaming else prepare_data
+        self.data = prepare(self.accelerator, self.data_config, self.config)
+        self.train_set = self.data.train_set
         self.validator = Validator(
             self.accelerator,
             self.task,
             self.config,
             self.progress,
             self.tracker,
-            self.validation_set,
-            validation_loader,
+            self.data.validation_set,
+            self.data.validation_loader,
             self._export,
         )
-        return train_loader
+        return self.data.train_loader
 
     def _prepare_models(self, max_steps: int, statistics: Optional[dict] = None) -> None:
         task, accelerator = self.task, self.accelerator
@@ -341,7 +344,8 @@ class Trainer:
         if resume_path:  # measured once per run
             statistics = self.checkpointer.saved_statistics(resume_path)
         else:
-            statistics = {**data_statistics(self.train_set, workers), **task.measure_data(self.train_set, workers)}
+            images = self.data.statistics_set
+            statistics = {**data_statistics(images, workers), **task.measure_data(images, workers)}
         self._prepare_models(max_steps, statistics)
         if resume_path:
             self.checkpointer.resume(resume_path)
@@ -359,8 +363,8 @@ class Trainer:
         self.tracker.start(task.model_type, self.run_config())
         images_per_step = config.train_batch_size * accelerator.num_processes * config.gradient_accumulation_steps
         self.tracker.log(
-            f"training {task.model_type} on {describe_source(self.data_config)}: {len(self.train_set)} "
-            f"train / {len(self.validation_set)} validation images at {self.data_config.resolution}px, "
+            f"training {task.model_type} on {describe_source(self.data_config)}: {self.data.description}, "
+            f"{len(self.data.validation_set)} validation images at {self.data_config.resolution}px, "
             f"{accelerator.num_processes} process(es), mixed precision {accelerator.mixed_precision}, "
             f"{max_steps} steps of {images_per_step} images"
         )
@@ -382,10 +386,13 @@ class Trainer:
                 # The prepared loader hands its own epoch counter to the sampler when it starts: set that counter,
                 # and the sampler itself, which several processes and a skip put out of the counter's reach.
                 loader = train_loader
-                if progress.batches_in_epoch:
-                    loader = accelerator.skip_first_batches(train_loader, progress.batches_in_epoch)
-                loader.set_epoch(progress.epoch)
-                self.train_sampler.set_epoch(progress.epoch)
+                if self.data.sampler is None:  # --streaming: an endless stream, started at this process's position
+                    self.train_set.start_at(progress.batches_in_epoch)
+                else:
+                    if progress.batches_in_epoch:
+                        loader = accelerator.skip_first_batches(train_loader, progress.batches_in_epoch)
+                    loader.set_epoch(progress.epoch)
+                    self.data.sampler.set_epoch(progress.epoch)
                 for batch in loader:
                     lightness, ab = color.rgb_to_normalized_lab(batch_to_rgb(batch, accelerator.device))
                     if config.channels_last:
@@ -495,7 +502,14 @@ class Trainer:
         """Write the exported model, with what it is and how it was trained, into ``folder`` (main process)."""
         mean_ab = self.checkpointer.statistics["mean_ab"]
         export_model(
-            folder, self.task, self.progress, self.data_config, self.train_set, mean_ab, metrics, self.training_costs()
+            folder,
+            self.task,
+            self.progress,
+            self.data_config,
+            self.data.training_hashes,
+            mean_ab,
+            metrics,
+            self.training_costs(),
         )
 
     def _finish(self, metrics: dict) -> dict:
@@ -511,9 +525,75 @@ class Trainer:
         return metrics
 
 
-def prepare_data(accelerator, data: DataConfig, config: TrainConfig):
-    """-> (training set, validation set, training loader, validation loader, training sampler), the loaders
-    prepared by accelerate (sharded over the processes)."""
+@dataclasses.dataclass
+class PreparedData:
+    train_set: object  # ColorizationImages, or StreamedImages (--streaming)
+    validation_set: object  # ColorizationImages
+    train_loader: DataLoader
+    validation_loader: DataLoader
+    sampler: Optional[object]  # the EpochShuffleSampler; None for a stream, which orders itself
+    statistics_set: object  # the images the data statistics are measured on
+    training_hashes: Optional[list]  # the record of the training images (None: not known)
+    description: str  # how many training images, for the log
+
+
+# the data statistics of a streamed run (mean ab, a refining model's residual scale) come from its first images
+STREAMED_STATISTICS_IMAGES = 2048
+
+
+def prepare_streamed_data(accelerator, data: DataConfig, config: TrainConfig) -> PreparedData:
+    """--streaming: this process's endless stream of training images (not passed through accelerate, which
+    would shard it a second time) and the first held-out images for validation, read once and kept."""
+    from colorization.streaming import StreamedImages, streamed_split, streaming_shards, training_keys
+
+    shards = streaming_shards(data)
+    train_set = StreamedImages(
+        shards,
+        data.resolution,
+        config.seed,
+        accelerator.process_index,
+        accelerator.num_processes,
+        config.train_batch_size,
+        data.validation_split,
+        data.split_seed,
+        data.image_column,
+    )
+    wanted = min(n for n in (config.validation_images, data.max_validation_samples, 10**9) if n is not None)
+    with accelerator.main_process_first():  # the decoded cache is written once per machine
+        validation_set = prepare_split(streamed_split(shards, data, "validation", wanted), data, train=False)
+        statistics_set = prepare_split(
+            streamed_split(shards, data, "train", STREAMED_STATISTICS_IMAGES), data, train=False
+        )
+    # each loader worker reads whole shards of its own: no more workers than this process has shards
+    workers = min(data.dataloader_num_workers, len(shards) // accelerator.num_processes)
+    train_loader = DataLoader(
+        train_set,
+        batch_size=config.train_batch_size,
+        collate_fn=collate,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=workers > 0,
+    )
+    _, validation_loader, _ = make_loaders(
+        validation_set, validation_set, 1, config.eval_batch_size, None, config.seed, data.dataloader_num_workers
+    )
+    validation_loader = accelerator.prepare(validation_loader)
+    keys = training_keys(shards, data)
+    count = len(keys) if keys is not None else f"about {len(train_set) * accelerator.num_processes}"
+    return PreparedData(
+        train_set,
+        validation_set,
+        train_loader,
+        validation_loader,
+        None,
+        statistics_set,
+        keys,
+        f"{count} training images streamed from {len(shards)} shards",
+    )
+
+
+def prepare_data(accelerator, data: DataConfig, config: TrainConfig) -> PreparedData:
+    """The data sets and their loaders, prepared by accelerate (sharded over the processes)."""
     with accelerator.main_process_first():  # the decoded cache is written once per machine
         train_set, validation_set = build_datasets(data, config.seed)
     train_loader, validation_loader, sampler = make_loaders(
@@ -531,7 +611,16 @@ def prepare_data(accelerator, data: DataConfig, config: TrainConfig):
             f"the training set has {len(train_set)} images, fewer than one batch of "
             f"{config.train_batch_size} x {accelerator.num_processes} processes; lower --train_batch_size"
         )
-    return train_set, validation_set, train_loader, validation_loader, sampler
+    return PreparedData(
+        train_set,
+        validation_set,
+        train_loader,
+        validation_loader,
+        sampler,
+        train_set,
+        split_hashes(train_set),
+        f"{len(train_set)} training images",
+    )
 
 
 def export_model(
@@ -539,7 +628,7 @@ def export_model(
     task: TrainingTask,
     progress: TrainingProgress,
     data_config: DataConfig,
-    train_set,
+    training_hashes: Optional[list],
     mean_ab,
     metrics: dict,
     costs: dict,
@@ -559,7 +648,9 @@ def export_model(
     extra = {"training": training, **({"selection": progress.selection} if progress.selection else {})}
     with task.evaluation_weights():
         task.export(folder, extra)
-    hashes = {"hash": "blake2b-64 of the image file's bytes", "images": split_hashes(train_set), "data": source}
+    hashes = None
+    if training_hashes is not None:
+        hashes = {"hash": "blake2b-64 of the image file's bytes", "images": training_hashes, "data": source}
     save_training_data_record(folder, mean_ab, hashes)
 
 

@@ -2,6 +2,7 @@
 
 import io
 import itertools
+import json
 import tarfile
 
 import numpy as np
@@ -94,3 +95,57 @@ def test_webdataset_tars_and_unreadable_images(tmp_path):
         batches = _batches(dataset, 2)
     # one sample per row, always: the broken image is replaced by a readable one and counted
     assert sum(int(b["skipped"]) for b in batches) == 1 and all(len(b["pixels"]) == 3 for b in batches)
+
+
+def _shards_of_photos(folder, afhq_dir=None, count=96, shard_size=12):
+    """Shards at 32 px: the first real cats when present, else generated photos."""
+    import shutil
+
+    photos = folder / "photos"
+    if afhq_dir is not None and afhq_dir.is_dir():
+        photos.mkdir(parents=True)
+        for file in sorted((afhq_dir / "train").iterdir())[:count]:
+            shutil.copy(file, photos / file.name)
+    else:
+        _write_images(photos, count, size=(48, 40))
+    write_shards([str(photos), str(folder / "shards"), "--resolution", "32", "--shard_size", str(shard_size)])
+    return folder / "shards"
+
+
+STREAMED_CNN = [
+    "--streaming",
+    "--resolution",
+    "32",
+    "--no-pretrained_backbone",
+    "--train_batch_size",
+    "8",
+    "--eval_batch_size",
+    "16",
+    "--validation_images",
+    "8",
+    "--no-initial_validation",
+    "--report_to",
+    "none",
+    "--checkpoints_total_limit",
+    "none",
+]
+
+
+def test_a_streamed_run_resumed_into_a_fresh_folder_ends_with_the_uninterrupted_weights(tmp_path):
+    from conftest import AFHQ_DIR, assert_same_weights, train_in_process
+    from safetensors.torch import load_file
+
+    from colorization.tasks.cnn import CNNTask
+
+    shards = _shards_of_photos(tmp_path, AFHQ_DIR)
+    args = [*STREAMED_CNN, "--train_data_dir", shards, "--dataloader_num_workers", "2", "--max_train_steps", "14"]
+    args += ["--checkpointing_steps", "5", "--validation_steps", "14"]
+    train_in_process(CNNTask, [*args, "--output_dir", tmp_path / "whole"])  # about 1.3 nominal epochs
+    resumed = [*args, "--output_dir", tmp_path / "resumed", "--resume_from_checkpoint"]
+    train_in_process(CNNTask, [*resumed, tmp_path / "whole" / "checkpoints" / "checkpoint_5"])
+    assert_same_weights(
+        load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
+    )
+    record = json.loads((tmp_path / "whole" / "training_images.json").read_text())
+    manifest = json.loads((shards / "manifest.json").read_text())
+    assert set(record["images"]) == {k for k in manifest["hashes"] if not held_out(k, 0.1)}
