@@ -6,6 +6,10 @@ The harness's own loader: the training split, the epoch-shuffled sampler, batche
 decoded uint8 cache (or --no-preprocess: decoding JPEGs with PIL in the workers every epoch), pinned memory
 on a GPU, and the copy to the device with the flips applied there. Building the cache is timed once
 (first use at a resolution; later runs read it). Prints one JSON line per worker count; --output appends them.
+
+With --streaming SHARDS (``python -m colorization.shard`` of the same folder at the same resolution), the
+streamed path is measured side by side with the folder path, for each worker count: the same batches,
+workers, resize and crop, and copy to the device, from the parquet shards (PNG decoded in the workers).
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ from colorization.data import DataConfig, EpochShuffleSampler, batch_to_rgb, bui
 
 
 def measure(train_set, batch_size: int, workers: int, device: torch.device, images: int) -> float:
+    streamed = isinstance(train_set, torch.utils.data.IterableDataset)
     loader = DataLoader(
         train_set,
         batch_size=batch_size,
-        sampler=EpochShuffleSampler(len(train_set), 0),
+        sampler=None if streamed else EpochShuffleSampler(len(train_set), 0),
         collate_fn=collate,
         num_workers=workers,
         drop_last=True,
@@ -34,7 +39,8 @@ def measure(train_set, batch_size: int, workers: int, device: torch.device, imag
     )
     seen, started = 0, None
     for epoch in range(100):
-        loader.sampler.set_epoch(epoch)
+        if not streamed:
+            loader.sampler.set_epoch(epoch)
         for batch in loader:
             batch_to_rgb(batch, device)
             if started is None:  # from the first batch on: worker start-up is not a rate
@@ -63,6 +69,7 @@ def main() -> None:
         action="store_false",
         help="decode the files every epoch instead of reading the decoded cache",
     )
+    parser.add_argument("--streaming", help="shards of the same images: measure the streamed path beside the folder's")
     parser.add_argument("--output", help="append the results as JSON lines to this file")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -75,23 +82,33 @@ def main() -> None:
     started = time.perf_counter()
     train_set, _ = build_datasets(config, seed=0)
     build_seconds = time.perf_counter() - started
+    paths = {"folder": train_set}
+    if args.streaming:
+        from colorization.streaming import StreamedImages, find_shards
+
+        shards = find_shards(args.streaming)
+        paths["streaming"] = StreamedImages(shards, args.resolution, 0, 0, 1, args.batch_size, 0.1)
     for workers in (int(w) for w in args.workers.split(",")):
-        rate = measure(train_set, args.batch_size, workers, device, args.images)
-        record(
-            {
-                "benchmark": "loader",
-                "resolution": args.resolution,
-                "batch_size": args.batch_size,
-                "workers": workers,
-                "preprocess": args.preprocess,
-                "images_per_second": round(rate, 1),
-                "build_seconds": round(build_seconds, 2),
-                "train_images": len(train_set),
-                "device": device_name(device),
-                "cpu_cores": os.cpu_count(),
-            },
-            args.output,
-        )
+        for path, images in paths.items():
+            if path == "streaming" and workers > len(shards):
+                continue
+            rate = measure(images, args.batch_size, workers, device, args.images)
+            record(
+                {
+                    "benchmark": "loader",
+                    "path": path,
+                    "resolution": args.resolution,
+                    "batch_size": args.batch_size,
+                    "workers": workers,
+                    "preprocess": args.preprocess if path == "folder" else None,
+                    "images_per_second": round(rate, 1),
+                    "build_seconds": round(build_seconds, 2) if path == "folder" else None,
+                    "train_images": len(train_set),
+                    "device": device_name(device),
+                    "cpu_cores": os.cpu_count(),
+                },
+                args.output,
+            )
 
 
 if __name__ == "__main__":

@@ -149,3 +149,55 @@ def test_a_streamed_run_resumed_into_a_fresh_folder_ends_with_the_uninterrupted_
     record = json.loads((tmp_path / "whole" / "training_images.json").read_text())
     manifest = json.loads((shards / "manifest.json").read_text())
     assert set(record["images"]) == {k for k in manifest["hashes"] if not held_out(k, 0.1)}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_machines_on_loopback_train_as_one_machine_with_two_processes_on_disjoint_shards(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import AFHQ_DIR, ROOT, accelerate_launch
+
+    shards = _shards_of_photos(tmp_path, AFHQ_DIR)
+    args = [*STREAMED_CNN, "--train_data_dir", shards, "--dataloader_num_workers", "0", "--max_train_steps", "8"]
+    args += ["--checkpointing_steps", "4", "--validation_steps", "8"]
+    (tmp_path / "one").mkdir()
+    accelerate_launch(
+        "tests/streaming_probe.py",
+        [*args, "--output_dir", tmp_path / "one_run", "--probe_dir", tmp_path / "one"],
+        num_processes=2,
+    )
+    # the same, as two machines of one process each, started side by side on the loopback address
+    (tmp_path / "two").mkdir()
+    port = _free_port()
+    machines = []
+    for rank in range(2):
+        launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+        launch += ["--num_machines", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1"]
+        launch += ["--main_process_port", str(port), "--dynamo_backend", "no", "tests/streaming_probe.py"]
+        launch += [str(a) for a in [*args, "--output_dir", tmp_path / "two_run", "--probe_dir", tmp_path / "two"]]
+        env = {**__import__("os").environ, "ACCELERATE_USE_CPU": "1", "PYTHONUNBUFFERED": "1"}
+        machines.append(subprocess.Popen(launch, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    outputs = [machine.communicate(timeout=600)[0].decode() for machine in machines]
+    assert [m.returncode for m in machines] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    one = [json.loads((tmp_path / "one" / f"rank_{r}.json").read_text()) for r in range(2)]
+    two = [json.loads((tmp_path / "two" / f"rank_{r}.json").read_text()) for r in range(2)]
+    assert one[0]["weights_sha256"] == two[0]["weights_sha256"] == two[1]["weights_sha256"]  # bit for bit
+    assert [r["streamed"] for r in one] == [r["streamed"] for r in two]  # the same images on the same ranks
+    epoch0 = [{key for epoch, key in r["streamed"] if epoch == 0} for r in two]
+    assert epoch0[0] and epoch0[1] and not epoch0[0] & epoch0[1]  # the machines' shards are disjoint
+
+    # and a two-process run stopped at its checkpoint and resumed into a fresh folder ends the same
+    resumed = [*args, "--output_dir", tmp_path / "resumed", "--probe_dir", tmp_path / "resumed_probe"]
+    (tmp_path / "resumed_probe").mkdir()
+    checkpoint = tmp_path / "one_run" / "checkpoints" / "checkpoint_4"
+    accelerate_launch("tests/streaming_probe.py", [*resumed, "--resume_from_checkpoint", checkpoint], num_processes=2)
+    again = json.loads((tmp_path / "resumed_probe" / "rank_0.json").read_text())
+    assert again["weights_sha256"] == one[0]["weights_sha256"]
