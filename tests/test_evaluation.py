@@ -193,6 +193,15 @@ def test_table_files_are_written_and_consistent(three_models, tmp_path):
 
     assert Image.open(out / "comparison.png").size[0] > 5 * 32  # gray, two models, mean ab, truth side by side
     assert result["settings"]["model_resolutions"] == {"CNN": 32, "GAN": 32}
+    # python -m colorization.compare: any two rows, paired, with the table's own resamples
+    from colorization.compare import paired_differences
+
+    versus_gray = paired_differences(str(out), "CNN", GRAY)
+    assert versus_gray["psnr"]["mean"] == pytest.approx(summary["CNN"]["psnr_vs_gray"]["mean"], abs=1e-5)
+    assert versus_gray["psnr"]["ci95"] == pytest.approx(summary["CNN"]["psnr_vs_gray"]["ci95"], abs=1e-5)
+    gaps = paired_differences(str(out), "CNN", "GAN")["colorfulness_gap"]
+    per_image = {m: summary[m]["colorfulness_gap_per_image"]["mean"] for m in ("CNN", "GAN")}
+    assert gaps["mean"] == pytest.approx(per_image["CNN"] - per_image["GAN"], abs=1e-4)
 
 
 def test_gray_and_mean_ab_rows_are_what_they_say(three_models, tmp_path):

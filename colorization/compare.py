@@ -1,0 +1,96 @@
+"""Paired differences between two rows of an evaluation, from its folder, with the table's own bootstrap.
+
+    python -m colorization.compare results/cpu-small/evaluation "Diffusion refining CNN (DPM-20)" CNN
+
+For each per-image metric both rows have (PSNR, SSIM, LPIPS, the per-image colorfulness gap |row - truth|;
+and, where both rows have K samples, the PSNR of the mean of K), the mean over the images of row A's value
+minus row B's on the same image, with the 95% bootstrap interval from the same resampled images as the
+table (``resample_counts`` with the evaluation's seed). A difference whose interval crosses zero is not a
+result; the output says which do not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+
+import numpy as np
+
+from colorization.config import HelpFormatter, existing_folder
+from colorization.errors import ColorizationError, cli_entry_point
+from colorization.metrics import percentile_interval, resample_counts
+from colorization.report import TRUTH
+
+METRICS = ("psnr", "ssim", "lpips", "colorfulness_gap", "psnr_mean")
+
+
+def _per_image(folder: str) -> tuple[dict, int]:
+    """per_image.csv -> {row: {metric: {image_index: value}}}, and the evaluation's seed."""
+    try:
+        with open(os.path.join(folder, "results.json")) as handle:
+            seed = json.load(handle)["settings"]["seed"]
+        with open(os.path.join(folder, "per_image.csv"), newline="") as handle:
+            records = list(csv.DictReader(handle))
+    except (OSError, KeyError, ValueError) as error:
+        raise ColorizationError(f"{folder} is not an evaluate.py output folder: {error}") from None
+    values: dict = {}
+    for record in records:
+        row = values.setdefault(record["model"], {})
+        for metric, text in record.items():
+            if metric not in ("model", "image_index") and text not in ("", None):
+                row.setdefault(metric, {})[int(record["image_index"])] = float(text)
+    return values, int(seed)
+
+
+def paired_differences(folder: str, first: str, second: str) -> dict:
+    """{metric: {"mean", "ci95", "images"}} of ``first`` minus ``second`` over the images both have."""
+    values, seed = _per_image(folder)
+    for row in (first, second):
+        if row not in values:
+            raise ColorizationError(f"no row {row!r} in {folder}; its rows: {', '.join(values)}")
+    truth = values.get(TRUTH, {}).get("colorfulness", {})
+    for row in (first, second):
+        colorfulness = values[row].get("colorfulness", {})
+        values[row]["colorfulness_gap"] = {i: abs(v - truth[i]) for i, v in colorfulness.items() if i in truth}
+    result = {}
+    for metric in METRICS:
+        a, b = values[first].get(metric, {}), values[second].get(metric, {})
+        images = sorted(set(a) & set(b))
+        if len(images) < 2:
+            continue
+        differences = np.array([a[i] - b[i] for i in images])
+        counts = resample_counts(len(images), seed)
+        result[metric] = {
+            "mean": float(differences.mean()),
+            "ci95": percentile_interval(counts @ differences / len(images)),
+            "images": len(images),
+        }
+    return result
+
+
+def run(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m colorization.compare", description=__doc__.split("\n")[0], formatter_class=HelpFormatter
+    )
+    parser.add_argument("evaluation", type=existing_folder, help="an evaluate.py --output_dir")
+    parser.add_argument("first", help="a row of its table (the model name as in the table)")
+    parser.add_argument("second", help="the row to compare it with")
+    args = parser.parse_args(argv)
+    found = paired_differences(args.evaluation, args.first, args.second)
+    print(f"{args.first} minus {args.second}, paired over the same images (mean [95% bootstrap interval]):")
+    for metric, stat in found.items():
+        low, high = stat["ci95"]
+        verdict = "" if low > 0 or high < 0 else "   (interval crosses 0: no difference shown)"
+        print(f"  {metric:<17} {stat['mean']:+.4f} [{low:+.4f}, {high:+.4f}] on {stat['images']} images{verdict}")
+    return 0
+
+
+def main(argv=None) -> None:
+    sys.exit(cli_entry_point(run)(argv))
+
+
+if __name__ == "__main__":
+    main()
