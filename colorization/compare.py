@@ -71,14 +71,18 @@ def paired_differences(folder: str, first: str, second: str) -> dict:
     return result
 
 
-def run(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m colorization.compare", description=__doc__.split("\n")[0], formatter_class=HelpFormatter
     )
     parser.add_argument("evaluation", type=existing_folder, help="an evaluate.py --output_dir")
     parser.add_argument("first", help="a row of its table (the model name as in the table)")
     parser.add_argument("second", help="the row to compare it with")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     found = paired_differences(args.evaluation, args.first, args.second)
     print(f"{args.first} minus {args.second}, paired over the same images (mean [95% bootstrap interval]):")
     for metric, stat in found.items():

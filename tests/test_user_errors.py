@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from colorization import cli, config, demo, evaluation, export_onnx, push_to_hub, reproduce, shard, training
+from colorization import cli, compare, config, demo, evaluation, export_onnx, push_to_hub, reproduce, shard, training
 from colorization.tasks.cnn import CNNTask
 from colorization.tasks.diffusion import DiffusionTask
 from colorization.tasks.gan import GANTask
@@ -34,6 +34,8 @@ FREE_TEXT = {
     "gan_args",
     "diffusion_args",
     "eval_args",
+    "first",
+    "second",
 }
 # Names that say "a number of things": such a flag must be checked as a count.
 COUNT_NAME = re.compile(
@@ -103,6 +105,11 @@ def _commands(model_dir, photo):
             export_onnx.build_parser(),
             lambda argv: export_onnx.build_parser().parse_args(argv),
             [model_dir, model_dir + "-onnx"],
+        ),
+        "compare": (
+            compare.build_parser(),
+            lambda argv: compare.build_parser().parse_args(argv),
+            [model_dir, "A", "B"],
         ),
         "shard": (
             shard.build_parser(),
