@@ -166,6 +166,35 @@ def load_lpips(device: torch.device):
     return model.eval().requires_grad_(False).to(device)
 
 
+def samplings(config: EvaluationConfig, model_type: str, guidance_scales: list[float]) -> list[dict]:
+    """The sampling settings to evaluate a model with: for diffusion, one per --samplers entry and scale."""
+    if model_type != "diffusion":
+        return [{}]
+    if config.samplers:
+        samplers = parse_samplers(config.samplers)
+    else:
+        samplers = [(config.scheduler, config.num_inference_steps)]
+    found = []
+    for scheduler, steps in samplers:
+        for scale in guidance_scales:
+            sampling = {"scheduler": scheduler, "num_inference_steps": steps, "guidance_scale": scale}
+            found.append({k: v for k, v in sampling.items() if v is not None})
+    return found
+
+
+def mean_ab_rows(paths: dict[str, str]) -> dict[str, torch.Tensor]:
+    """One mean-ab baseline row per distinct map among the models' exports (name -> folder)."""
+    maps = {name: m for name in paths if (m := read_mean_ab(paths[name])) is not None}
+    rows: dict[str, torch.Tensor] = {}
+    for name, mean_ab in maps.items():
+        if any(m.shape == mean_ab.shape and torch.equal(m, mean_ab) for m in rows.values()):
+            continue
+        rows[name] = mean_ab
+    if len(rows) == 1:
+        return {MEAN_AB: next(iter(rows.values()))}
+    return {f"{MEAN_AB} ({name})": mean_ab for name, mean_ab in rows.items()}
+
+
 class Evaluator:
     def __init__(
         self,
@@ -205,10 +234,10 @@ class Evaluator:
             model_type = self.exports[name]["model_type"]
             if model_type != "diffusion" and name in guided_by_name:
                 raise ColorizationError(f"--guidance_scale names {name!r}, a {model_type} model (not guided)")
-            samplings = self._samplings(model_type, guidance[name])
-            for sampling in samplings:
+            rows = samplings(config, model_type, guidance[name])
+            for sampling in rows:
                 colorizer = load_colorizer(path, self.accelerator.device, **sampling)
-                named_by_sampling = sampling and (len(samplings) > 1 or config.samplers)
+                named_by_sampling = sampling and (len(rows) > 1 or config.samplers)
                 row = f"{name} ({colorizer.describe_sampling()})" if named_by_sampling else name
                 if row in self.colorizers:
                     raise ColorizationError(f"two rows would be named {row!r}: give distinct --names")
@@ -216,7 +245,7 @@ class Evaluator:
                 self.colorizers[row], self.checkpoints[row], self.models_of_rows[row] = colorizer, given, name
                 self.guidance_of_rows[row] = sampling.get("guidance_scale", 1.0)
                 self.trainings[row] = self.exports[name].get("training", {})
-        self.mean_abs = self._mean_ab_rows()
+        self.mean_abs = mean_ab_rows(self.paths)
         self.seconds = {row: 0.0 for row in self.colorizers}  # inference time on this process
         self.lpips = (
             lpips_model
@@ -224,33 +253,6 @@ class Evaluator:
             else load_lpips(self.accelerator.device)
         )
         self.notes: list[str] = []
-
-    def _samplings(self, model_type: str, guidance_scales: list[float]) -> list[dict]:
-        """The sampling settings to evaluate a model with: for diffusion, one per --samplers entry and scale."""
-        if model_type != "diffusion":
-            return [{}]
-        if self.config.samplers:
-            samplers = parse_samplers(self.config.samplers)
-        else:
-            samplers = [(self.config.scheduler, self.config.num_inference_steps)]
-        samplings = []
-        for scheduler, steps in samplers:
-            for scale in guidance_scales:
-                sampling = {"scheduler": scheduler, "num_inference_steps": steps, "guidance_scale": scale}
-                samplings.append({k: v for k, v in sampling.items() if v is not None})
-        return samplings
-
-    def _mean_ab_rows(self) -> dict[str, torch.Tensor]:
-        """One mean-ab baseline row per distinct map among the models' exports."""
-        maps = {name: m for name in self.paths if (m := read_mean_ab(self.paths[name])) is not None}
-        rows: dict[str, torch.Tensor] = {}
-        for name, mean_ab in maps.items():
-            if any(m.shape == mean_ab.shape and torch.equal(m, mean_ab) for m in rows.values()):
-                continue
-            rows[name] = mean_ab
-        if len(rows) == 1:
-            return {MEAN_AB: next(iter(rows.values()))}
-        return {f"{MEAN_AB} ({name})": mean_ab for name, mean_ab in rows.items()}
 
     # ----- which images -----
 

@@ -39,7 +39,6 @@ from colorization.onnx_backend import (
     SCHEDULER_DIR,
     inference_session,
     is_onnx_export,
-    load_onnx_colorizer,
 )
 from colorization.version import __version__
 
@@ -229,7 +228,8 @@ def export_onnx(
     staging = tempfile.mkdtemp(dir=parent, prefix=".onnx-export-")
     try:
         record = write_onnx_folder(colorizer, source, staging, lightness)
-        load_onnx_colorizer(staging)  # the folder loads as the backend will load it
+        load_colorizer(staging, backend="onnx")  # the folder loads as the backend will load it
+        _check_output_dir(output_dir, overwrite)  # again: the folder may have changed while we exported
         if os.path.isdir(output_dir):
             shutil.rmtree(output_dir)
         os.replace(staging, output_dir)

@@ -14,7 +14,7 @@ from colorization.colorizer import Colorizer, default_device, read_export_config
 from colorization.errors import ColorizationError
 from colorization.families import family
 from colorization.hub import resolve
-from colorization.onnx_backend import BACKENDS, is_onnx_export, load_onnx_colorizer
+from colorization.onnx_backend import BACKENDS, is_onnx_export, load_feed_forward_onnx, read_onnx_record
 
 
 def load_colorizer(
@@ -35,13 +35,11 @@ def load_colorizer(
     if backend not in BACKENDS:
         raise ColorizationError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     local, origin = resolve(path, revision)
+    if backend == "onnx" and device is not None and torch.device(device).type != "cpu":
+        raise ColorizationError(f"the ONNX backend runs on the CPU, not on {device}")
     if backend == "onnx":
-        if device is not None and torch.device(device).type != "cpu":
-            raise ColorizationError(f"the ONNX backend runs on the CPU, not on {device}")
-        colorizer = load_onnx_colorizer(local, **sampling)
-        colorizer.origin = origin
-        return colorizer
-    if is_onnx_export(local):
+        read_onnx_record(local)  # an ONNX folder, or one clear error
+    elif is_onnx_export(local):
         raise ColorizationError(f"{path!r} is an ONNX export: load it with backend='onnx' (colorize --backend onnx)")
     try:
         config = read_export_config(local)
@@ -54,6 +52,10 @@ def load_colorizer(
     except ColorizationError as error:
         raise ColorizationError(f"{path!r} holds a model that cannot be loaded: {error}") from None
     device = torch.device(device) if device is not None else default_device()
-    colorizer = known.inference_module().load_colorizer(local, config, device, **sampling)
+    module = known.inference_module()
+    if backend == "onnx":  # a family with a sampler loop assembles it itself; one-pass models are one graph
+        colorizer = getattr(module, "load_onnx_colorizer", load_feed_forward_onnx)(local, config, **sampling)
+    else:
+        colorizer = module.load_colorizer(local, config, device, **sampling)
     colorizer.origin = origin
     return colorizer

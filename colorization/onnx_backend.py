@@ -10,7 +10,8 @@ Only the network runs in ONNX Runtime. Everything around it is the torch path's 
 L to the model's resolution, the ab back to the input's size, the Lab join and the gamut handling
 (:class:`~colorization.colorizer.Colorizer`), and for the diffusion model the sampler loop of
 :meth:`~colorization.models.diffusion.LabColorizationPipeline.sample_ab` on the same diffusers scheduler (as
-Hugging Face Optimum runs diffusers pipelines). So both backends give the same pictures.
+Hugging Face Optimum runs diffusers pipelines; assembled in :mod:`colorization.models.diffusion`, which
+imports this module, not the other way round). So both backends give the same pictures.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from colorization.colorizer import Colorizer, read_export_config
+from colorization.colorizer import Colorizer
 from colorization.errors import ColorizationError
 
 ONNX_MODEL = "model.onnx"
@@ -114,48 +115,9 @@ class OnnxUNet:
         return torch.from_numpy(prediction)
 
 
-def load_onnx_colorizer(
-    path: str,
-    scheduler: Optional[str] = None,
-    num_inference_steps: Optional[int] = None,
-    seed: int = 0,
-    guidance_scale: float = 1.0,
-) -> Colorizer:
-    """An ONNX folder -> its colorizer (the sampling options as in :func:`colorization.load_colorizer`)."""
-    record = read_onnx_record(path)
-    config = read_export_config(path)
-    session = inference_session(os.path.join(path, ONNX_MODEL))
-    resolution = int(config["resolution"])
-    if config["model_type"] != "diffusion":
-        return OnnxFeedForwardColorizer(config["model_type"], session, resolution)
-    from colorization.models.diffusion import DEFAULT_SAMPLER, DiffusionColorizer, LabColorizationPipeline, make_sampler
-
-    class OnnxPipeline:
-        """The pipeline's own sampling loop (its methods, not a copy) over the ONNX UNet."""
-
-        sample_ab = LabColorizationPipeline.sample_ab
-        _clip_clean_estimate = LabColorizationPipeline._clip_clean_estimate
-
-        def __init__(self, unet: OnnxUNet, sampler):
-            self.unet, self.scheduler = unet, sampler
-
-        def progress_bar(self, iterable):
-            return iterable
-
-    with open(os.path.join(path, SCHEDULER_DIR, "scheduler_config.json")) as handle:
-        training_schedule = json.load(handle)
-    recorded = config.get("sampling", {})
-    sampler = make_sampler(scheduler or recorded.get("scheduler", DEFAULT_SAMPLER[0]), training_schedule)
-    steps = int(num_inference_steps or recorded.get("num_inference_steps", DEFAULT_SAMPLER[1]))
-    regressor = load_onnx_colorizer(os.path.join(path, REGRESSOR_DIR)) if config.get("refines") else None
-    colorizer = DiffusionColorizer(
-        OnnxPipeline(OnnxUNet(session, record["unet"]), sampler),
-        resolution,
-        steps,
-        seed,
-        regressor,
-        guidance_scale,
-        guidance_trained=float(config.get("condition_dropout", 0.0)) > 0,
+def load_feed_forward_onnx(path: str, config: dict, **sampling) -> Colorizer:
+    """An ONNX folder of a one-pass model (CNN, GAN) -> its colorizer (sampling options do not apply)."""
+    read_onnx_record(path)
+    return OnnxFeedForwardColorizer(
+        config["model_type"], inference_session(os.path.join(path, ONNX_MODEL)), int(config["resolution"])
     )
-    colorizer.backend = "onnx"
-    return colorizer

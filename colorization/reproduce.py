@@ -236,7 +236,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-class Reproduction:
+class Plan:
+    """What a comparison runs: each step's command line, from the preset and the options."""
+
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.preset = PRESETS[args.preset]
@@ -244,16 +246,8 @@ class Reproduction:
         if REFINING in self.models and "cnn" not in self.models:
             raise ColorizationError(f"--models {REFINING} refines the CNN of the same run: add cnn to --models")
         self.output_dir = os.path.abspath(args.output_dir or os.path.join("results", args.preset))
-        self.state_path = os.path.join(self.output_dir, STATE_NAME)
-        if os.path.isdir(self.output_dir) and os.listdir(self.output_dir) and not os.path.isfile(self.state_path):
-            raise ColorizationError(
-                f"{self.output_dir} holds files that reproduce did not write (no {STATE_NAME}); "
-                "choose a new or empty --output_dir"
-            )
         self.num_processes = args.num_processes or _gpu_count() or 1
         self.validation_images = args.validation_images or self.preset.validation_images
-
-    # ----- the commands -----
 
     def _launcher(self) -> list[str]:
         launch = [sys.executable, "-m", "accelerate.commands.launch"]
@@ -414,6 +408,19 @@ class Reproduction:
             if args.num_samples_images or preset.num_samples_images:
                 command += ["--num_samples_images", str(args.num_samples_images or preset.num_samples_images)]
         return command + shlex.split(args.eval_args)
+
+
+class Reproduction(Plan):
+    """Runs a :class:`Plan` step by step in its results folder, skipping what finished with the same command."""
+
+    def __init__(self, args: argparse.Namespace):
+        super().__init__(args)
+        self.state_path = os.path.join(self.output_dir, STATE_NAME)
+        if os.path.isdir(self.output_dir) and os.listdir(self.output_dir) and not os.path.isfile(self.state_path):
+            raise ColorizationError(
+                f"{self.output_dir} holds files that reproduce did not write (no {STATE_NAME}); "
+                "choose a new or empty --output_dir"
+            )
 
     # ----- state: what is finished, with which command -----
 

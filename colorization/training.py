@@ -383,16 +383,7 @@ class Trainer:
         )
         try:
             while progress.global_step < max_steps and progress.epoch < num_epochs:
-                # The prepared loader hands its own epoch counter to the sampler when it starts: set that counter,
-                # and the sampler itself, which several processes and a skip put out of the counter's reach.
-                loader = train_loader
-                if self.data.sampler is None:  # --streaming: an endless stream, started at this process's position
-                    self.train_set.start_at(progress.batches_in_epoch)
-                else:
-                    if progress.batches_in_epoch:
-                        loader = accelerator.skip_first_batches(train_loader, progress.batches_in_epoch)
-                    loader.set_epoch(progress.epoch)
-                    self.data.sampler.set_epoch(progress.epoch)
+                loader = self.data.loader_at(accelerator, progress.epoch, progress.batches_in_epoch)
                 for batch in loader:
                     lightness, ab = color.rgb_to_normalized_lab(batch_to_rgb(batch, accelerator.device))
                     if config.channels_last:
@@ -500,16 +491,9 @@ class Trainer:
 
     def _export(self, folder: str, metrics: dict) -> None:
         """Write the exported model, with what it is and how it was trained, into ``folder`` (main process)."""
-        mean_ab = self.checkpointer.statistics["mean_ab"]
+        hashes, mean_ab = self.data.training_hashes, self.checkpointer.statistics["mean_ab"]
         export_model(
-            folder,
-            self.task,
-            self.progress,
-            self.data_config,
-            self.data.training_hashes,
-            mean_ab,
-            metrics,
-            self.training_costs(),
+            folder, self.task, self.progress, self.data_config, hashes, mean_ab, metrics, self.training_costs()
         )
 
     def _finish(self, metrics: dict) -> dict:
@@ -535,6 +519,18 @@ class PreparedData:
     statistics_set: object  # the images the data statistics are measured on
     training_hashes: Optional[list]  # the record of the training images (None: not known)
     description: str  # how many training images, for the log
+
+    def loader_at(self, accelerator, epoch: int, batches: int):
+        """The training loader, positioned after ``batches`` batches of ``epoch``."""
+        if self.sampler is None:  # --streaming: an endless stream, started at this process's position
+            self.train_set.start_at(batches)
+            return self.train_loader
+        loader = accelerator.skip_first_batches(self.train_loader, batches) if batches else self.train_loader
+        # The prepared loader hands its own epoch counter to the sampler when it starts: set that counter,
+        # and the sampler itself, which several processes and a skip put out of the counter's reach.
+        loader.set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
+        return loader
 
 
 # the data statistics of a streamed run (mean ab, a refining model's residual scale) come from its first images

@@ -348,3 +348,56 @@ def load_colorizer(
         guidance_scale,
         guidance_trained=float(config.get("condition_dropout", 0.0)) > 0,
     )
+
+
+def load_onnx_colorizer(
+    path: str,
+    config: dict,
+    scheduler: Optional[str] = None,
+    num_inference_steps: Optional[int] = None,
+    seed: int = 0,
+    guidance_scale: float = 1.0,
+) -> Colorizer:
+    """An ONNX folder of a diffusion model (``python -m colorization.export_onnx``) -> its colorizer: the UNet
+    step in ONNX Runtime, this module's own sampler loop and scheduler around it (the options as in
+    :func:`load_colorizer`); a refining model's regressor from its own ONNX folder inside."""
+    import json
+
+    from colorization.onnx_backend import ONNX_MODEL, SCHEDULER_DIR, OnnxUNet, inference_session, read_onnx_record
+
+    record = read_onnx_record(path)
+    session = inference_session(os.path.join(path, ONNX_MODEL))
+
+    class OnnxPipeline:
+        """The pipeline's own sampling loop (its methods, not a copy) over the ONNX UNet."""
+
+        sample_ab = LabColorizationPipeline.sample_ab
+        _clip_clean_estimate = LabColorizationPipeline._clip_clean_estimate
+
+        def __init__(self, unet: OnnxUNet, sampler):
+            self.unet, self.scheduler = unet, sampler
+
+        def progress_bar(self, iterable):
+            return iterable
+
+    with open(os.path.join(path, SCHEDULER_DIR, "scheduler_config.json")) as handle:
+        training_schedule = json.load(handle)
+    recorded = config.get("sampling", {})
+    sampler = make_sampler(scheduler or recorded.get("scheduler", DEFAULT_SAMPLER[0]), training_schedule)
+    steps = int(num_inference_steps or recorded.get("num_inference_steps", DEFAULT_SAMPLER[1]))
+    regressor = None
+    if config.get("refines"):
+        from colorization.inference import load_colorizer as load_any
+
+        regressor = load_any(os.path.join(path, REGRESSOR_DIR), backend="onnx")
+    colorizer = DiffusionColorizer(
+        OnnxPipeline(OnnxUNet(session, record["unet"]), sampler),
+        int(config["resolution"]),
+        steps,
+        seed,
+        regressor,
+        guidance_scale,
+        guidance_trained=float(config.get("condition_dropout", 0.0)) > 0,
+    )
+    colorizer.backend = "onnx"
+    return colorizer
