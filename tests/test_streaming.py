@@ -167,7 +167,9 @@ def test_two_machines_on_loopback_train_as_one_machine_with_two_processes_on_dis
 
     shards = _shards_of_photos(tmp_path, AFHQ_DIR)
     args = [*STREAMED_CNN, "--train_data_dir", shards, "--dataloader_num_workers", "0", "--max_train_steps", "8"]
-    args += ["--checkpointing_steps", "4", "--validation_steps", "8"]
+    # one thread per process in both layouts: a machine of one process would otherwise take every core, and
+    # another thread count sums in another order (not bit for bit)
+    args += ["--checkpointing_steps", "4", "--validation_steps", "8", "--cpu_threads", "1"]
     (tmp_path / "one").mkdir()
     accelerate_launch(
         "tests/streaming_probe.py",
