@@ -20,10 +20,14 @@ def recording_get_items(self, keys):
     return _get_items(self, keys)
 
 
-def main():
+def probe_arguments() -> tuple[list[str], str]:
+    """-> (the training flags, --probe_dir) of this script's command line."""
     probe_dir = sys.argv[sys.argv.index("--probe_dir") + 1]
-    argv = [a for i, a in enumerate(sys.argv[1:]) if "--probe_dir" not in (a, sys.argv[i])]
-    ColorizationImages.__getitems__ = recording_get_items  # with no data workers, batches load in this process
+    return [a for i, a in enumerate(sys.argv[1:]) if "--probe_dir" not in (a, sys.argv[i])], probe_dir
+
+
+def train_and_write(argv: list[str], probe_dir: str, seen: dict) -> None:
+    """Train the CNN with ``argv``; write rank_<i>.json: ``seen`` (filled while training) and a weights hash."""
     train_config, data_config, model_config = training.parse_args(CNNTask, argv)
     trainer = training.Trainer(CNNTask(model_config, data_config.resolution), train_config, data_config)
     trainer.train()
@@ -37,12 +41,18 @@ def main():
             {
                 "rank": rank,
                 "num_processes": trainer.accelerator.num_processes,
-                "epoch_and_index": seen_indices,
+                **seen,
                 "weights_sha256": digest.hexdigest(),
             },
             handle,
         )
     trainer.accelerator.end_training()
+
+
+def main():
+    argv, probe_dir = probe_arguments()
+    ColorizationImages.__getitems__ = recording_get_items  # with no data workers, batches load in this process
+    train_and_write(argv, probe_dir, {"epoch_and_index": seen_indices})
 
 
 if __name__ == "__main__":
