@@ -46,7 +46,15 @@ OPSET = 18
 TOLERANCE = 1e-4  # max |delta ab| (normalized units) between ONNX Runtime and torch
 DEMO_EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_examples")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-CHECK_TIMESTEPS = (999, 700, 400, 100, 1)  # the UNet step is compared at these noise levels
+CHECK_TIMESTEPS = (999, 700, 400, 100, 1)
+# what an ONNX folder holds: only a folder of nothing else is replaced (--overwrite), never a file of the user's
+ONNX_FOLDER_FILES = {
+    ONNX_MODEL,
+    ONNX_RECORD,
+    CONFIG_NAME,
+    SCHEDULER_DIR,
+    REGRESSOR_DIR,
+}  # the UNet step is compared at these noise levels
 
 
 class _OnePass(torch.nn.Module):
@@ -243,8 +251,12 @@ def _check_output_dir(output_dir: str, overwrite: bool) -> None:
         return
     if not os.path.isdir(output_dir):
         raise ColorizationError(f"{output_dir} is a file, not a folder")
-    if not is_onnx_export(output_dir):
-        raise ColorizationError(f"{output_dir} holds files that are not an ONNX export; choose a new or empty folder")
+    foreign = sorted(set(os.listdir(output_dir)) - ONNX_FOLDER_FILES)
+    if not is_onnx_export(output_dir) or foreign:
+        example = f" (e.g. {foreign[0]})" if foreign else ""
+        raise ColorizationError(
+            f"{output_dir} holds files that are not an ONNX export{example}; choose a new or empty folder"
+        )
     if not overwrite:
         raise ColorizationError(f"{output_dir} holds an earlier ONNX export; add --overwrite to replace it")
 

@@ -98,6 +98,10 @@ def test_the_commands_and_their_failures(cnn_run, tmp_path, capsys):
     for call, message in failures:
         with pytest.raises(ColorizationError, match=message):
             call()
+    (onnx_folder / "notes.txt").write_text("mine")  # a file of the user's in an export: never deleted
+    with pytest.raises(ColorizationError, match="not an ONNX export \\(e.g. notes.txt\\)"):
+        export_onnx(str(model), str(onnx_folder), overwrite=True)
+    (onnx_folder / "notes.txt").unlink()
     export_onnx(str(model), str(onnx_folder), overwrite=True)  # an earlier export is replaced on request
     (onnx_folder / "model.onnx").write_bytes(b"not a graph")
     with pytest.raises(ColorizationError, match="cannot load .*model.onnx"):
