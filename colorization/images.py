@@ -6,6 +6,7 @@ Used by the data pipeline and by inference alike, so it imports neither ``datase
 from __future__ import annotations
 
 import io
+from typing import Optional
 
 import numpy as np
 import torch
@@ -63,6 +64,28 @@ def resize_and_crop(image: Image.Image, resolution: int) -> torch.Tensor:
     """Resize the shorter side to ``resolution`` (bicubic, antialiased), center-crop a square -> uint8 (3, R, R)."""
     image = TF.center_crop(resize_shorter_side(image, resolution), [resolution, resolution])
     return TF.pil_to_tensor(image)
+
+
+def crop_of_stored_pixels(data: bytes, resolution: int) -> Optional[torch.Tensor]:
+    """The ``resolution`` x ``resolution`` center crop of a binary PPM (the raw RGB pixels that
+    ``colorization.shard --image_format ppm`` stores) whose shorter side is already ``resolution`` -> uint8
+    (3, R, R), read without a decoder: exactly :func:`resize_and_crop`'s pixels (the resize keeps an image of
+    that size as it is; the crop offsets are torchvision's). None for any other file, which then takes the
+    decoding path."""
+    if not data.startswith(b"P6\n"):
+        return None
+    size = data[3:32].split(b"\n", 1)[0].split(b" ")
+    if len(size) != 2 or not all(field.isdigit() for field in size):
+        return None
+    width, height = int(size[0]), int(size[1])
+    header = b"P6\n%d %d\n255\n" % (width, height)  # the header Pillow writes; any other is decoded
+    start = len(header)
+    if min(width, height) != resolution or len(data) != start + width * height * 3 or data[:start] != header:
+        return None
+    pixels = np.frombuffer(data, dtype=np.uint8, offset=start).reshape(height, width, 3)
+    top, left = int(round((height - resolution) / 2.0)), int(round((width - resolution) / 2.0))
+    crop = pixels[top : top + resolution, left : left + resolution]
+    return torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))
 
 
 def to_unit_float(pixels: torch.Tensor) -> torch.Tensor:

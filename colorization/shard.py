@@ -4,7 +4,8 @@
 
 Every readable image is decoded to RGB (any mode, EXIF orientation applied) and resized to ``--resolution`` on
 its shorter side with exactly the resize of training (:func:`colorization.images.resize_shorter_side`), then
-stored losslessly as PNG, with the BLAKE2 hash of its source file (the same hash the folder path records, so
+stored losslessly (PNG; or, with ``--image_format ppm``, raw pixels that streaming at that resolution crops
+without decoding), with the BLAKE2 hash of its source file (the same hash the folder path records, so
 ``evaluate.py`` recognises a model's training images whichever path it trained through) and its source name.
 Training at that resolution then crops the same pixels as the folder path. Shards hold ``--shard_size``
 images each (the last one fewer), in the order of the sorted file names; ``manifest.json`` lists them with
@@ -80,14 +81,22 @@ def _hub_images(name: str, config_name: Optional[str], image_column: str, label_
         yield f"{name}#{index}", data
 
 
-def _encode(data: bytes, resolution: int) -> bytes:
+IMAGE_FORMATS = ("png", "ppm")
+
+
+def _encode(data: bytes, resolution: int, image_format: str) -> bytes:
     image = resize_shorter_side(decode_image({"bytes": data, "path": None}), resolution)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)  # lossless; level 1: fast to write, small enough
+    if image_format == "ppm":
+        image.save(buffer, format="PPM")  # raw RGB behind a short header: read without decoding
+    else:
+        image.save(buffer, format="PNG", compress_level=1)  # lossless; level 1: fast to write, small enough
     return buffer.getvalue()
 
 
-def write_shards(images, output_dir: str, resolution: int, shard_size: int, source: str) -> dict:
+def write_shards(
+    images, output_dir: str, resolution: int, shard_size: int, source: str, image_format: str = "png"
+) -> dict:
     """Encode ``images`` ((name, file bytes) pairs) into parquet shards in ``output_dir`` -> the manifest."""
     import datasets
 
@@ -109,7 +118,7 @@ def write_shards(images, output_dir: str, resolution: int, shard_size: int, sour
     try:
         for name, data in tqdm(images, desc="sharding", unit="image"):
             try:
-                encoded = _encode(data, resolution)
+                encoded = _encode(data, resolution, image_format)
             except UNREADABLE_IMAGE_ERRORS as error:
                 warnings.warn(f"skipping unreadable image {name}: {error}")
                 unreadable.append(name)
@@ -133,7 +142,8 @@ def write_shards(images, output_dir: str, resolution: int, shard_size: int, sour
         "source": source,
         "count": len(hashes),
         "resolution": resolution,
-        "resize": "shorter side to resolution, bicubic, antialiased (not cropped); stored as PNG",
+        "resize": "shorter side to resolution, bicubic, antialiased (not cropped)",
+        "image_format": image_format,
         "shard_size": shard_size,
         "shards": shards,
         "hashes": hashes,
@@ -156,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("output_dir", type=output_folder, help="where the shards and manifest.json go (new or empty)")
     parser.add_argument("--resolution", type=positive_int, default=256, help="shorter side of the stored images")
     parser.add_argument("--shard_size", type=positive_int, default=1000, help="images per shard")
+    parser.add_argument(
+        "--image_format",
+        choices=IMAGE_FORMATS,
+        default="png",
+        help="how each image is stored, both lossless: png (about half the size) or ppm (raw pixels: streaming at "
+        "--resolution crops them without decoding, about twice as fast to load; see benchmarks/README.md)",
+    )
     parser.add_argument("--dataset_config_name", default=None, help="a Hub data set's configuration")
     parser.add_argument("--image_column", default="image", help="a Hub data set's image column")
     parser.add_argument("--label_column", default="label", help="a Hub data set's label column")
@@ -173,7 +190,7 @@ def run(argv=None) -> int:
         label = None if args.label_filter in (None, "none") else args.label_filter
         images = _hub_images(args.source, args.dataset_config_name, args.image_column, args.label_column, label)
         source = f"hub {args.source}" + (f" [{args.label_column} = {label}]" if label else "")
-    manifest = write_shards(images, args.output_dir, args.resolution, args.shard_size, source)
+    manifest = write_shards(images, args.output_dir, args.resolution, args.shard_size, source, args.image_format)
     skipped = f"; {len(manifest['unreadable'])} unreadable skipped" if manifest["unreadable"] else ""
     print(
         f"{manifest['count']} images at {args.resolution}px in {len(manifest['shards'])} shards in "

@@ -38,7 +38,7 @@ import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
 from colorization.errors import ColorizationError
-from colorization.images import UNREADABLE_IMAGE_ERRORS, decode_image, resize_and_crop
+from colorization.images import UNREADABLE_IMAGE_ERRORS, crop_of_stored_pixels, decode_image, resize_and_crop
 from colorization.shard import read_manifest
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff")  # webdataset image columns
@@ -228,7 +228,10 @@ class StreamedImages(IterableDataset):
         for epoch, position, row in self._stream(worker, num_workers, done * self.batch_size):
             index = position * num_workers + worker  # distinct across workers
             try:
-                pixels = resize_and_crop(decode_image(row["image"]), self.resolution)
+                data = row["image"]["bytes"]
+                pixels = None if data is None else crop_of_stored_pixels(data, self.resolution)
+                if pixels is None:
+                    pixels = resize_and_crop(decode_image(row["image"]), self.resolution)
             except UNREADABLE_IMAGE_ERRORS as error:
                 warnings.warn(f"skipping unreadable image (key {row['key']}): {error}")
                 if previous is None:

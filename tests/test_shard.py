@@ -1,5 +1,6 @@
 """python -m colorization.shard: photos written once as parquet shards give the folder path's pixels."""
 
+import io
 import json
 
 import numpy as np
@@ -10,8 +11,9 @@ from test_data import _write_images
 
 from colorization.data import image_hash
 from colorization.errors import ColorizationError
-from colorization.images import decode_image, resize_and_crop
+from colorization.images import crop_of_stored_pixels, decode_image, resize_and_crop
 from colorization.shard import read_manifest, run
+from colorization.streaming import find_shards, read_shard
 
 
 def test_shards_hold_every_readable_photo_with_the_folder_paths_pixels_and_hashes(tmp_path, capsys):
@@ -40,3 +42,28 @@ def test_shards_hold_every_readable_photo_with_the_folder_paths_pixels_and_hashe
     assert json.loads((tmp_path / "shards" / "manifest.json").read_text())["format"] == "colorization-shards"
     with pytest.raises(ColorizationError, match="not empty"):
         run([str(photos), str(tmp_path / "shards")])
+
+
+def test_ppm_shards_are_cropped_without_a_decoder_to_exactly_the_folder_paths_pixels(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(2)
+    for name, (height, width) in {"wide": (40, 67), "tall": (75, 42), "odd": (41, 58), "square": (33, 33)}.items():
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(photos / f"{name}.png")
+    args = ["--resolution", "24", "--shard_size", "3"]
+    assert run([str(photos), str(tmp_path / "ppm"), *args, "--image_format", "ppm"]) == 0
+    assert read_manifest(str(tmp_path / "ppm"))["image_format"] == "ppm"
+    rows = [row for shard in find_shards(str(tmp_path / "ppm")) for row in read_shard(shard)]
+    assert len(rows) == 4
+    for row in rows:
+        data = row["image"]["bytes"]
+        fast = crop_of_stored_pixels(data, 24)
+        assert fast is not None and fast.dtype == torch.uint8 and fast.shape == (3, 24, 24)
+        assert torch.equal(fast, resize_and_crop(decode_image(row["image"]), 24))  # what decoding would give
+        source = next(p for p in photos.iterdir() if image_hash({"bytes": None, "path": str(p)}) == row["key"])
+        assert torch.equal(fast, resize_and_crop(decode_image({"bytes": None, "path": str(source)}), 24))
+        assert crop_of_stored_pixels(data, 16) is None  # another resolution: resized through the decoder
+        assert crop_of_stored_pixels(data[:-1], 24) is None  # truncated: left to the decoder, which reports it
+    png = io.BytesIO()
+    Image.open(io.BytesIO(rows[0]["image"]["bytes"])).save(png, format="PNG")
+    assert crop_of_stored_pixels(png.getvalue(), 24) is None

@@ -78,6 +78,19 @@ def test_two_processes_stream_disjoint_training_images_and_never_a_held_out_one(
     assert first | second == all_training  # together, every training image once
 
 
+def test_ppm_shards_stream_the_batches_of_png_shards(tmp_path):
+    _write_images(tmp_path / "photos", 12)
+    streams = []
+    for image_format in ("png", "ppm"):
+        out = str(tmp_path / image_format)
+        write_shards(
+            [str(tmp_path / "photos"), out, "--resolution", "16", "--shard_size", "4", "--image_format", image_format]
+        )
+        streams.append(_batches(_stream(find_shards(out)), 5))
+    for png, ppm in zip(*streams):
+        assert torch.equal(png["pixels"], ppm["pixels"]) and torch.equal(png["flip"], ppm["flip"])
+
+
 def test_webdataset_tars_and_unreadable_images(tmp_path):
     for number in range(2):
         with tarfile.open(tmp_path / f"shard-{number}.tar", "w") as tar:
