@@ -62,9 +62,26 @@ def _commands(output_dir):
         return [line for line in handle if line.strip() and not line.startswith("#")]
 
 
-def test_reproduce_writes_one_consistent_comparison_and_skips_finished_models(tmp_path):
+def test_reproduce_writes_one_consistent_comparison_fails_loudly_and_skips_finished_models(tmp_path):
     out = tmp_path / "results"
-    reproduce(out)
+    # a learning rate of 1e30 makes the GAN's loss NaN at once: the training run stops with its one-line error,
+    # and the whole command with it
+    broken = reproduce(out, "--gan_args", "--base_channels 8 --learning_rate 1e30", check=False)
+    assert broken.returncode == 1
+    assert "error: the gan run failed (exit 1)" in broken.stderr
+    assert "loss became nan" in broken.stderr  # the training run's own one-line reason
+    assert "No table was written" in broken.stderr and "Traceback" not in broken.stderr
+    assert not (out / "evaluation").exists() and not (out / "README.md").exists()
+    steps = json.loads((out / "reproduce.json").read_text())["steps"]
+    assert steps["cnn"]["status"] == "finished" and steps["gan"]["status"] == "failed (exit 1)"
+    assert "diffusion" not in steps and "evaluation" not in steps
+
+    # fixed (the GAN failed before its first checkpoint, so nothing of it is kept): the CNN is not trained again
+    fixed = reproduce(out)
+    assert "cnn: finished earlier, skipped" in fixed.stdout
+    assert "gan: the earlier attempt failed before its first checkpoint" in fixed.stdout
+    steps = json.loads((out / "reproduce.json").read_text())["steps"]
+    assert steps["gan"]["status"] == "finished" and steps["gan"]["attempts"] == 1
 
     evaluation = out / "evaluation"
     for name in ("table.md", "table.csv", "results.json", "per_image.csv", "comparison.png"):
@@ -101,9 +118,10 @@ def test_reproduce_writes_one_consistent_comparison_and_skips_finished_models(tm
 
     # what was run, and the TensorBoard logs of each model
     commands = _commands(out)
-    assert len(commands) == 7
-    for script, count in (("train_cnn.py", 1), ("train_gan.py", 1), ("train_diffusion.py", 2)):
+    assert len(commands) == 8  # the GAN twice: its failed attempt, then the fixed one
+    for script, count in (("train_cnn.py", 1), ("train_gan.py", 2), ("train_diffusion.py", 2)):
         assert sum(script in c for c in commands) == count
+    assert sum("--learning_rate 1e30" in c for c in commands) == 1
     refining = [c for c in commands if "--refine_model" in c]
     assert len(refining) == 1 and "--refine_model models/cnn" in refining[0]
     # the guidance scales on the validation images, the table, and the slow samplers' on 6 images
@@ -171,38 +189,6 @@ def test_reproduce_writes_one_consistent_comparison_and_skips_finished_models(tm
     changed = reproduce(out, "--max_train_steps", "4", check=False)
     assert changed.returncode == 1
     assert "with other settings" in changed.stderr and "Traceback" not in changed.stderr
-
-
-def test_a_failing_model_run_fails_the_whole_command_and_a_fixed_rerun_continues(tmp_path):
-    out = tmp_path / "results"
-    # a learning rate of 1e30 makes the GAN's loss NaN at once: the training run stops with its one-line error
-    broken = reproduce(
-        out,
-        "--models",
-        "cnn,gan",
-        "--gan_args",
-        "--base_channels 8 --validation_images 4 --learning_rate 1e30",
-        check=False,
-    )
-    assert broken.returncode == 1
-    assert "error: the gan run failed (exit 1)" in broken.stderr
-    assert "loss became nan" in broken.stderr  # the training run's own one-line reason
-    assert "No table was written" in broken.stderr and "Traceback" not in broken.stderr
-    assert not (out / "evaluation").exists() and not (out / "README.md").exists()
-    with open(out / "reproduce.json") as handle:
-        steps = json.load(handle)["steps"]
-    assert steps["cnn"]["status"] == "finished" and steps["gan"]["status"] == "failed (exit 1)"
-    assert "evaluation" not in steps
-
-    # fixed (the GAN failed before its first checkpoint, so nothing of it is kept): only the GAN is trained
-    fixed = reproduce(out, "--models", "cnn,gan")
-    assert "cnn: finished earlier, skipped" in fixed.stdout
-    assert "gan: the earlier attempt failed before its first checkpoint" in fixed.stdout
-    with open(out / "reproduce.json") as handle:
-        steps = json.load(handle)["steps"]
-    assert steps["gan"]["status"] == "finished" and steps["gan"]["attempts"] == 1
-    with open(out / "evaluation" / "results.json") as handle:
-        assert set(json.load(handle)["summary"]) == {"CNN", "GAN", MEAN_AB, GRAY, TRUTH}
 
 
 def test_the_paper_preset_samples_ddpm_1000_on_a_subset_and_the_mean_of_8():
