@@ -88,7 +88,7 @@ class Preset:
 
 PRESETS = {
     "cpu-small": Preset(
-        description="AFHQ cats at 64x64, 10 epochs per model, bf16, on one CPU (about an hour on a laptop)",
+        description="AFHQ cats at 64x64, 10 epochs per model, bf16, on one CPU (about two hours on 2 cores)",
         resolution=64,
         epochs=10,
         train_batch_size=32,
@@ -96,7 +96,7 @@ PRESETS = {
         samplers="dpm:20",
         # The small UNet, clean-ab prediction, lr 5e-4 after 100 warm-up steps: measured over 1,300 steps on
         # these cats against v-prediction with min-SNR 5 and zero terminal SNR (docs/models.md, Diffusion). Samplers are
-        # compared by benchmarks/sampler_curve.py; the mean of 8 samples on a fixed subset keeps it near an hour.
+        # compared by benchmarks/sampler_curve.py; the mean of 8 samples on a fixed subset keeps it near two hours.
         model_args={
             "diffusion": [
                 "--unet_preset",
