@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=IMAGE_FORMATS,
         default="png",
         help="how each image is stored, both lossless: png (about half the size) or ppm (raw pixels: streaming at "
-        "--resolution crops them without decoding, about twice as fast to load; see benchmarks/README.md)",
+        "--resolution crops them without decoding, several times faster to load; see benchmarks/README.md)",
     )
     parser.add_argument("--dataset_config_name", default=None, help="a Hub data set's configuration")
     parser.add_argument("--image_column", default="image", help="a Hub data set's image column")
