@@ -17,29 +17,16 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
-from records import device_name, record  # noqa: E402
+from records import device_name, median_seconds, record  # noqa: E402
 
 from colorization.inference import load_colorizer  # noqa: E402
-
-
-def _median_seconds(call, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def main(argv=None) -> None:
@@ -65,8 +52,8 @@ def main(argv=None) -> None:
     seconds = {name: {"network": [], "photo": []} for name in backends}
     for _ in range(3):  # interleaved rounds: a slower moment of the machine hits both backends
         for name, colorizer in backends.items():
-            network = _median_seconds(lambda c=colorizer: c._predict(lightness, None), args.warmup, args.repeats)
-            whole = _median_seconds(lambda c=colorizer: c.colorize(photo), 1, max(3, args.repeats // 3))
+            network = median_seconds(lambda c=colorizer: c._predict(lightness, None), args.warmup, args.repeats)
+            whole = median_seconds(lambda c=colorizer: c.colorize(photo), 1, max(3, args.repeats // 3))
             seconds[name]["network"].append(network / args.batch_size)
             seconds[name]["photo"].append(whole)
     import onnxruntime

@@ -18,31 +18,22 @@ import argparse
 import collections
 import json
 import os
-import statistics
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 import onnxruntime  # noqa: E402
 import torch  # noqa: E402
-from records import device_name, record  # noqa: E402
+from records import device_name, median_seconds, record  # noqa: E402
 
 from colorization.inference import load_colorizer  # noqa: E402
 from colorization.onnx_backend import ONNX_MODEL  # noqa: E402
 
 
 def _median_ms(call, warmup: int, repeats: int, per: int) -> float:
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - started)
-    return 1000 * statistics.median(times) / per
+    return 1000 * median_seconds(call, warmup, repeats) / per
 
 
 def _shares(totals: dict, top: int) -> dict:

@@ -1,10 +1,12 @@
-"""What every benchmark script shares: the name of the device it measured, and one JSON line per result,
-printed and (with --output) appended to a results file such as results_cpu.jsonl."""
+"""What every benchmark script shares: the name of the device it measured, one JSON line per result,
+printed and (with --output) appended to a results file such as results_cpu.jsonl, and a median timer."""
 
 from __future__ import annotations
 
 import json
-from typing import Optional
+import statistics
+import time
+from typing import Callable, Optional
 
 import torch
 
@@ -21,3 +23,15 @@ def record(result: dict, output: Optional[str]) -> None:
     if output:
         with open(output, "a") as handle:
             handle.write(line + "\n")
+
+
+def median_seconds(call: Callable[[], object], warmup: int, repeats: int) -> float:
+    """The median wall-clock of ``repeats`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
