@@ -46,7 +46,7 @@ OPSET = 18
 TOLERANCE = 1e-4  # max |delta ab| (normalized units) between ONNX Runtime and torch
 DEMO_EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_examples")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-CHECK_TIMESTEPS = (999, 700, 400, 100, 1)
+CHECK_TIMESTEPS = (999, 700, 400, 100, 1)  # the UNet step is compared at these noise levels
 # what an ONNX folder holds: only a folder of nothing else is replaced (--overwrite), never a file of the user's
 ONNX_FOLDER_FILES = {
     ONNX_MODEL,
@@ -54,7 +54,22 @@ ONNX_FOLDER_FILES = {
     CONFIG_NAME,
     SCHEDULER_DIR,
     REGRESSOR_DIR,
-}  # the UNet step is compared at these noise levels
+}
+SCHEDULER_FILES = {"scheduler_config.json"}  # what the copied training schedule holds
+
+
+def _foreign_entries(folder: str, prefix: str = "") -> list[str]:
+    """The paths below ``folder`` that an ONNX export does not write, the regressor's folder checked alike."""
+    foreign = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if name not in ONNX_FOLDER_FILES or os.path.isdir(path) != (name in (SCHEDULER_DIR, REGRESSOR_DIR)):
+            foreign.append(prefix + name)
+        elif name == SCHEDULER_DIR:
+            foreign += [f"{prefix}{name}/{entry}" for entry in sorted(os.listdir(path)) if entry not in SCHEDULER_FILES]
+        elif name == REGRESSOR_DIR:
+            foreign += _foreign_entries(path, f"{prefix}{name}/")
+    return foreign
 
 
 class _OnePass(torch.nn.Module):
@@ -251,7 +266,7 @@ def _check_output_dir(output_dir: str, overwrite: bool) -> None:
         return
     if not os.path.isdir(output_dir):
         raise ColorizationError(f"{output_dir} is a file, not a folder")
-    foreign = sorted(set(os.listdir(output_dir)) - ONNX_FOLDER_FILES)
+    foreign = _foreign_entries(output_dir)
     if not is_onnx_export(output_dir) or foreign:
         example = f" (e.g. {foreign[0]})" if foreign else ""
         raise ColorizationError(

@@ -63,6 +63,11 @@ def test_a_refining_model_exports_with_its_regressor_and_stands_alone(refine_run
     regressor = json.loads((tmp_path / "onnx" / "regressor" / "onnx.json").read_text())
     assert regressor["model_type"] == "gan" and regressor["parity"]["max_abs_difference"] <= TOLERANCE
     _same_pictures(refine_run, tmp_path / "onnx", num_inference_steps=2, guidance_scale=1.5)
+    (tmp_path / "onnx" / "regressor" / "mine.txt").write_text("a file of the user's, deeper down")
+    with pytest.raises(ColorizationError, match="not an ONNX export \\(e.g. regressor/mine.txt\\)"):
+        export_onnx(str(refine_run), str(tmp_path / "onnx"), overwrite=True)
+    (tmp_path / "onnx" / "regressor" / "mine.txt").unlink()
+    export_onnx(str(refine_run), str(tmp_path / "onnx"), overwrite=True)  # its own earlier export is replaced
     moved = tmp_path / "elsewhere" / "onnx"  # the ONNX folder needs nothing beside it
     moved.parent.mkdir()
     shutil.move(tmp_path / "onnx", moved)
