@@ -152,20 +152,31 @@ def parse_ints(text: Optional[str]) -> Optional[tuple]:
 
 @_named("sampler_list")
 def sampler_list(text: str) -> str:
-    """Diffusion samplers as comma-separated SCHEDULER:STEPS, e.g. dpm:20,ddim:50."""
-    for entry in text.split(","):
-        name, _, steps = entry.strip().partition(":")
-        if name not in SAMPLER_NAMES or not steps.isdigit() or int(steps) < 1:
+    """Diffusion samplers as comma-separated SCHEDULER:STEPS for every diffusion model, or NAME=SCHEDULER:STEPS
+    for one model (e.g. dpm:20,ddim:50 or "dpm:20,Refiner=ddpm:100"); several for a model, a row each."""
+    entries = [entry.strip() for entry in text.split(",")]
+    for entry in entries:
+        name, equals, sampler = entry.rpartition("=")
+        scheduler, _, steps = sampler.strip().partition(":")
+        if scheduler not in SAMPLER_NAMES or not steps.isdigit() or int(steps) < 1 or (equals and not name.strip()):
             raise argparse.ArgumentTypeError(
-                f"{entry.strip()!r} is not SCHEDULER:STEPS with SCHEDULER in "
-                f"{', '.join(SAMPLER_NAMES)} and STEPS >= 1 (e.g. dpm:20)"
+                f"{entry!r} is not SCHEDULER:STEPS or NAME=SCHEDULER:STEPS with SCHEDULER in "
+                f"{', '.join(SAMPLER_NAMES)} and STEPS >= 1 (e.g. dpm:20 or Refiner=ddpm:100)"
             )
-    return ",".join(entry.strip() for entry in text.split(","))
+    return ",".join(entries)
 
 
-def parse_samplers(text: str) -> list[tuple[str, int]]:
-    """The (scheduler, steps) pairs of a checked --samplers value."""
-    return [(name, int(steps)) for name, _, steps in (entry.partition(":") for entry in text.split(","))]
+def parse_samplers(text: str, names: Sequence[str] = ()) -> dict[str, list[tuple[str, int]]]:
+    """A checked --samplers value -> the (scheduler, steps) pairs of each model in ``names`` (NAME=... entries
+    replace the plain ones for their model), and under "" the plain ones. An unknown NAME raises ValueError."""
+    shared, named = [], {}
+    for entry in text.split(","):
+        name, _, sampler = entry.rpartition("=")
+        if name and name.strip() not in names:
+            raise ValueError(f"--samplers names {name.strip()!r}, which is not one of --names {list(names)}")
+        scheduler, _, steps = sampler.strip().partition(":")
+        (named.setdefault(name.strip(), []) if name else shared).append((scheduler, int(steps)))
+    return {"": shared} | {name: list(dict.fromkeys(named.get(name) or shared)) for name in names}
 
 
 @_named("guidance_list")

@@ -108,9 +108,9 @@ class EvaluationConfig:
     )
     samplers: Optional[str] = field(
         None,
-        "Compare diffusion samplers: comma-separated SCHEDULER:STEPS (e.g. "
-        "dpm:20,ddim:50); each diffusion model gets a row per sampler. "
-        "Overrides --scheduler and --num_inference_steps.",
+        "Compare diffusion samplers: comma-separated SCHEDULER:STEPS for every diffusion model or "
+        "NAME=SCHEDULER:STEPS for one (a --names entry; e.g. dpm:20,ddim:50 or dpm:20,Refiner=ddpm:100); each "
+        "diffusion model gets a row per sampler. Overrides --scheduler and --num_inference_steps.",
         type=sampler_list,
     )
     num_samples: int = field(
@@ -166,14 +166,14 @@ def load_lpips(device: torch.device):
     return model.eval().requires_grad_(False).to(device)
 
 
-def samplings(config: EvaluationConfig, model_type: str, guidance_scales: list[float]) -> list[dict]:
-    """The sampling settings to evaluate a model with: for diffusion, one per --samplers entry and scale."""
+def samplings(
+    config: EvaluationConfig, model_type: str, guidance_scales: list[float], samplers: list[tuple[str, int]]
+) -> list[dict]:
+    """The sampling settings to evaluate a model with: for diffusion, one per sampler (its --samplers entries;
+    none: --scheduler and --num_inference_steps) and scale."""
     if model_type != "diffusion":
         return [{}]
-    if config.samplers:
-        samplers = parse_samplers(config.samplers)
-    else:
-        samplers = [(config.scheduler, config.num_inference_steps)]
+    samplers = samplers or [(config.scheduler, config.num_inference_steps)]
     found = []
     for scheduler, steps in samplers:
         for scale in guidance_scales:
@@ -227,14 +227,15 @@ class Evaluator:
         self.guidance_of_rows: dict[str, float] = {}
         try:
             guidance = parse_guidance(config.guidance_scale, names)
+            samplers = parse_samplers(config.samplers, names) if config.samplers else {}
         except ValueError as error:
             raise ColorizationError(str(error)) from None
-        guided_by_name = {e.rpartition("=")[0].strip() for e in config.guidance_scale.split(",") if "=" in e}
         for name, path in self.paths.items():
             model_type = self.exports[name]["model_type"]
-            if model_type != "diffusion" and name in guided_by_name:
-                raise ColorizationError(f"--guidance_scale names {name!r}, a {model_type} model (not guided)")
-            rows = samplings(config, model_type, guidance[name])
+            for flag, value in (("--guidance_scale", config.guidance_scale), ("--samplers", config.samplers or "")):
+                if model_type != "diffusion" and name in {e.rpartition("=")[0].strip() for e in value.split(",")}:
+                    raise ColorizationError(f"{flag} names {name!r}, a {model_type} model (not a diffusion model)")
+            rows = samplings(config, model_type, guidance[name], samplers.get(name, []))
             for sampling in rows:
                 colorizer = load_colorizer(path, self.accelerator.device, **sampling)
                 named_by_sampling = sampling and (len(rows) > 1 or config.samplers)

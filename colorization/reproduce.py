@@ -41,6 +41,7 @@ from colorization.config import (
     existing_folder,
     guidance_list,
     output_folder,
+    parse_samplers,
     positive_int,
     sampler_list,
 )
@@ -72,7 +73,10 @@ class Preset:
     epochs: int
     train_batch_size: int
     mixed_precision: str
-    samplers: str  # the diffusion samplers compared in the table; the first one also validates during training
+    # The diffusion samplers of the table: SCHEDULER:STEPS for every diffusion model, MODEL=SCHEDULER:STEPS for
+    # one (a --models key). Each model's first one chooses its guidance scale; the first plain one validates
+    # during training (a fast one: it runs at every validation).
+    samplers: str
     model_args: dict = dataclass_field(default_factory=dict)  # per model, after the shared flags
     eval_batch_size: int = 32
     num_samples: int = 1  # the diffusion model's mean of K samples ...
@@ -93,7 +97,10 @@ PRESETS = {
         epochs=10,
         train_batch_size=32,
         mixed_precision="bf16",
-        samplers="dpm:20",
+        # DDPM-100 for the refining model: the sampler whose spread matches its error (spread-skill 0.98 on the
+        # sampler curve, DPM-20 0.90) at 3.3 s a sample here; the plain model keeps DPM-20 (DDPM-100 is
+        # calibrated for it too, on the curve, but both at DDPM-100 would add another hour).
+        samplers="dpm:20,refine=ddpm:100",
         # The small UNet, clean-ab prediction, lr 5e-4 after 100 warm-up steps: measured over 1,300 steps on
         # these cats against v-prediction with min-SNR 5 and zero terminal SNR (docs/models.md, Diffusion). Samplers are
         # compared by benchmarks/sampler_curve.py; the mean of 8 samples on a fixed subset keeps it near two hours.
@@ -130,8 +137,17 @@ PRESETS = {
 model_list = choice_list(MODELS, "model_list")  # --models
 
 
+def model_sampler_list(text: str) -> str:
+    """--samplers of reproduce: sampler_list with --models keys as the NAMEs (e.g. dpm:20,refine=ddpm:100)."""
+    text = sampler_list(text)
+    unknown = [e for e in text.split(",") if "=" in e and e.rpartition("=")[0].strip() not in MODELS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"{unknown[0]!r} names no model: NAME is one of {', '.join(MODELS)}")
+    return text
+
+
 def slow_sampler_list(text: str) -> str:
-    return text if text == "none" else sampler_list(text)
+    return text if text == "none" else model_sampler_list(text)
 
 
 def scale_list(text: str) -> str:
@@ -193,8 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"))
     budget.add_argument(
         "--samplers",
-        type=sampler_list,
-        help="diffusion samplers in the table, e.g. dpm:20,ddim:50 (the first one also validates during training)",
+        type=model_sampler_list,
+        help="diffusion samplers in the table, SCHEDULER:STEPS for every diffusion model or MODEL=SCHEDULER:STEPS "
+        "for one, e.g. dpm:20,ddim:50 or dpm:20,refine=ddpm:100 (the first plain one also validates during "
+        "training)",
     )
     budget.add_argument("--max_eval_images", type=positive_int, help="evaluate on the first N held-out images only")
     budget.add_argument("--num_samples", type=positive_int, help="the diffusion model's mean of K samples (1: none)")
@@ -312,8 +330,9 @@ class Plan:
             "latest",
             *preset.model_args.get(family_of(model), []),  # the refining model: the diffusion recipe
         ]
-        if family_of(model) == "diffusion":  # validation samples as the table's first sampler does
-            scheduler, steps = self.samplers().split(",")[0].split(":")
+        shared = [entry for entry in self.samplers().split(",") if "=" not in entry]
+        if family_of(model) == "diffusion" and shared:  # validation samples as the table's first plain sampler
+            scheduler, steps = shared[0].split(":")
             command += ["--validation_sampler", scheduler, "--validation_inference_steps", steps]
         if model == REFINING:  # the CNN of this run, finished before (MODELS order)
             command += ["--refine_model", self._here(self.model_dir("cnn"))]
@@ -323,6 +342,21 @@ class Plan:
 
     def samplers(self) -> str:
         return self.args.samplers or self.preset.samplers
+
+    def _for_evaluation(self, samplers: str, first_only: bool = False) -> str:
+        """A --samplers value of this command (MODEL=... entries) as evaluate.py's (--names entries), without
+        the models this run leaves out; ``first_only``: each model's first sampler."""
+        kept = [e for e in samplers.split(",") if "=" not in e or e.rpartition("=")[0] in self.models]
+        if not kept:
+            return ""
+        by_model, count = parse_samplers(",".join(kept), self.models), 1 if first_only else None
+        entries = [f"{scheduler}:{steps}" for scheduler, steps in by_model[""][:count]]
+        for model in self.models:
+            if family_of(model) == "diffusion" and by_model[model] != by_model[""]:
+                entries += [
+                    f"{DISPLAY_NAMES[model]}={scheduler}:{steps}" for scheduler, steps in by_model[model][:count]
+                ]
+        return ",".join(entries)
 
     def slow_samplers(self) -> Optional[str]:
         slow = self.args.slow_samplers or self.preset.slow_samplers
@@ -350,8 +384,7 @@ class Plan:
             str(preset.eval_batch_size),
             "--seed",
             str(args.seed),
-            "--samplers",
-            samplers,
+            *(["--samplers", samplers] if samplers else []),
             # the folder is this command's own: each evaluation replaces the previous one's files
             "--output_dir",
             output,
@@ -370,8 +403,7 @@ class Plan:
                 with open(os.path.join(self.model_dir(model), "colorizer.json")) as handle:
                     guided = json.load(handle).get("condition_dropout", 0.0) > 0
                 scales[DISPLAY_NAMES[model]] = self.guidance_scales() if guided else [1.0]
-        first_sampler = self.samplers().split(",")[0]
-        return self._evaluate(GUIDANCE_DIR, first_sampler) + [
+        return self._evaluate(GUIDANCE_DIR, self._for_evaluation(self.samplers(), first_only=True)) + [
             "--guidance_scale",
             ",".join(f"{name}={w:g}" for name, ws in scales.items() for w in ws),
             "--max_images",
@@ -392,7 +424,8 @@ class Plan:
         table, on the first of them only."""
         args, preset = self.args, self.preset
         command = self._evaluate(
-            "evaluation_slow" if slow else "evaluation", self.slow_samplers() if slow else self.samplers()
+            "evaluation_slow" if slow else "evaluation",
+            self._for_evaluation(self.slow_samplers() if slow else self.samplers()),
         )
         # the validation images chose the GAN's exported step and the guidance scales: never in a table
         command += ["--skip_images", str(self.validation_images)]

@@ -283,6 +283,15 @@ def test_guidance_scales_give_a_row_each_per_model_and_skip_images_leaves_out_th
     for wrong, message in (("CNN=2", "a cnn model"), ("Difusion=2", "not one of --names")):
         with pytest.raises(ColorizationError, match=message):
             _evaluate(three_models, tmp_path / "wrong", _embedded(), guidance_scale=wrong, **options)
+    # a sampler named for one model replaces the shared ones for it alone
+    own = _evaluate(three_models, tmp_path / "own", _embedded(), samplers="ddim:3,Diffusion=dpm:2", **options)
+    assert list(own["summary"])[:2] == ["CNN", "Diffusion (DPM-2)"]
+    np.testing.assert_array_equal(
+        own["values"]["Diffusion (DPM-2)"]["psnr"], swept["values"]["Diffusion (DPM-2)"]["psnr"]
+    )
+    for wrong, message in (("dpm:2,CNN=ddim:2", "a cnn model"), ("Difusion=dpm:2", "not one of --names")):
+        with pytest.raises(ColorizationError, match=message):
+            _evaluate(three_models, tmp_path / "wrong", _embedded(), samplers=wrong, **options)
 
 
 def test_spread_skill_ratio_and_posterior_mean_on_cases_with_a_known_answer():

@@ -203,6 +203,28 @@ def test_the_paper_preset_samples_ddpm_1000_on_a_subset_and_the_mean_of_8():
     assert diffusion[diffusion.index("--resolution") + 1] == "256" and "base" in diffusion
 
 
+def test_the_cpu_small_preset_samples_the_refining_model_with_its_own_sampler():
+    from colorization.reproduce import Reproduction, parse_args
+
+    plan = Reproduction(parse_args(["--preset", "cpu-small", "--num_processes", "1"]))
+    table = plan.evaluation_command()
+    assert table[table.index("--samplers") + 1] == "dpm:20,Diffusion refining CNN=ddpm:100"
+    # every diffusion model validates during training with the fast shared sampler
+    for model in ("diffusion", "refine"):
+        command = plan.training_command(model)
+        assert command[command.index("--validation_sampler") :][:4] == [
+            "--validation_sampler",
+            "dpm",
+            "--validation_inference_steps",
+            "20",
+        ]
+    # a run without the refining model leaves its entry out; each model's first sampler chooses its guidance
+    plan = Reproduction(parse_args(["--models", "cnn,diffusion", "--samplers", "dpm:20,ddim:50,refine=ddpm:100"]))
+    assert plan._for_evaluation(plan.samplers()) == "dpm:20,ddim:50"
+    plan = Reproduction(parse_args(["--samplers", "dpm:20,ddim:50,refine=ddpm:100,refine=dpm:10"]))
+    assert plan._for_evaluation(plan.samplers(), first_only=True) == "dpm:20,Diffusion refining CNN=ddpm:100"
+
+
 def test_a_results_folder_with_someone_elses_files_is_refused(tmp_path):
     import pytest
 
