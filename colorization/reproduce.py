@@ -92,18 +92,18 @@ class Preset:
 
 PRESETS = {
     "cpu-small": Preset(
-        description="AFHQ cats at 64x64, 10 epochs per model, bf16, on one CPU (about two hours on 2 cores)",
+        description="AFHQ cats at 64x64, 10 epochs per model, bf16, on one CPU (about three hours on 2 cores)",
         resolution=64,
         epochs=10,
         train_batch_size=32,
         mixed_precision="bf16",
         # DDPM-100 for the refining model: the sampler whose spread matches its error (spread-skill 0.98 on the
-        # sampler curve, DPM-20 0.90) at 3.3 s a sample here; the plain model keeps DPM-20 (DDPM-100 is
+        # sampler curve, DPM-20 0.90) at 2.5 s an image in the table here; the plain model keeps DPM-20 (DDPM-100 is
         # calibrated for it too, on the curve, but both at DDPM-100 would add another hour).
         samplers="dpm:20,refine=ddpm:100",
         # The small UNet, clean-ab prediction, lr 5e-4 after 100 warm-up steps: measured over 1,300 steps on
         # these cats against v-prediction with min-SNR 5 and zero terminal SNR (docs/models.md, Diffusion). Samplers are
-        # compared by benchmarks/sampler_curve.py; the mean of 8 samples on a fixed subset keeps it near two hours.
+        # compared by benchmarks/sampler_curve.py; the mean of 8 samples on a fixed subset keeps it near three hours.
         model_args={
             "diffusion": [
                 "--unet_preset",
