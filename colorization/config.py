@@ -169,13 +169,12 @@ def sampler_list(text: str) -> str:
 def parse_samplers(text: str, names: Sequence[str] = ()) -> dict[str, list[tuple[str, int]]]:
     """A checked --samplers value -> the (scheduler, steps) pairs of each model in ``names`` (NAME=... entries
     replace the plain ones for their model), and under "" the plain ones. An unknown NAME raises ValueError."""
-    shared, named = [], {}
-    for entry in text.split(","):
-        name, _, sampler = entry.rpartition("=")
-        if name and name.strip() not in names:
-            raise ValueError(f"--samplers names {name.strip()!r}, which is not one of --names {list(names)}")
-        scheduler, _, steps = sampler.strip().partition(":")
-        (named.setdefault(name.strip(), []) if name else shared).append((scheduler, int(steps)))
+
+    def sampler(value: str) -> tuple[str, int]:
+        scheduler, _, steps = value.partition(":")
+        return scheduler, int(steps)
+
+    shared, named = _values_by_name(text, names, "--samplers", sampler)
     return {"": shared} | {name: list(dict.fromkeys(named.get(name) or shared)) for name in names}
 
 
@@ -201,13 +200,19 @@ def guidance_list(text: str) -> str:
 def parse_guidance(text: str, names: Sequence[str]) -> dict[str, list[float]]:
     """A checked --guidance_scale value -> the scales of each model in ``names`` (NAME=W entries win over the
     plain W ones for their model; 1.0 where none is given). An unknown NAME raises ValueError."""
+    shared, named = _values_by_name(text, names, "--guidance_scale", float)
+    return {name: list(dict.fromkeys(named.get(name) or shared or [1.0])) for name in names}
+
+
+def _values_by_name(text: str, names: Sequence[str], flag: str, parse: Callable) -> tuple[list, dict[str, list]]:
+    """The entries of a checked VALUE / NAME=VALUE list flag -> (the plain values, the values of each NAME)."""
     shared, named = [], {}
     for entry in text.split(","):
-        name, _, scale = entry.rpartition("=")
+        name, _, value = entry.rpartition("=")
         if name and name.strip() not in names:
-            raise ValueError(f"--guidance_scale names {name.strip()!r}, which is not one of --names {list(names)}")
-        (named.setdefault(name.strip(), []) if name else shared).append(float(scale))
-    return {name: list(dict.fromkeys(named.get(name) or shared or [1.0])) for name in names}
+            raise ValueError(f"{flag} names {name.strip()!r}, which is not one of --names {list(names)}")
+        (named.setdefault(name.strip(), []) if name else shared).append(parse(value.strip()))
+    return shared, named
 
 
 # The diffusion samplers by name (the schedulers behind them: colorization.models.diffusion.SAMPLERS, which
