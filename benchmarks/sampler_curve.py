@@ -73,8 +73,8 @@ def run(args) -> list[dict]:
     summary = summarize(joined, args.seed, samples)
     results = []
     for name in rows:
-        sampler, _, rest = name.partition("-")
-        steps, _, guidance = rest.partition(", guidance ")
+        head, _, guidance = name.partition(", guidance ")
+        sampler, _, steps = head.rpartition("-")  # "DPM-SDE-20": the step count follows the last dash
         stats, mean_stats = summary[name], summary.get("samples", {}).get(name, {})
         results.append(
             {
@@ -158,7 +158,7 @@ def _plot(results: list[dict], reference: dict, args) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for sampler, style in (("ddpm", "o-"), ("ddim", "s-"), ("dpm", "^-")):
+    for sampler, style in (("ddpm", "o-"), ("ddim", "s-"), ("dpm", "^-"), ("dpm-sde", "v-")):
         rows = [r for r in results if r["sampler"] == sampler and r["guidance"] == 1.0]
         if not rows:
             continue

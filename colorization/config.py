@@ -217,7 +217,7 @@ def _values_by_name(text: str, names: Sequence[str], flag: str, parse: Callable)
 
 # The diffusion samplers by name (the schedulers behind them: colorization.models.diffusion.SAMPLERS, which
 # checks that it names exactly these); here so that flags are checked without importing diffusers.
-SAMPLER_NAMES = ("dpm", "ddim", "ddpm")
+SAMPLER_NAMES = ("dpm", "ddim", "ddpm", "dpm-sde")
 
 
 @_named("existing_folder")

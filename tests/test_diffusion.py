@@ -151,7 +151,22 @@ def test_pipeline_same_seed_same_colors_other_seed_other_colors():
     assert not torch.equal(sample(1), sample(2))
 
 
-@pytest.mark.parametrize("scheduler, steps", [("ddpm", 100), ("ddim", 50), ("dpm", 20)])
+@pytest.mark.parametrize("scheduler", ["ddpm", "dpm-sde"])
+def test_a_stochastic_sampler_draws_each_images_noise_from_its_own_generator(scheduler):
+    # Every step adds noise: it must come from the image's own generator, so that an image's colors do not
+    # depend on the batch it is sampled in, and differ from those of the deterministic sampler of the same start.
+    pipeline = _pipeline(scheduler)
+    lightness = torch.rand(3, 1, 16, 16) * 2 - 1
+    generators = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+    batch = pipeline.sample_ab(lightness, 6, generators([1, 2, 3]))
+    alone = pipeline.sample_ab(lightness[1:2], 6, generators([2]))
+    torch.testing.assert_close(batch[1:2], alone, rtol=0, atol=1e-5)
+    if scheduler == "dpm-sde":
+        deterministic = _pipeline("dpm").sample_ab(lightness, 6, generators([1, 2, 3]))
+        assert float((batch - deterministic).abs().mean()) > 1e-3
+
+
+@pytest.mark.parametrize("scheduler, steps", [("ddpm", 100), ("ddim", 50), ("dpm", 20), ("dpm-sde", 20)])
 def test_every_scheduler_samples_and_the_output_keeps_the_input_lightness(scheduler, steps):
     pipeline = _pipeline(scheduler)
     photo = Image.fromarray(np.random.default_rng(0).integers(70, 190, (23, 37, 3), dtype=np.uint8))

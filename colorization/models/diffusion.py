@@ -35,7 +35,14 @@ from colorization.errors import ColorizationError
 
 NUM_TRAIN_TIMESTEPS = 1000
 REGRESSOR_DIR = "regressor"  # a refining model's export holds its regressor's export here
-SAMPLERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}
+# dpm-sde is DPM-Solver++ (2M) on the SDE: the same multistep solver as dpm, plus fresh noise at every step, so
+# that few steps sample the spread that DDPM needs many steps for.
+SAMPLERS = {
+    "ddpm": DDPMScheduler,
+    "ddim": DDIMScheduler,
+    "dpm": DPMSolverMultistepScheduler,
+    "dpm-sde": DPMSolverMultistepScheduler,
+}
 assert set(SAMPLERS) == set(SAMPLER_NAMES), "the flags check sampler names against config.SAMPLER_NAMES"
 DEFAULT_SAMPLER = ("dpm", 20)  # validation, evaluate.py and colorize, unless told otherwise
 # DDIM and DPM-Solver start at the last training timestep ("trailing", Lin et al. 2024): with "leading" a
@@ -129,12 +136,15 @@ def make_sampler(name: str, training_config) -> object:
         overrides["clip_sample"] = False
     if name == "ddim":
         overrides["set_alpha_to_one"] = False  # the last step lands on the training schedule's first timestep
-    if name == "dpm":
-        overrides.update(algorithm_type="dpmsolver++", solver_order=2, thresholding=False, lower_order_final=True)
+    if name in ("dpm", "dpm-sde"):
+        algorithm = "sde-dpmsolver++" if name == "dpm-sde" else "dpmsolver++"
+        overrides.update(algorithm_type=algorithm, solver_order=2, thresholding=False, lower_order_final=True)
     return SAMPLERS[name].from_config(config, **overrides)
 
 
 def sampler_name(scheduler) -> str:
+    if type(scheduler) is DPMSolverMultistepScheduler:  # one class, two samplers
+        return "dpm-sde" if str(scheduler.config.algorithm_type).startswith("sde-") else "dpm"
     return next((k for k, v in SAMPLERS.items() if type(scheduler) is v), type(scheduler).__name__)
 
 
@@ -205,7 +215,8 @@ class LabColorizationPipeline(DiffusionPipeline):
             )
             * self.scheduler.init_noise_sigma
         )
-        extra = {"generator": generator} if isinstance(self.scheduler, DDPMScheduler) else {}
+        # the stochastic samplers (ddpm, dpm-sde) draw each step's noise from the same per-image generators
+        extra = {"generator": generator} if sampler_name(self.scheduler) in ("ddpm", "dpm-sde") else {}
         for timestep in self.progress_bar(self.scheduler.timesteps):
             model_input = self.scheduler.scale_model_input(sample, timestep)
             prediction = unet(model_input, timestep, lightness, regressor_ab)
@@ -315,7 +326,7 @@ def load_colorizer(
     seed: int = 0,
     guidance_scale: float = 1.0,
 ) -> Colorizer:
-    """An exported diffusion pipeline -> its colorizer, sampling with ``scheduler`` (ddpm, ddim or dpm) for
+    """An exported diffusion pipeline -> its colorizer, sampling with ``scheduler`` (ddpm, ddim, dpm or dpm-sde) for
     ``num_inference_steps`` (default: the sampler recorded in the export, else DPM-Solver with 20 steps), with
     classifier-free ``guidance_scale`` (1: none). A refining model carries its regressor in ``regressor/``."""
     from diffusers.utils import logging as diffusers_logging
