@@ -208,7 +208,7 @@ def test_the_cpu_small_preset_samples_the_refining_model_with_its_own_sampler():
 
     plan = Reproduction(parse_args(["--preset", "cpu-small", "--num_processes", "1"]))
     table = plan.evaluation_command()
-    assert table[table.index("--samplers") + 1] == "dpm:20,Diffusion refining CNN=ddpm:100"
+    assert table[table.index("--samplers") + 1] == "dpm:20,Diffusion refining CNN=ddpm:75"
     # every diffusion model validates during training with the fast shared sampler
     for model in ("diffusion", "refine"):
         command = plan.training_command(model)
