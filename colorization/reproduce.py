@@ -100,8 +100,9 @@ PRESETS = {
         # DDPM-75 for the refining model, chosen on the 64 validation images (K = 8; docs/reproducing.md): the one
         # sampler there with both its spread matching its error (spread-skill 0.90) and a per-image colorfulness
         # gap clearly under the CNN's and the plain model's. DDPM-100 spreads more (0.95 in the table of 8b97b5b)
-        # but its single samples' colors missed the right photos; DDPM-50 and DPM-20 spread too little. The plain
-        # model keeps DPM-20 (DDPM-100 is calibrated for it on the curve, but would add another hour here).
+        # but its single samples' colors missed the right photos; on these images so did DPM-20 and DPM-SDE-20
+        # (0.90 too), and DDPM-50 spreads too little (0.82). The plain model keeps DPM-20 (DDPM-100 is calibrated
+        # for it on the curve, but would add another hour here).
         samplers="dpm:20,refine=ddpm:75",
         # The small UNet, clean-ab prediction, lr 5e-4 after 100 warm-up steps: measured over 1,300 steps on
         # these cats against v-prediction with min-SNR 5 and zero terminal SNR (docs/models.md, Diffusion). Samplers are
