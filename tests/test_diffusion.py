@@ -14,6 +14,7 @@ from colorization.data import DataConfig
 from colorization.errors import ColorizationError
 from colorization.models.diffusion import (
     SAMPLERS,
+    STOCHASTIC_SAMPLERS,
     LabColorizationPipeline,
     LabConditionedUNet,
     colorizer_from_parts,
@@ -151,7 +152,7 @@ def test_pipeline_same_seed_same_colors_other_seed_other_colors():
     assert not torch.equal(sample(1), sample(2))
 
 
-@pytest.mark.parametrize("scheduler", ["ddpm", "dpm-sde"])
+@pytest.mark.parametrize("scheduler", STOCHASTIC_SAMPLERS)
 def test_a_stochastic_sampler_draws_each_images_noise_from_its_own_generator(scheduler):
     # Every step adds noise: it must come from the image's own generator, so that an image's colors do not
     # depend on the batch it is sampled in, and differ from those of the deterministic sampler of the same start.

@@ -35,8 +35,8 @@ from colorization.errors import ColorizationError
 
 NUM_TRAIN_TIMESTEPS = 1000
 REGRESSOR_DIR = "regressor"  # a refining model's export holds its regressor's export here
-# dpm-sde is DPM-Solver++ (2M) on the SDE: the same multistep solver as dpm, plus fresh noise at every step, so
-# that few steps sample the spread that DDPM needs many steps for.
+# dpm-sde is DPM-Solver++ (2M) on the SDE: the same multistep solver as dpm, plus fresh noise at every step. (On the
+# cpu-small refining model it spread no more than dpm at 20 steps: docs/reproducing.md.)
 SAMPLERS = {
     "ddpm": DDPMScheduler,
     "ddim": DDIMScheduler,
@@ -44,6 +44,7 @@ SAMPLERS = {
     "dpm-sde": DPMSolverMultistepScheduler,
 }
 assert set(SAMPLERS) == set(SAMPLER_NAMES), "the flags check sampler names against config.SAMPLER_NAMES"
+STOCHASTIC_SAMPLERS = ("ddpm", "dpm-sde")  # they draw noise at every step, from each image's own generator
 DEFAULT_SAMPLER = ("dpm", 20)  # validation, evaluate.py and colorize, unless told otherwise
 # DDIM and DPM-Solver start at the last training timestep ("trailing", Lin et al. 2024): with "leading" a
 # 20-step sampler starts at t = 950 from pure noise, a noisier input than any the model saw at that step.
@@ -215,8 +216,7 @@ class LabColorizationPipeline(DiffusionPipeline):
             )
             * self.scheduler.init_noise_sigma
         )
-        # the stochastic samplers (ddpm, dpm-sde) draw each step's noise from the same per-image generators
-        extra = {"generator": generator} if sampler_name(self.scheduler) in ("ddpm", "dpm-sde") else {}
+        extra = {"generator": generator} if sampler_name(self.scheduler) in STOCHASTIC_SAMPLERS else {}
         for timestep in self.progress_bar(self.scheduler.timesteps):
             model_input = self.scheduler.scale_model_input(sample, timestep)
             prediction = unet(model_input, timestep, lightness, regressor_ab)
