@@ -3,7 +3,8 @@
     python -m colorization.compare results/cpu-small/evaluation "Diffusion refining CNN (DPM-20)" CNN
 
 For each per-image metric both rows have (PSNR, SSIM, LPIPS, the per-image colorfulness gap |row - truth|;
-and, where both rows have K samples, the PSNR of the mean of K), the mean over the images of row A's value
+where both rows have K samples, the PSNR of the mean of K; where one has, the colorfulness CRPS, which is a
+deterministic row's per-image gap), the mean over the images of row A's value
 minus row B's on the same image, with the 95% bootstrap interval from the same resampled images as the
 table (``resample_counts`` with the evaluation's seed). A difference whose interval crosses zero is not a
 result; the output says which do not.
@@ -24,7 +25,7 @@ from colorization.errors import ColorizationError, cli_entry_point
 from colorization.metrics import percentile_interval, resample_counts
 from colorization.report import TRUTH
 
-METRICS = ("psnr", "ssim", "lpips", "colorfulness_gap", "psnr_mean")
+METRICS = ("psnr", "ssim", "lpips", "colorfulness_gap", "psnr_mean", "colorfulness_crps")
 
 
 def _per_image(folder: str) -> tuple[dict, int]:
@@ -55,6 +56,9 @@ def paired_differences(folder: str, first: str, second: str) -> dict:
     for row in (first, second):
         colorfulness = values[row].get("colorfulness", {})
         values[row]["colorfulness_gap"] = {i: abs(v - truth[i]) for i, v in colorfulness.items() if i in truth}
+    if any("colorfulness_crps" in values[row] for row in (first, second)):
+        for row in (first, second):  # a deterministic row's CRPS is its per-image gap
+            values[row].setdefault("colorfulness_crps", values[row]["colorfulness_gap"])
     result = {}
     for metric in METRICS:
         a, b = values[first].get(metric, {}), values[second].get(metric, {})

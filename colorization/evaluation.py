@@ -410,7 +410,7 @@ class Evaluator:
                     truth,
                     batch["index"],
                     self.config.seed,
-                    ("psnr", "ssim"),
+                    ("psnr", "ssim", *(["colorfulness"] if "colorfulness" in self.metrics else [])),
                     num_samples=self.config.num_samples,
                 )
                 self._gather(per_image.setdefault(row, {}), {**values, "index": batch["index"]}, batch["readable"])
@@ -552,9 +552,20 @@ def _summarize_samples(values: dict, samples: dict, seed: int) -> dict:
             "psnr": _stat(metrics["psnr"][positions], counts),
             "psnr_vs_gray": _stat(metrics["psnr"][positions] - gray["psnr"][positions], counts),
         }
+        crps = _colorfulness_crps(values, samples, row, positions)
+        if crps is not None:
+            entry["colorfulness_crps"] = _stat(crps, counts)
         if row in samples and "spread2" in samples[row]:
             regressors = [r for r in values if r not in (GRAY, TRUTH, *samples) and not r.startswith(MEAN_AB)]
             entry.update(_calibration(values, samples[row], regressors, positions, counts))
+            # against every deterministic model and every stochastic row listed before this one
+            others = regressors + [r for r in samples if list(samples).index(r) < list(samples).index(row)]
+            if crps is not None:
+                entry["colorfulness_crps_vs"] = {
+                    other: _stat(crps - theirs, counts)
+                    for other in others
+                    if (theirs := _colorfulness_crps(values, samples, other, positions)) is not None
+                }
         if row in samples:
             mean_of_k = samples[row]
             entry.update(
@@ -565,6 +576,17 @@ def _summarize_samples(values: dict, samples: dict, seed: int) -> dict:
             )
         result[row] = entry
     return result
+
+
+def _colorfulness_crps(values: dict, samples: dict, row: str, positions: np.ndarray) -> Optional[np.ndarray]:
+    """A row's per-image colorfulness CRPS on the images with K samples: a stochastic row's from its K samples, a
+    deterministic row's its per-image gap |colorfulness - the truth's| (the CRPS of a single value); None
+    without colorfulness."""
+    if row in samples:
+        return samples[row].get("colorfulness_crps")
+    if "colorfulness" not in values[row] or "colorfulness" not in values[TRUTH]:
+        return None
+    return np.abs(values[row]["colorfulness"][positions] - values[TRUTH]["colorfulness"][positions])
 
 
 def _calibration(values: dict, mean_of_k: dict, regressors: list, positions: np.ndarray, counts: np.ndarray) -> dict:

@@ -19,6 +19,7 @@ from colorization.colorizer import Colorizer
 from colorization.metrics import (
     ab_histogram,
     colorfulness,
+    colorfulness_crps,
     ensemble_calibration,
     is_gray_truth,
     psnr_per_image,
@@ -66,8 +67,9 @@ def measure(
     mean ab of K samples joined with L), ``diversity`` (the mean distance in Lab ab units between two samples of
     an image, averaged over pixels and pairs), and ``spread2``/``error2``/``num_samples``: the spread of the K
     samples and the error of their mean in sRGB (:func:`~colorization.metrics.ensemble_calibration`), from which
-    the table estimates the spread-skill ratio and the PSNR of the sampler's own posterior mean; the prediction
-    is sample 0.
+    the table estimates the spread-skill ratio and the PSNR of the sampler's own posterior mean; with
+    ``colorfulness`` in ``metrics`` also ``colorfulness_crps`` (:func:`~colorization.metrics.colorfulness_crps`
+    of the K samples against the truth). The prediction is sample 0.
     """
     truth = truth.float()
     lightness, _ = color.rgb_to_normalized_lab(truth)
@@ -80,9 +82,11 @@ def measure(
     values = image_metrics(prediction, truth, metrics, lpips)
     if samples > 1:
         # in the space PSNR is computed in: sRGB in [0, 1]
-        spread2, error2 = ensemble_calibration(
-            torch.stack([color.normalized_lab_to_rgb(lightness, ab[k]) for k in range(samples)]), truth
-        )
+        sample_rgb = torch.stack([color.normalized_lab_to_rgb(lightness, ab[k]) for k in range(samples)])
+        spread2, error2 = ensemble_calibration(sample_rgb, truth)
+        if "colorfulness" in metrics:
+            sample_colorfulness = colorfulness(sample_rgb.flatten(0, 1)).view(samples, count)
+            values["colorfulness_crps"] = colorfulness_crps(sample_colorfulness, colorfulness(truth)).float()
         values.update(
             spread2=spread2.float(), error2=error2.float(), num_samples=torch.full_like(spread2, samples).float()
         )

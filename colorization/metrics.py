@@ -135,6 +135,24 @@ def posterior_mean_psnr(spread2: np.ndarray, error2: np.ndarray, k: np.ndarray) 
     return np.minimum(10.0 * np.log10(1.0 / mse), PSNR_CAP_DB)
 
 
+def colorfulness_crps(samples: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """K samples' colorfulness (K, N) and the truth's (N,) -> per image the continuous ranked probability score
+    of the samples as a forecast of the truth's colorfulness, in its fair (unbiased for K -> infinity) form:
+    mean_k |c_k - y| - sum_{j != k} |c_j - c_k| / (2 K (K - 1)) (Gneiting and Raftery 2007; Ferro 2014).
+
+    It is a proper score: no forecast beats the true distribution's on average. The single-sample per-image gap
+    |c_1 - y| is not: a perfect sampler's is E|c - c'|, over the best constant's E|c - median| (a factor
+    sqrt(2) for a Gaussian), so it rewards too little spread. For a deterministic model (every sample alike) the
+    CRPS is its per-image gap |c - y|, so the two kinds of rows compare on one scale."""
+    k = samples.shape[0]
+    if k < 2:
+        raise ValueError("the fair CRPS needs at least two samples")
+    samples, truth = samples.double(), truth.double()
+    skill = (samples - truth).abs().mean(dim=0)
+    spread = (samples[:, None] - samples[None]).abs().sum(dim=(0, 1)) / (2 * k * (k - 1))
+    return skill - spread
+
+
 def spread_skill_ratio(spread2: np.ndarray, error2: np.ndarray, k: float, counts: np.ndarray) -> dict:
     """sqrt((1 + 1/K) mean spread^2 / mean error^2) over the images: 1 calibrated, < 1 under-dispersed, > 1
     over-dispersed -> {"mean", "ci95"}, the interval from the resamples ``counts`` (those of the whole table)."""

@@ -136,7 +136,7 @@ def markdown_table(summary: dict, settings: dict) -> str:
 
 def _samples_table(samples: dict, k: int) -> list[str]:
     """The stochastic models' table: one sample, the mean of K, the sampler's own posterior mean, calibration."""
-    table, differences = [], []
+    table, differences, crps_differences = [], [], []
     for row, stats in samples.items():
         if row == "num_images":
             continue
@@ -147,10 +147,13 @@ def _samples_table(samples: dict, k: int) -> list[str]:
                 _format(stats.get("spread_skill"), 2),
                 _format(stats.get("ssim_mean"), 4),
                 _format(stats.get("diversity"), 2),
+                _format(stats.get("colorfulness_crps"), 2),
             ]
         )
         for other, difference in stats.get("psnr_posterior_vs", {}).items():
             differences.append(f"{row} - {other}: {_format(difference, 2)} dB")
+        for other, difference in stats.get("colorfulness_crps_vs", {}).items():
+            crps_differences.append(f"{row} - {other}: {_format(difference, 2)}")
     titles = ["Model", "PSNR, one sample (dB)", "Δ vs gray", f"PSNR, mean of {k} (dB)", "Δ vs gray"]
     titles += ["PSNR, posterior mean (dB)", "Δ vs gray", "Spread-skill ratio", f"SSIM, mean of {k}"]
     lines = [
@@ -158,19 +161,29 @@ def _samples_table(samples: dict, k: int) -> list[str]:
         f"Stochastic models, {k} samples per image, on the first {samples['num_images']} of these images (every "
         "row on those same images):",
         "",
-        *_rows_table([*titles, "Diversity (ab units)"], table),
+        *_rows_table([*titles, "Diversity (ab units)", "Colorfulness CRPS ↓"], table),
         "",
         f"The mean of {k} samples estimates the posterior mean; a sampler that draws from the true posterior scores "
         "about 3 dB under it on PSNR with one sample, and even a perfect sampler's mean of K sits 10 log10(1 + 1/K) "
         "dB under its posterior mean. PSNR, posterior mean: the sampler's own posterior mean (K -> infinity), "
         "estimated without bias per image from error^2 - spread^2 / K in sRGB. Spread-skill ratio: "
         "sqrt((1 + 1/K) mean spread^2 / mean error^2); 1 is calibrated, under 1 too little spread for the error, "
-        "over 1 too much. Diversity: the mean distance between two samples of an image.",
+        "over 1 too much. Diversity: the mean distance between two samples of an image. Colorfulness CRPS: "
+        f"how well the {k} samples' colorfulness forecasts the truth's, per image (the fair continuous ranked "
+        "probability score, a proper score); for a deterministic row it is its per-image colorfulness gap. A "
+        "single sample's per-image gap is not a proper score: even a perfect sampler's is larger than that of "
+        "the best single guess, so it rewards too little spread.",
     ]
     if differences:
         lines += [
             "",
             "Posterior mean against each deterministic model (paired, same images): " + "; ".join(differences) + ".",
+        ]
+    if crps_differences:
+        lines += [
+            "",
+            "Colorfulness CRPS against each model before it (paired, same images; under 0: the colors' amount lands "
+            "in the right photos more often): " + "; ".join(crps_differences) + ".",
         ]
     return lines
 

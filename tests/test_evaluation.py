@@ -247,6 +247,39 @@ def test_same_command_twice_gives_the_same_table_with_sampled_rows(three_models,
     difference = diffusion["psnr_posterior"]["mean"] - samples["CNN"]["psnr"]["mean"]
     assert diffusion["psnr_posterior_vs"]["CNN"]["mean"] == pytest.approx(difference, abs=1e-5)
     assert "Spread-skill ratio" in (tmp_path / "a" / "table.md").read_text()
+    # the colorfulness CRPS: from the K samples for the diffusion row, the per-image gap for the CNN
+    cnn_gap = np.abs(first["values"]["CNN"]["colorfulness"][:6] - first["values"][TRUTH]["colorfulness"][:6])
+    assert samples["CNN"]["colorfulness_crps"]["mean"] == pytest.approx(cnn_gap.mean(), abs=1e-4)
+    crps = first["samples"]["Diffusion"]["colorfulness_crps"]
+    assert diffusion["colorfulness_crps"]["mean"] == pytest.approx(crps.mean(), abs=1e-4)
+    assert diffusion["colorfulness_crps_vs"]["CNN"]["mean"] == pytest.approx(crps.mean() - cnn_gap.mean(), abs=1e-4)
+    assert "Colorfulness CRPS against each model before it" in (tmp_path / "a" / "table.md").read_text()
+    from colorization.compare import paired_differences
+
+    paired = paired_differences(str(tmp_path / "a"), "Diffusion", "CNN")["colorfulness_crps"]
+    assert paired["images"] == 6 and paired["mean"] == pytest.approx(crps.mean() - cnn_gap.mean(), abs=1e-4)
+
+
+def test_colorfulness_crps_on_cases_with_a_known_answer():
+    from colorization.metrics import colorfulness_crps
+
+    rng = np.random.default_rng(0)
+    k, images, sigma = 8, 20000, 4.0
+    centre = rng.uniform(10, 40, images)
+    truth = centre + sigma * rng.standard_normal(images)
+    calibrated = centre + sigma * rng.standard_normal((k, images))
+    crps = colorfulness_crps(torch.from_numpy(calibrated), torch.from_numpy(truth)).numpy()
+    # the CRPS of N(m, s^2) for y ~ N(m, s^2) is s / sqrt(pi) on average (fair estimator: no bias at K = 8)
+    assert crps.mean() == pytest.approx(sigma / math.sqrt(math.pi), rel=0.03)
+    # a single sample's gap E|c - y| = 2 s / sqrt(pi), worse than the constant centre's E|m - y| = s sqrt(2 / pi)
+    assert np.abs(calibrated[0] - truth).mean() > np.abs(centre - truth).mean() * 1.3
+    # ... while the CRPS ranks the calibrated samples above the centre (whose CRPS is its gap) and above shrunk ones
+    assert crps.mean() < np.abs(centre - truth).mean()
+    shrunk = centre + 0.3 * sigma * rng.standard_normal((k, images))
+    assert crps.mean() < colorfulness_crps(torch.from_numpy(shrunk), torch.from_numpy(truth)).numpy().mean()
+    # a deterministic forecast (all samples alike) scores its gap exactly
+    same = torch.from_numpy(np.repeat(centre[None], k, axis=0))
+    np.testing.assert_allclose(colorfulness_crps(same, torch.from_numpy(truth)).numpy(), np.abs(centre - truth))
 
 
 def test_black_and_white_ground_truths_are_left_out_of_every_row(three_models, tmp_path):
