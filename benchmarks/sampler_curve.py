@@ -68,8 +68,8 @@ def run(args) -> list[dict]:
     joined = {row: {k: v[kept] for k, v in found.items()} for row, found in joined.items()}
     for name in rows:
         if "psnr_mean" in joined[name]:
-            keys = ("psnr_mean", "ssim_mean", "diversity", "spread2", "error2", "num_samples", "index")
-            samples[name] = {k: joined[name][k] for k in keys}
+            keys = ("psnr_mean", "ssim_mean", "diversity", "spread2", "error2", "num_samples", "colorfulness_crps")
+            samples[name] = {k: joined[name][k] for k in (*keys, "index") if k in joined[name]}
     summary = summarize(joined, args.seed, samples)
     results = []
     for name in rows:
@@ -88,6 +88,7 @@ def run(args) -> list[dict]:
                 "psnr_posterior_mean": mean_stats.get("psnr_posterior"),
                 "spread_skill_ratio": mean_stats.get("spread_skill"),
                 "diversity": mean_stats.get("diversity"),
+                "colorfulness_crps": mean_stats.get("colorfulness_crps"),
                 "k": args.num_samples if "psnr_mean" in mean_stats else 1,
                 "colorfulness": stats["colorfulness"],
                 "colorfulness_gap": stats["colorfulness_gap"],
@@ -128,8 +129,9 @@ def write(results: list[dict], reference: dict, args, hardware: str) -> None:
     k = args.num_samples
     lines = [
         f"| Sampler | Steps | Guidance | PSNR, one sample | Δ vs gray | PSNR, mean of {k} | PSNR, posterior mean | "
-        "Spread-skill ratio | Diversity | Colorfulness | Colorfulness gap ↓ | ab distance ↓ | s per sample |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "Spread-skill ratio | Diversity | Colorfulness | Colorfulness gap ↓ | Colorfulness CRPS ↓ | ab distance ↓ | "
+        "s per sample |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
@@ -137,7 +139,8 @@ def write(results: list[dict], reference: dict, args, hardware: str) -> None:
             f"{_cell(r['psnr_vs_gray'])} | "
             f"{_cell(r['psnr_mean_of_k'])} | {_cell(r.get('psnr_posterior_mean'))} | "
             f"{_cell(r.get('spread_skill_ratio'))} | {_cell(r['diversity'])} | {_cell(r['colorfulness'])} | "
-            f"{_cell(r['colorfulness_gap'])} | {_cell(r['ab_distance'])} | {r['seconds_per_sample']:.3f} |"
+            f"{_cell(r['colorfulness_gap'])} | {_cell(r.get('colorfulness_crps'))} | {_cell(r['ab_distance'])} | "
+            f"{r['seconds_per_sample']:.3f} |"
         )
     lines += [
         "",
