@@ -84,8 +84,8 @@ def measure(
         # in the space PSNR is computed in: sRGB in [0, 1]
         sample_rgb = torch.stack([color.normalized_lab_to_rgb(lightness, ab[k]) for k in range(samples)])
         spread2, error2 = ensemble_calibration(sample_rgb, truth)
-        if "colorfulness" in metrics:
-            sample_colorfulness = colorfulness(sample_rgb.flatten(0, 1)).view(samples, count)
+        if "colorfulness" in metrics:  # sample 0's is already measured: it is the prediction
+            sample_colorfulness = torch.stack([values["colorfulness"], *map(colorfulness, sample_rgb[1:])])
             values["colorfulness_crps"] = colorfulness_crps(sample_colorfulness, colorfulness(truth)).float()
         values.update(
             spread2=spread2.float(), error2=error2.float(), num_samples=torch.full_like(spread2, samples).float()
