@@ -85,12 +85,15 @@ def run(args) -> list[dict]:
                 "psnr": stats["psnr"],
                 "psnr_vs_gray": stats["psnr_vs_gray"],
                 "psnr_mean_of_k": mean_stats.get("psnr_mean"),
-                "psnr_posterior_mean": mean_stats.get("psnr_posterior"),
+                # pooled over the images in the MSE domain (a mean of per-image logs of its estimate is biased)
+                "pooled_psnr_posterior_mean": mean_stats.get("pooled_psnr_posterior"),
                 "spread_skill_ratio": mean_stats.get("spread_skill"),
                 "diversity": mean_stats.get("diversity"),
-                "colorfulness_crps": mean_stats.get("colorfulness_crps"),
-                "k": args.num_samples if "psnr_mean" in mean_stats else 1,
+                # a row with one sample per image has no CRPS: its "forecast" would be a single value
+                "colorfulness_crps": mean_stats.get("colorfulness_crps") if name in samples else None,
+                "k": args.num_samples if name in samples else 1,
                 "colorfulness": stats["colorfulness"],
+                "colorfulness_vs_truth": stats["colorfulness_vs_truth"],
                 "colorfulness_gap": stats["colorfulness_gap"],
                 "ab_distance": stats["ab_distance"],
                 "seconds_per_sample": round(timing[name], 4),
@@ -108,7 +111,8 @@ def _cell(stat, digits=2) -> str:
     if stat is None:
         return "—"
     low, high = stat["ci95"]
-    return f"{stat['mean']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+    interval = "" if low != low else f" [{low:.{digits}f}, {high:.{digits}f}]"  # NaN: no interval
+    return f"{stat['mean']:.{digits}f}{interval}"
 
 
 def write(results: list[dict], reference: dict, args, hardware: str) -> None:
@@ -128,25 +132,31 @@ def write(results: list[dict], reference: dict, args, hardware: str) -> None:
         )
     k = args.num_samples
     lines = [
-        f"| Sampler | Steps | Guidance | PSNR, one sample | Δ vs gray | PSNR, mean of {k} | PSNR, posterior mean | "
-        "Spread-skill ratio | Diversity | Colorfulness | Colorfulness gap ↓ | Colorfulness CRPS ↓ | ab distance ↓ | "
-        "s per sample |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| Sampler | Steps | Guidance | K | PSNR, one sample | Δ vs gray | PSNR, mean of K | Pooled PSNR, posterior "
+        "mean | Spread-skill ratio | Diversity | Colorfulness | Colorfulness − truth | Colorfulness gap ↓ | "
+        "Colorfulness CRPS ↓ | ab distance ↓ | s per sample |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r['sampler'].upper()} | {r['steps']} | {r['guidance']:g} | {_cell(r['psnr'])} | "
+            f"| {r['sampler'].upper()} | {r['steps']} | {r['guidance']:g} | {r['k']} | {_cell(r['psnr'])} | "
             f"{_cell(r['psnr_vs_gray'])} | "
-            f"{_cell(r['psnr_mean_of_k'])} | {_cell(r.get('psnr_posterior_mean'))} | "
+            f"{_cell(r['psnr_mean_of_k'])} | {_cell(r.get('pooled_psnr_posterior_mean'))} | "
             f"{_cell(r.get('spread_skill_ratio'))} | {_cell(r['diversity'])} | {_cell(r['colorfulness'])} | "
-            f"{_cell(r['colorfulness_gap'])} | {_cell(r.get('colorfulness_crps'))} | {_cell(r['ab_distance'])} | "
+            f"{_cell(r['colorfulness_vs_truth'])} | {_cell(r['colorfulness_gap'])} | "
+            f"{_cell(r.get('colorfulness_crps'))} | {_cell(r['ab_distance'])} | "
             f"{r['seconds_per_sample']:.3f} |"
         )
     lines += [
         "",
         f"{results[0]['images']} held-out images at {args.resolution}x{args.resolution}; gray (ab = 0) PSNR "
         f"{_cell(reference['gray_psnr'])}, ground-truth colorfulness {_cell(reference['truth_colorfulness'])}, "
-        f"gray's ab distance {_cell(reference['gray_ab_distance'])}. Mean [95% bootstrap interval over images]; "
+        f"gray's ab distance {_cell(reference['gray_ab_distance'])}. Mean [95% bootstrap interval over images]. "
+        "K: samples per image; a row with K = 1 has no mean of K, posterior mean, spread or CRPS (its one sample "
+        "would be scored as a deterministic guess). Pooled PSNR, posterior mean: 10 log10(1 / MSE) of the "
+        "sampler's own posterior mean, its per-image error estimated without bias from the K samples and pooled "
+        "over the images before the log. Colorfulness gap: |colorfulness − truth| (its interval is the signed "
+        "column's; one of the absolute value would be biased away from zero); "
         f"seconds per sample on {hardware}, fp32, batch {args.batch_size}.",
     ]
     with open(os.path.join(args.output_dir, "sampler_curve.md"), "w") as handle:

@@ -6,8 +6,11 @@ For each per-image metric both rows have (PSNR, SSIM, LPIPS, the per-image color
 where both rows have K samples, the PSNR of the mean of K; where one has, the colorfulness CRPS, which is a
 deterministic row's per-image gap), the mean over the images of row A's value
 minus row B's on the same image, with the 95% bootstrap interval from the same resampled images as the
-table (``resample_counts`` with the evaluation's seed). A difference whose interval crosses zero is not a
-result; the output says which do not.
+table (``resample_counts`` with the evaluation's seed). Then, in the MSE domain, the pooled dB row A gains
+over row B (10 log10 of B's mean MSE over A's, over the same images): for one prediction, for the mean of K
+and for the posterior mean (a stochastic row's own, estimated without bias per image and pooled before the
+log; a deterministic row's posterior mean is its prediction). A difference whose interval crosses zero is
+not a result; the output says which do not.
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ import numpy as np
 
 from colorization.config import HelpFormatter, existing_folder
 from colorization.errors import ColorizationError, cli_entry_point
-from colorization.metrics import percentile_interval, resample_counts
+from colorization.metrics import mse_from_psnr, percentile_interval, pooled_gain, posterior_mean_mse, resample_counts
 from colorization.report import TRUTH
 
 METRICS = ("psnr", "ssim", "lpips", "colorfulness_gap", "psnr_mean", "colorfulness_crps")
+# pooled comparisons in the MSE domain: name -> which of a row's per-image MSEs
+POOLED = ("pooled_one", "pooled_mean", "pooled_posterior")
 
 
 def _per_image(folder: str) -> tuple[dict, int]:
@@ -72,7 +77,37 @@ def paired_differences(folder: str, first: str, second: str) -> dict:
             "ci95": percentile_interval(counts @ differences / len(images)),
             "images": len(images),
         }
+    mse = {row: _mse_forms(values[row]) for row in (first, second)}
+    for form in POOLED:
+        a, b = mse[first].get(form, {}), mse[second].get(form, {})
+        images = sorted(set(a) & set(b))
+        sampled = any("spread2" in values[row] for row in (first, second))
+        if len(images) < 2 or (form != "pooled_one" and not sampled):  # two deterministic rows: one form
+            continue
+        counts = resample_counts(len(images), seed)
+        gain = pooled_gain(np.array([a[i] for i in images]), np.array([b[i] for i in images]), counts)
+        result[form] = {**gain, "images": len(images)}
     return result
+
+
+def _mse_forms(row: dict) -> dict:
+    """A row's per-image MSEs by form -> {"pooled_one"|"pooled_mean"|"pooled_posterior": {image: MSE}}: one
+    prediction's; the mean of K's; the posterior mean's (a stochastic row's unbiased estimate, a deterministic
+    row's prediction). Where a row has no mean of K, its prediction stands for it only if it is deterministic."""
+    one = {i: float(mse_from_psnr(v)) for i, v in row.get("psnr", {}).items()}
+    forms = {"pooled_one": one}
+    if "spread2" in row:
+        images = [i for i in row["spread2"] if i in row["error2"] and i in row["num_samples"]]
+        estimate = posterior_mean_mse(
+            [row["spread2"][i] for i in images],
+            [row["error2"][i] for i in images],
+            [row["num_samples"][i] for i in images],
+        )
+        forms["pooled_posterior"] = dict(zip(images, estimate.tolist()))
+        forms["pooled_mean"] = {i: float(mse_from_psnr(v)) for i, v in row.get("psnr_mean", {}).items()}
+    else:
+        forms["pooled_posterior"] = forms["pooled_mean"] = one
+    return forms
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,7 +124,10 @@ def run(argv=None) -> int:
     args = build_parser().parse_args(argv)
     found = paired_differences(args.evaluation, args.first, args.second)
     print(f"{args.first} minus {args.second}, paired over the same images (mean [95% bootstrap interval]):")
+    pooled = {metric: stat for metric, stat in found.items() if metric in POOLED}
     for metric, stat in found.items():
+        if metric == POOLED[0] and pooled:
+            print(f"Pooled in the MSE domain, the dB {args.first} gains (10 log10 of the ratio of mean MSEs):")
         low, high = stat["ci95"]
         verdict = "" if low > 0 or high < 0 else "   (interval crosses 0: no difference shown)"
         print(f"  {metric:<17} {stat['mean']:+.4f} [{low:+.4f}, {high:+.4f}] on {stat['images']} images{verdict}")

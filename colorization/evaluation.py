@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from dataclasses import asdict, dataclass
 from typing import Optional
 
@@ -61,8 +60,11 @@ from colorization.measure import gray_baseline, mean_ab_baseline, measure, truth
 from colorization.metrics import (
     GRAY_TRUTH_CHROMA,
     bootstrap_mean,
+    mse_from_psnr,
     percentile_interval,
-    posterior_mean_psnr,
+    pooled_gain,
+    pooled_psnr,
+    posterior_mean_mse,
     resample_counts,
     sliced_wasserstein,
     spread_skill_ratio,
@@ -247,7 +249,8 @@ class Evaluator:
                 self.guidance_of_rows[row] = sampling.get("guidance_scale", 1.0)
                 self.trainings[row] = self.exports[name].get("training", {})
         self.mean_abs = mean_ab_rows(self.paths)
-        self.seconds = {row: 0.0 for row in self.colorizers}  # inference time on this process
+        # per row, the model's own time on this process and the images it colorized (measure's timing)
+        self.timings = {row: {"seconds": 0.0, "images": 0} for row in self.colorizers}
         self.lpips = (
             lpips_model
             if lpips_model is not None or "lpips" not in self.metrics
@@ -298,21 +301,14 @@ class Evaluator:
         )
         rows = {}
         for row, colorizer in self.colorizers.items():
-            started = self._now()
-            values, prediction, _ = measure(colorizer, truth, indices, self.config.seed, metrics, self.lpips)
-            if timed:
-                self.seconds[row] += self._now() - started
+            timing = self.timings[row] if timed else None
+            values, prediction, _ = measure(colorizer, truth, indices, self.config.seed, metrics, self.lpips, 1, timing)
             rows[row] = (values, prediction)
         for row, mean_ab in self.mean_abs.items():
             rows[row] = mean_ab_baseline(truth, mean_ab, metrics, self.lpips)
         rows[GRAY] = gray_baseline(truth, metrics, self.lpips)
         rows[TRUTH] = (truth_values(truth, metrics), truth)
         return rows
-
-    def _now(self) -> float:
-        if self.accelerator.device.type == "cuda":
-            torch.cuda.synchronize(self.accelerator.device)
-        return time.perf_counter()
 
     def _loader(self, dataset) -> DataLoader:
         return self.accelerator.prepare(
@@ -362,7 +358,7 @@ class Evaluator:
             "samples": samples,
             "grid": grid,
             "num_images": len(values[TRUTH]["index"]),
-            "costs": self.costs(len(values[TRUTH]["index"])),
+            "costs": self.costs(),
             "unreadable": unreadable,
             "hashes_checked": len(hashes),
         }
@@ -423,19 +419,23 @@ class Evaluator:
         truth = batch_to_rgb(samples, self.accelerator.device)
         return {row: output for row, (_, output) in self._rows(truth, samples["index"], timed=False).items()}
 
-    def costs(self, num_images: int) -> dict:
-        """Per model row: parameters, inference milliseconds per image (mean over processes), training costs."""
-        seconds = torch.tensor(
-            [self.seconds[row] for row in self.colorizers], dtype=torch.float64, device=self.accelerator.device
+    def costs(self) -> dict:
+        """Per model row: parameters, inference milliseconds per image (the model alone, without metrics or
+        color conversion: its seconds summed over processes / the images it colorized there, padding
+        included; the main pass only, one sample per image), training costs."""
+        totals = torch.tensor(
+            [[self.timings[row]["seconds"], self.timings[row]["images"]] for row in self.colorizers],
+            dtype=torch.float64,
+            device=self.accelerator.device,
         )
-        seconds = self.accelerator.reduce(seconds, "sum").cpu().tolist()
+        totals = self.accelerator.reduce(totals, "sum").cpu().tolist()
         return {
             row: {
                 "parameters": count_parameters(colorizer.network),
-                "ms_per_image": 1000.0 * seconds[i] / max(num_images, 1),
+                "ms_per_image": 1000.0 * seconds / max(images, 1),
                 "training": self.trainings[row],
             }
-            for i, (row, colorizer) in enumerate(self.colorizers.items())
+            for (seconds, images), (row, colorizer) in zip(totals, self.colorizers.items())
         }
 
 
@@ -501,9 +501,11 @@ def summarize(values: dict, seed: int, samples: Optional[dict] = None) -> dict:
     """Means and paired 95% bootstrap intervals of every row (the same resampled images for all rows).
 
     Per row: each per-image metric; ``psnr_vs_gray``/``ssim_vs_gray``/``lpips_vs_gray``: the mean paired
-    difference to the gray row; ``colorfulness_gap``: |mean colorfulness - the truth's| over the data set;
-    ``colorfulness_gap_per_image``: the mean per-image |difference|; ``ab_distance``: the sliced Wasserstein
-    distance between the row's ab distribution over all pixels and the truth's (Lab units).
+    difference to the gray row; ``colorfulness_vs_truth``: the mean paired difference of colorfulness to the
+    truth's, with its interval; ``colorfulness_gap``: its absolute value (no interval: one of |difference|
+    resampled would be biased away from zero); ``colorfulness_gap_per_image``: the mean per-image |difference|;
+    ``ab_distance``: the sliced Wasserstein distance between the row's ab distribution over all pixels and the
+    truth's (Lab units).
     """
     counts = resample_counts(len(values[TRUTH]["index"]), seed)
     truth = values[TRUTH]
@@ -519,12 +521,10 @@ def summarize(values: dict, seed: int, samples: Optional[dict] = None) -> dict:
                     stats[f"{metric}_vs_gray"] = _stat(metrics[metric] - values[GRAY][metric], counts)
         if row != TRUTH and "colorfulness" in metrics:
             ours, theirs = metrics["colorfulness"], truth["colorfulness"]
-            n = len(ours)
-            gap = abs(ours.mean() - theirs.mean())
-            stats["colorfulness_gap"] = {
-                "mean": float(gap),
-                "ci95": percentile_interval(np.abs(counts @ ours / n - counts @ theirs / n)),
-            }
+            # the signed difference carries the interval: an interval of |difference| resampled is biased away
+            # from zero (a gap of 0.46 reads "[0.03, 2.11]" when the signed one is [-2.11, 1.20])
+            stats["colorfulness_vs_truth"] = _stat(ours - theirs, counts)
+            stats["colorfulness_gap"] = {"mean": float(abs(ours.mean() - theirs.mean())), "ci95": _NO_INTERVAL}
             stats["colorfulness_gap_per_image"] = _stat(np.abs(ours - theirs), counts)
         if row != TRUTH and "ab_histogram" in metrics:
             mine, reference = metrics["ab_histogram"].astype(np.float64), truth["ab_histogram"].astype(np.float64)
@@ -539,41 +539,57 @@ def summarize(values: dict, seed: int, samples: Optional[dict] = None) -> dict:
 
 
 def _summarize_samples(values: dict, samples: dict, seed: int) -> dict:
-    """The mean-of-K table: every row on the images that have K samples, paired with gray."""
+    """The mean-of-K table: every row on the images that have K samples, paired with gray.
+
+    Beside the per-image means of PSNR, every row gets ``pooled_psnr``, the PSNR of its MSE pooled over these
+    images, and a stochastic row also ``pooled_psnr_mean`` (its mean of K) and ``pooled_psnr_posterior`` (its
+    own posterior mean, K -> infinity, from the unbiased per-image estimate error^2 - spread^2 / K, which is
+    averaged before any log is taken). Comparisons of the posterior mean are made in that pooled form only, each
+    with its paired interval: ``posterior_vs`` (against every deterministic model and every stochastic row
+    before it), ``mean_vs`` (the mean of K, likewise) and ``posterior_gain_over_mean``."""
     indices = next(iter(samples.values()))["index"]
     positions = np.searchsorted(values[TRUTH]["index"], indices)
     counts = resample_counts(len(indices), seed)
     gray = values[GRAY]
     result = {"num_images": len(indices)}
-    for row, metrics in values.items():
-        if row == TRUTH or "psnr" not in metrics:
-            continue
+    rows = [row for row, metrics in values.items() if row != TRUTH and "psnr" in metrics]
+    # per row, the per-image MSE of its posterior mean: a deterministic row's is its prediction's
+    posterior_mse = {row: mse_from_psnr(values[row]["psnr"][positions]) for row in rows}
+    for row in rows:
+        if "spread2" in samples.get(row, {}):
+            found = samples[row]
+            posterior_mse[row] = posterior_mean_mse(found["spread2"], found["error2"], found["num_samples"])
+    for row in rows:
+        metrics = values[row]
+        one = mse_from_psnr(metrics["psnr"][positions])
         entry = {
             "psnr": _stat(metrics["psnr"][positions], counts),
             "psnr_vs_gray": _stat(metrics["psnr"][positions] - gray["psnr"][positions], counts),
+            "pooled_psnr": pooled_psnr(one, counts),
         }
         crps = _colorfulness_crps(values, samples, row, positions)
         if crps is not None:
             entry["colorfulness_crps"] = _stat(crps, counts)
-        if row in samples and "spread2" in samples[row]:
-            regressors = [r for r in values if r not in (GRAY, TRUTH, *samples) and not r.startswith(MEAN_AB)]
-            entry.update(_calibration(values, samples[row], regressors, positions, counts))
-            # against every deterministic model and every stochastic row listed before this one
-            others = regressors + [r for r in samples if list(samples).index(r) < list(samples).index(row)]
-            if crps is not None:
-                entry["colorfulness_crps_vs"] = {
-                    other: _stat(crps - theirs, counts)
-                    for other in others
-                    if (theirs := _colorfulness_crps(values, samples, other, positions)) is not None
-                }
         if row in samples:
             mean_of_k = samples[row]
             entry.update(
                 psnr_mean=_stat(mean_of_k["psnr_mean"], counts),
                 ssim_mean=_stat(mean_of_k["ssim_mean"], counts),
                 psnr_mean_vs_gray=_stat(mean_of_k["psnr_mean"] - gray["psnr"][positions], counts),
+                pooled_psnr_mean=pooled_psnr(mse_from_psnr(mean_of_k["psnr_mean"]), counts),
                 diversity=_stat(mean_of_k["diversity"], counts),
             )
+        if row in samples and "spread2" in samples[row]:
+            regressors = [r for r in values if r not in (GRAY, TRUTH, *samples) and not r.startswith(MEAN_AB)]
+            # against every deterministic model and every stochastic row listed before this one
+            others = regressors + [r for r in samples if list(samples).index(r) < list(samples).index(row)]
+            entry.update(_calibration(samples[row], {other: posterior_mse[other] for other in others}, counts))
+            if crps is not None:
+                entry["colorfulness_crps_vs"] = {
+                    other: _stat(crps - theirs, counts)
+                    for other in others
+                    if (theirs := _colorfulness_crps(values, samples, other, positions)) is not None
+                }
         result[row] = entry
     return result
 
@@ -589,21 +605,24 @@ def _colorfulness_crps(values: dict, samples: dict, row: str, positions: np.ndar
     return np.abs(values[row]["colorfulness"][positions] - values[TRUTH]["colorfulness"][positions])
 
 
-def _calibration(values: dict, mean_of_k: dict, regressors: list, positions: np.ndarray, counts: np.ndarray) -> dict:
-    """A stochastic row's spread-skill ratio and the PSNR of its own posterior mean (K -> infinity), with the
-    paired differences of the latter to gray and to each deterministic model (``regressors``) on the same images."""
+def _calibration(mean_of_k: dict, others: dict, counts: np.ndarray) -> dict:
+    """A stochastic row's spread-skill ratio and its own posterior mean (K -> infinity) in the MSE domain: its
+    pooled PSNR, and the pooled dB it gains over each of ``others`` (row -> the per-image MSE of that row's
+    posterior mean: a deterministic row's is its prediction's) and over its own mean of K, and its mean of K's
+    gain over each of ``others``."""
     spread2, error2, k = mean_of_k["spread2"], mean_of_k["error2"], mean_of_k["num_samples"]
-    posterior = posterior_mean_psnr(spread2, error2, k)
+    posterior = posterior_mean_mse(spread2, error2, k)
+    mean_mse = mse_from_psnr(mean_of_k["psnr_mean"])
     return {
         "spread_skill": spread_skill_ratio(spread2, error2, float(k[0]), counts),
-        "psnr_posterior": _stat(posterior, counts),
-        "psnr_posterior_vs_gray": _stat(posterior - values[GRAY]["psnr"][positions], counts),
-        "psnr_posterior_vs": {
-            other: _stat(posterior - values[other]["psnr"][positions], counts)
-            for other in regressors
-            if "psnr" in values[other]
-        },
+        "pooled_psnr_posterior": pooled_psnr(posterior, counts),
+        "posterior_gain_over_mean": pooled_gain(posterior, mean_mse, counts),
+        "posterior_vs": {other: pooled_gain(posterior, theirs, counts) for other, theirs in others.items()},
+        "mean_vs": {other: pooled_gain(mean_mse, theirs, counts) for other, theirs in others.items()},
     }
+
+
+_NO_INTERVAL = (float("nan"), float("nan"))
 
 
 def _stat(values: np.ndarray, counts: np.ndarray) -> dict:
@@ -660,9 +679,13 @@ def evaluate(
         "checkpoints": evaluator.checkpoints,
         "hub_models": evaluator.origins,  # repo id, revision and the commit that was evaluated
         "model_types": {name: c.model_type for name, c in evaluator.colorizers.items()},
-        "rows": {  # which model (--names) and guidance scale each model row is
-            row: {"model": evaluator.models_of_rows[row], "guidance_scale": evaluator.guidance_of_rows[row]}
-            for row in evaluator.colorizers
+        "rows": {  # which model (--names), guidance scale and (diffusion) sampler each model row is
+            row: {
+                "model": evaluator.models_of_rows[row],
+                "guidance_scale": evaluator.guidance_of_rows[row],
+                **({"sampler": c.sampler} if hasattr(c, "sampler") else {}),
+            }
+            for row, c in evaluator.colorizers.items()
         },
         "model_resolutions": {name: c.resolution for name, c in evaluator.colorizers.items()},
         "selections": {

@@ -9,6 +9,7 @@ so the numbers do not depend on batching, on the number of processes, or on wher
 
 from __future__ import annotations
 
+import time
 from typing import Sequence
 
 import numpy as np
@@ -59,6 +60,7 @@ def measure(
     metrics: Sequence[str],
     lpips=None,
     num_samples: int = 1,
+    timing: dict | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """Colorize and measure a batch -> (per-image values, predicted sRGB (N, 3, H, W), predicted normalized ab).
 
@@ -69,7 +71,8 @@ def measure(
     samples and the error of their mean in sRGB (:func:`~colorization.metrics.ensemble_calibration`), from which
     the table estimates the spread-skill ratio and the PSNR of the sampler's own posterior mean; with
     ``colorfulness`` in ``metrics`` also ``colorfulness_crps`` (:func:`~colorization.metrics.colorfulness_crps`
-    of the K samples against the truth). The prediction is sample 0.
+    of the K samples against the truth). The prediction is sample 0. ``timing`` (optional): its "seconds" and
+    "images" grow by the time the model alone took (no metric, no color conversion) and the images it colorized.
     """
     truth = truth.float()
     lightness, _ = color.rgb_to_normalized_lab(truth)
@@ -77,7 +80,11 @@ def measure(
     samples = num_samples if colorizer.stochastic else 1
     seeds = [sample_seed(seed, int(i), k) for k in range(samples) for i in indices]
     repeated = lightness.repeat(samples, 1, 1, 1)
+    started = _now(truth.device) if timing is not None else 0.0
     ab = colorizer.colorize_lightness(repeated, seeds).view(samples, count, 2, *lightness.shape[-2:])
+    if timing is not None:
+        timing["seconds"] = timing.get("seconds", 0.0) + _now(truth.device) - started
+        timing["images"] = timing.get("images", 0) + len(repeated)
     prediction = color.normalized_lab_to_rgb(lightness, ab[0])
     values = image_metrics(prediction, truth, metrics, lpips)
     if samples > 1:
@@ -97,6 +104,12 @@ def measure(
         distances = [(ab[j] - ab[k]).mul(color.AB_SCALE).norm(dim=1).mean(dim=(1, 2)) for j, k in pairs]
         values["diversity"] = torch.stack(distances).mean(dim=0)
     return values, prediction, ab[0]
+
+
+def _now(device: torch.device) -> float:
+    if device.type == "cuda":  # the GPU's queued work belongs to the interval it was queued in
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def gray_baseline(

@@ -128,11 +128,44 @@ def ensemble_calibration(samples: torch.Tensor, truth: torch.Tensor) -> tuple[to
     return spread2, error2
 
 
-def posterior_mean_psnr(spread2: np.ndarray, error2: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """PSNR (data range 1) of the sampler's own posterior mean (K -> infinity), per image, from the unbiased
-    estimate of its squared error, error^2 - spread^2 / K (floored at the PSNR cap's error)."""
-    mse = np.maximum(np.asarray(error2, np.float64) - np.asarray(spread2, np.float64) / np.asarray(k), MSE_FLOOR)
-    return np.minimum(10.0 * np.log10(1.0 / mse), PSNR_CAP_DB)
+def mse_from_psnr(psnr: np.ndarray) -> np.ndarray:
+    """Per-image mean squared error (data range 1) from its PSNR in dB (an image at the PSNR cap gets the
+    cap's error, ``MSE_FLOOR``)."""
+    return 10.0 ** (-np.asarray(psnr, np.float64) / 10.0)
+
+
+def posterior_mean_mse(spread2: np.ndarray, error2: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Per image, the unbiased estimate of the squared error of the sampler's own posterior mean (K -> infinity):
+    error^2 - spread^2 / K. Unbiased, but noisy (it can be negative for one image), so it is only ever averaged
+    over images before a log is taken (:func:`pooled_psnr`): a mean of per-image logs of it is biased upward
+    (log is concave), the more the noisier the estimate."""
+    return np.asarray(error2, np.float64) - np.asarray(spread2, np.float64) / np.asarray(k, np.float64)
+
+
+def pooled_psnr(mse: np.ndarray, counts: np.ndarray) -> dict:
+    """PSNR (data range 1) of the mean squared error pooled over the images, 10 log10(1 / mean MSE), with the
+    95% interval from the resamples ``counts`` -> {"mean", "ci95"}. Comparing rows by this (their MSE ratio)
+    weighs each image by its error, as one PSNR over the whole set does; it is the form in which an unbiased
+    per-image estimate of an MSE stays unbiased (up to the O(1/N) bias of one log of a mean over N images)."""
+    mse = np.asarray(mse, np.float64)
+    value = 10.0 * np.log10(1.0 / max(mse.mean(), MSE_FLOOR))
+    if len(mse) < 2:
+        return {"mean": float(value), "ci95": (float("nan"), float("nan"))}
+    replicates = 10.0 * np.log10(len(mse) / np.maximum(counts @ mse, MSE_FLOOR * len(mse)))
+    return {"mean": float(value), "ci95": percentile_interval(replicates)}
+
+
+def pooled_gain(mse: np.ndarray, reference_mse: np.ndarray, counts: np.ndarray) -> dict:
+    """How many dB a row's pooled MSE is under a reference row's on the same images, 10 log10(mean MSE_reference /
+    mean MSE_row) (over 0: the row is better), with its paired 95% interval (both means from the same resamples
+    ``counts``) -> {"mean", "ci95"}."""
+    mse, reference_mse = np.asarray(mse, np.float64), np.asarray(reference_mse, np.float64)
+    floor = MSE_FLOOR * len(mse)
+    value = 10.0 * np.log10(max(reference_mse.sum(), floor) / max(mse.sum(), floor))
+    if len(mse) < 2:
+        return {"mean": float(value), "ci95": (float("nan"), float("nan"))}
+    replicates = 10.0 * np.log10(np.maximum(counts @ reference_mse, floor) / np.maximum(counts @ mse, floor))
+    return {"mean": float(value), "ci95": percentile_interval(replicates)}
 
 
 def colorfulness_crps(samples: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:

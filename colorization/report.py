@@ -37,6 +37,7 @@ QUALITY_COLUMNS = {
     "lpips": ("LPIPS ↓", 4),
     "lpips_vs_gray": ("Δ LPIPS vs gray", 4),
     "colorfulness": ("Colorfulness", 2),
+    "colorfulness_vs_truth": ("Colorfulness − truth", 2),
     "colorfulness_gap": ("Colorfulness gap ↓", 2),
     "colorfulness_gap_per_image": ("Per-image colorfulness gap ↓", 2),
     "ab_distance": ("ab distance ↓", 2),
@@ -112,8 +113,9 @@ def markdown_table(summary: dict, settings: dict) -> str:
         "",
         f"Mean [95% bootstrap interval] over {settings['num_images']} images ({settings['data']}, split "
         f"{settings['split']}) at {settings['resolution']}x{settings['resolution']}. Δ columns: the mean paired "
-        "difference to the gray row, its interval from the same resampled images. Colorfulness gap: "
-        "|mean colorfulness - the ground truth's| over the images; ab distance: sliced Wasserstein-1 "
+        "difference to the gray row, its interval from the same resampled images. Colorfulness − truth: the "
+        "mean paired difference to the ground truth's colorfulness; colorfulness gap: its absolute value (no "
+        "interval: one of the absolute value would be biased away from zero); ab distance: sliced Wasserstein-1 "
         "distance (Lab units) between the row's and the ground truth's ab over all pixels. Sampling: "
         f"{_describe_sampling(settings['sampling'])}.",
     ]
@@ -135,14 +137,16 @@ def markdown_table(summary: dict, settings: dict) -> str:
 
 
 def _samples_table(samples: dict, k: int) -> list[str]:
-    """The stochastic models' table: one sample, the mean of K, the sampler's own posterior mean, calibration."""
-    table, differences, crps_differences = [], [], []
+    """The stochastic models' table: one sample, the mean of K, the sampler's own posterior mean (pooled over the
+    images, in the MSE domain), calibration; every row on the same images."""
+    table, posterior, means, crps_differences = [], [], [], []
     for row, stats in samples.items():
         if row == "num_images":
             continue
         table.append(
-            [row, _format(stats["psnr"], 2), _format(stats["psnr_vs_gray"], 2), _format(stats.get("psnr_mean"), 2)]
-            + [_format(stats.get(key), 2) for key in ("psnr_mean_vs_gray", "psnr_posterior", "psnr_posterior_vs_gray")]
+            [row]
+            + [_format(stats.get(key), 2) for key in ("psnr", "psnr_vs_gray", "psnr_mean", "psnr_mean_vs_gray")]
+            + [_format(stats.get(key), 2) for key in ("pooled_psnr", "pooled_psnr_mean", "pooled_psnr_posterior")]
             + [
                 _format(stats.get("spread_skill"), 2),
                 _format(stats.get("ssim_mean"), 4),
@@ -150,35 +154,47 @@ def _samples_table(samples: dict, k: int) -> list[str]:
                 _format(stats.get("colorfulness_crps"), 2),
             ]
         )
-        for other, difference in stats.get("psnr_posterior_vs", {}).items():
-            differences.append(f"{row} - {other}: {_format(difference, 2)} dB")
+        if "posterior_gain_over_mean" in stats:
+            gain = _format(stats["posterior_gain_over_mean"], 2)
+            posterior.append(f"{row} over its own mean of {k}: {gain} dB")
+        for other, difference in stats.get("posterior_vs", {}).items():
+            posterior.append(f"{row} - {other}: {_format(difference, 2)} dB")
+        for other, difference in stats.get("mean_vs", {}).items():
+            means.append(f"{row} - {other}: {_format(difference, 2)} dB")
         for other, difference in stats.get("colorfulness_crps_vs", {}).items():
             crps_differences.append(f"{row} - {other}: {_format(difference, 2)}")
     titles = ["Model", "PSNR, one sample (dB)", "Δ vs gray", f"PSNR, mean of {k} (dB)", "Δ vs gray"]
-    titles += ["PSNR, posterior mean (dB)", "Δ vs gray", "Spread-skill ratio", f"SSIM, mean of {k}"]
+    titles += ["Pooled PSNR, one sample", f"Pooled PSNR, mean of {k}", "Pooled PSNR, posterior mean"]
+    titles += ["Spread-skill ratio", f"SSIM, mean of {k}", "Diversity (ab units)", "Colorfulness CRPS ↓"]
     lines = [
         "",
         f"Stochastic models, {k} samples per image, on the first {samples['num_images']} of these images (every "
         "row on those same images):",
         "",
-        *_rows_table([*titles, "Diversity (ab units)", "Colorfulness CRPS ↓"], table),
+        *_rows_table(titles, table),
         "",
-        f"The mean of {k} samples estimates the posterior mean; a sampler that draws from the true posterior scores "
-        "about 3 dB under it on PSNR with one sample, and even a perfect sampler's mean of K sits 10 log10(1 + 1/K) "
-        "dB under its posterior mean. PSNR, posterior mean: the sampler's own posterior mean (K -> infinity), "
-        "estimated without bias per image from error^2 - spread^2 / K in sRGB. Spread-skill ratio: "
-        "sqrt((1 + 1/K) mean spread^2 / mean error^2); 1 is calibrated, under 1 too little spread for the error, "
-        "over 1 too much. Diversity: the mean distance between two samples of an image. Colorfulness CRPS: "
-        f"how well the {k} samples' colorfulness forecasts the truth's, per image (the fair continuous ranked "
-        "probability score, a proper score); for a deterministic row it is its per-image colorfulness gap. A "
-        "single sample's per-image gap is not a proper score: even a perfect sampler's is larger than that of "
-        "the best single guess, so it rewards too little spread.",
+        f"PSNR columns: the mean over images of each image's PSNR. Pooled PSNR: 10 log10(1 / MSE), the MSE "
+        f"pooled over the images (a deterministic row's posterior mean is its prediction, so its three pooled "
+        f"columns are one). The posterior mean is the sampler's own mean as K grows without limit; its per-image "
+        f"squared error is estimated without bias from the {k} samples (error^2 - spread^2 / K in sRGB) and only "
+        "ever averaged over the images before the log is taken: a mean of per-image logs of that noisy estimate is "
+        "biased upward. A sampler that draws from the true posterior scores about 3 dB under its posterior mean "
+        f"with one sample, and its mean of K sits 10 log10(1 + 1/K) dB under it ({10 * math.log10(1 + 1 / k):.2f} "
+        "dB here). Spread-skill ratio: sqrt((1 + 1/K) mean spread^2 / mean error^2); 1 is calibrated, under 1 too "
+        "little spread for the error, over 1 too much. Diversity: the mean distance between two samples of an "
+        f"image. Colorfulness CRPS: how well the {k} samples' colorfulness forecasts the truth's, per image (the "
+        "fair continuous ranked probability score, a proper score); for a deterministic row it is its per-image "
+        "colorfulness gap. A single sample's per-image gap is not a proper score: even a perfect sampler's is "
+        "larger than that of the best single guess, so it rewards too little spread.",
     ]
-    if differences:
+    if posterior:
         lines += [
             "",
-            "Posterior mean against each deterministic model (paired, same images): " + "; ".join(differences) + ".",
+            "Posterior mean, pooled dB gained (over 0: a smaller pooled MSE; paired, same images) over each "
+            "deterministic model and each stochastic row before it: " + "; ".join(posterior) + ".",
         ]
+    if means:
+        lines += ["", f"Mean of {k}, pooled dB gained, likewise: " + "; ".join(means) + "."]
     if crps_differences:
         lines += [
             "",
@@ -239,10 +255,9 @@ def write_outputs(result: dict, summary: dict, settings: dict, output_dir: str, 
         table = markdown_table(summary, settings)
         with open(os.path.join(staging, "table.md"), "w") as handle:
             handle.write(table + "\n")
-        _write_table_csv(os.path.join(staging, "table.csv"), summary, settings.get("costs", {}))
+        write_table_csv(os.path.join(staging, "table.csv"), summary, settings.get("costs", {}))
         _write_per_image_csv(os.path.join(staging, "per_image.csv"), result)
-        with open(os.path.join(staging, "results.json"), "w") as handle:
-            json.dump({"settings": settings, "summary": summary}, handle, indent=2)
+        write_results_json(os.path.join(staging, "results.json"), settings, summary)
         # rows = images; columns = gray input, each model, ground truth
         order = [GRAY] + [r for r in result["grid"] if r not in (GRAY, TRUTH)] + [TRUTH]
         grid = torch.stack([result["grid"][row].cpu() for row in order], dim=1).flatten(0, 1)
@@ -272,7 +287,13 @@ def _move_into_place(staging: str, output_dir: str, overwrite: bool) -> None:
     write_json(os.path.join(output_dir, FILES_RECORD), {"files": written})
 
 
-def _write_table_csv(path: str, summary: dict, costs: dict) -> None:
+def write_results_json(path: str, settings: dict, summary: dict) -> None:
+    """results.json: the settings and the summary, rows in the table's order."""
+    with open(path, "w") as handle:
+        json.dump({"settings": settings, "summary": summary}, handle, indent=2)
+
+
+def write_table_csv(path: str, summary: dict, costs: dict) -> None:
     rows = {row: stats for row, stats in summary.items() if row != "samples"}
     metrics = [c for c in QUALITY_COLUMNS if any(c in stats for stats in rows.values())]
     cost_keys = ("parameters", "ms_per_image")

@@ -132,8 +132,13 @@ def test_paired_statistics_see_what_per_row_intervals_hide():
     assert summary["M"]["psnr"]["ci95"][0] < summary[GRAY]["psnr"]["mean"]  # overlapping row intervals
     assert summary["M"]["colorfulness_gap"]["mean"] == pytest.approx(0.0, abs=1e-9)
     assert summary["M"]["colorfulness_gap_per_image"]["mean"] == pytest.approx(5.0)
-    gap_low, gap_high = summary[GRAY]["colorfulness_gap"]["ci95"]
-    assert gap_low < truth_colorfulness.mean() < gap_high
+    # the signed difference carries the interval: M's brackets its true 0, which an interval of the resampled
+    # |difference| never could (it is biased away from zero); the absolute gap has none
+    low, high = summary["M"]["colorfulness_vs_truth"]["ci95"]
+    assert summary["M"]["colorfulness_vs_truth"]["mean"] == pytest.approx(0.0, abs=1e-9) and low < 0.0 < high
+    assert all(math.isnan(x) for x in summary["M"]["colorfulness_gap"]["ci95"])
+    low, high = summary[GRAY]["colorfulness_vs_truth"]["ci95"]
+    assert low < -truth_colorfulness.mean() < high
     assert summary["M"]["ab_distance"]["mean"] == 0.0
 
 
@@ -242,10 +247,18 @@ def test_same_command_twice_gives_the_same_table_with_sampled_rows(three_models,
     assert diffusion["spread_skill"]["mean"] > 0 and "spread_skill" not in samples["CNN"]
     low, high = diffusion["spread_skill"]["ci95"]
     assert low <= diffusion["spread_skill"]["mean"] <= high
-    assert diffusion["psnr_posterior"]["mean"] >= diffusion["psnr_mean"]["mean"] - 1.0  # K -> inf vs K = 3
-    assert set(diffusion["psnr_posterior_vs"]) == {"CNN"}
-    difference = diffusion["psnr_posterior"]["mean"] - samples["CNN"]["psnr"]["mean"]
-    assert diffusion["psnr_posterior_vs"]["CNN"]["mean"] == pytest.approx(difference, abs=1e-5)
+    # the posterior mean in the pooled MSE domain: the pooled PSNRs of this table, and their paired differences
+    # (recomputed here from the stored float32 values: 1e-4 dB is far above their rounding, ~1e-6 dB)
+    spread2, error2 = (first["samples"]["Diffusion"][key].astype(np.float64) for key in ("spread2", "error2"))
+    posterior = 10 * math.log10(1 / np.mean(error2 - spread2 / 3))
+    assert diffusion["pooled_psnr_posterior"]["mean"] == pytest.approx(posterior, abs=1e-4)
+    cnn = 10 * math.log10(1 / np.mean(10 ** (-first["values"]["CNN"]["psnr"][:6].astype(np.float64) / 10)))
+    assert samples["CNN"]["pooled_psnr"]["mean"] == pytest.approx(cnn, abs=1e-4)
+    assert set(diffusion["posterior_vs"]) == set(diffusion["mean_vs"]) == {"CNN"}
+    assert diffusion["posterior_vs"]["CNN"]["mean"] == pytest.approx(posterior - cnn, abs=1e-4)
+    gain = diffusion["pooled_psnr_posterior"]["mean"] - diffusion["pooled_psnr_mean"]["mean"]
+    assert diffusion["posterior_gain_over_mean"]["mean"] == pytest.approx(gain, abs=1e-6)
+    assert "Posterior mean, pooled dB gained" in (tmp_path / "a" / "table.md").read_text()
     assert "Spread-skill ratio" in (tmp_path / "a" / "table.md").read_text()
     # the colorfulness CRPS: from the K samples for the diffusion row, the per-image gap for the CNN
     cnn_gap = np.abs(first["values"]["CNN"]["colorfulness"][:6] - first["values"][TRUTH]["colorfulness"][:6])
@@ -258,6 +271,13 @@ def test_same_command_twice_gives_the_same_table_with_sampled_rows(three_models,
 
     paired = paired_differences(str(tmp_path / "a"), "Diffusion", "CNN")["colorfulness_crps"]
     assert paired["images"] == 6 and paired["mean"] == pytest.approx(crps.mean() - cnn_gap.mean(), abs=1e-4)
+    # restated from its own per_image.csv, the folder's summary comes out the same, number for number
+    from colorization.restate import restate
+
+    restate(str(tmp_path / "a"))
+    restated = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert json.dumps(restated["summary"]) == json.dumps(first["summary"])  # as text: NaN != NaN
+    assert "Restated from per_image.csv" in (tmp_path / "a" / "table.md").read_text()
 
 
 def test_colorfulness_crps_on_cases_with_a_known_answer():
@@ -327,8 +347,8 @@ def test_guidance_scales_give_a_row_each_per_model_and_skip_images_leaves_out_th
             _evaluate(three_models, tmp_path / "wrong", _embedded(), samplers=wrong, **options)
 
 
-def test_spread_skill_ratio_and_posterior_mean_on_cases_with_a_known_answer():
-    from colorization.metrics import ensemble_calibration, posterior_mean_psnr, spread_skill_ratio
+def test_spread_skill_ratio_on_cases_with_a_known_answer():
+    from colorization.metrics import ensemble_calibration, spread_skill_ratio
 
     rng = np.random.default_rng(0)
     k, images, pixels, sigma = 8, 4000, 64, 0.05
@@ -340,12 +360,51 @@ def test_spread_skill_ratio_and_posterior_mean_on_cases_with_a_known_answer():
     spread2, error2 = (t.numpy() for t in ensemble_calibration(torch.from_numpy(calibrated), torch.from_numpy(truth)))
     ratio = spread_skill_ratio(spread2, error2, k, counts)
     assert ratio["mean"] == pytest.approx(1.0, abs=0.01) and ratio["ci95"][0] < 1.0 < ratio["ci95"][1]
-    # the posterior mean is the true mean: its squared error is sigma^2, estimated without bias
-    posterior = posterior_mean_psnr(spread2, error2, np.full(images, k))
-    assert np.mean(10 ** (-posterior / 10)) == pytest.approx(sigma**2, rel=0.02)
     spread2, error2 = (t.numpy() for t in ensemble_calibration(torch.from_numpy(shrunk), torch.from_numpy(truth)))
     expected = math.sqrt(0.25 * (1 + 1 / k) / (1 + 0.25 / k))
     assert spread_skill_ratio(spread2, error2, k, counts)["mean"] == pytest.approx(expected, rel=0.01)
+
+
+def test_the_posterior_mean_is_compared_without_the_bias_of_a_mean_of_noisy_logs():
+    """A calibrated Gaussian sampler whose posterior mean is known: per image, truth and K = 8 samples are
+    exchangeable draws around the same mean, with per-image noise levels spread over a factor 20 and only four
+    pixels per image (so each image's estimate of its posterior mean's error is very noisy). A regressor that
+    predicts that mean exactly has the posterior mean's error: the true gain of one over the other is 0 dB, and
+    the posterior mean sits 10 log10(1 + 1/K) dB over the mean of K."""
+    from colorization.metrics import ensemble_calibration
+
+    rng = np.random.default_rng(1)
+    k, images, pixels = 8, 20000, 4
+    sigma = np.exp(rng.uniform(np.log(0.01), np.log(0.2), images))[:, None]
+    mean = rng.uniform(0.3, 0.7, (images, pixels))
+    truth = mean + sigma * rng.standard_normal((images, pixels))
+    samples = mean + sigma * rng.standard_normal((k, images, pixels))
+    spread2, error2 = (t.numpy() for t in ensemble_calibration(torch.from_numpy(samples), torch.from_numpy(truth)))
+    psnr = lambda mse: -10 * np.log10(mse)  # noqa: E731 (data range 1)
+    values = {
+        "Sampler": {"psnr": psnr(((samples[0] - truth) ** 2).mean(1))},
+        "Regressor": {"psnr": psnr(((mean - truth) ** 2).mean(1))},
+        GRAY: {"psnr": psnr(((0.5 - truth) ** 2).mean(1))},
+        TRUTH: {"index": np.arange(images)},
+    }
+    found = {"index": np.arange(images), "spread2": spread2, "error2": error2, "num_samples": np.full(images, k)}
+    found.update(psnr_mean=psnr(error2), ssim_mean=np.ones(images), diversity=np.ones(images))
+    summary = summarize(values, seed=0, samples={"Sampler": found})["samples"]
+    sampler = summary["Sampler"]
+    # The known answers, within the tolerance of 20,000 images: the pooled estimates' own standard error is
+    # about 0.01 dB here (their paired intervals say so), so 0.05 dB is five of them.
+    gain = sampler["posterior_vs"]["Regressor"]
+    assert gain["mean"] == pytest.approx(0.0, abs=0.05) and gain["ci95"][0] < 0.0 < gain["ci95"][1]
+    assert gain["ci95"][1] - gain["ci95"][0] < 0.1
+    expected = 10 * math.log10(1 / (sigma**2).mean())
+    assert sampler["pooled_psnr_posterior"]["mean"] == pytest.approx(expected, abs=0.05)
+    assert summary["Regressor"]["pooled_psnr"]["mean"] == pytest.approx(expected, abs=0.05)
+    assert sampler["posterior_gain_over_mean"]["mean"] == pytest.approx(10 * math.log10(1 + 1 / k), abs=0.05)
+    assert sampler["mean_vs"]["Regressor"]["mean"] == pytest.approx(-10 * math.log10(1 + 1 / k), abs=0.05)
+    # The estimator the table used before: the mean over images of -10 log10 of each image's estimate (floored
+    # at the PSNR cap's error where the noisy estimate is not positive). On the same data it is far off.
+    per_image = np.minimum(10 * np.log10(1 / np.maximum(error2 - spread2 / k, 1e-10)), 100.0)
+    assert per_image.mean() - values["Regressor"]["psnr"].mean() > 1.0
 
 
 def test_a_black_and_white_photo_is_recognised_and_a_pale_color_one_is_not():

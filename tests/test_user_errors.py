@@ -7,7 +7,19 @@ import re
 
 import pytest
 
-from colorization import cli, compare, config, demo, evaluation, export_onnx, push_to_hub, reproduce, shard, training
+from colorization import (
+    cli,
+    compare,
+    config,
+    demo,
+    evaluation,
+    export_onnx,
+    push_to_hub,
+    reproduce,
+    restate,
+    shard,
+    training,
+)
 from colorization.tasks.cnn import CNNTask
 from colorization.tasks.diffusion import DiffusionTask
 from colorization.tasks.gan import GANTask
@@ -111,6 +123,11 @@ def _commands(model_dir, photo):
             compare.build_parser(),
             lambda argv: compare.build_parser().parse_args(argv),
             [model_dir, "A", "B"],
+        ),
+        "restate": (
+            restate.build_parser(),
+            lambda argv: restate.build_parser().parse_args(argv),
+            [model_dir],
         ),
         "shard": (
             shard.build_parser(),
