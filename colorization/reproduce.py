@@ -3,8 +3,10 @@
     python -m colorization.reproduce --preset cpu-small --train_data_dir ../shared/data/afhq_cat
 
 trains the CNN, the GAN and the diffusion model on the same data, split, resolution, seed and number of
-training images, one after the other (each through ``accelerate launch train_*.py``), then runs
-``evaluate.py`` on the same held-out images, and writes everything under one results folder:
+training images, one after the other (each through ``accelerate launch train_*.py``), chooses each diffusion
+model's sampler and guidance scale on the validation images (the first held-out images, which every run
+validated on and no table uses), then runs ``evaluate.py`` on the held-out images after them, and writes
+everything under one results folder:
 
     results/<preset>/
       README.md            the table, the grid, what was run, where, when, from which commit
@@ -13,6 +15,9 @@ training images, one after the other (each through ``accelerate launch train_*.p
       reproduce.json       the plan, each model's status and wall-clock, the hardware
       models/<model>/      each training run: exported model, checkpoints, TensorBoard logs, samples
       logs/<step>.log      each command's full output
+      selection/           every choice made on the validation images: README.md and selection.json (what was
+                           chosen, among which candidates, on which images, with which numbers), and the
+                           evaluations behind them (samplers/, guidance/)
       evaluation/          table.md, table.csv, results.json, per_image.csv, comparison.png
 
 Run the same command again after an interruption: finished models are not retrained, an unfinished one
@@ -52,7 +57,13 @@ from colorization.files import write_json
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The runs of a comparison: each family, and the diffusion model that refines the CNN of the same run.
 REFINING = "refine"
-GUIDANCE_DIR = "evaluation_guidance"  # the guidance scales tried on the validation images
+SELECTION_DIR = "selection"  # every choice made on the validation images, and the record of it
+SAMPLERS_DIR = os.path.join(SELECTION_DIR, "samplers")  # the candidate samplers, each with K samples per image
+GUIDANCE_DIR = os.path.join(SELECTION_DIR, "guidance")  # the guidance scales, with each model's chosen sampler
+SELECTION_RECORD = os.path.join(SELECTION_DIR, "selection.json")
+# A sampler is calibrated when the spread of its K samples matches the error of their mean (spread-skill ratio
+# 1); candidates within this band of 1 count as calibrated, and among them the proper score decides.
+CALIBRATED_BAND = 0.1
 MODELS = (*FAMILIES, REFINING)
 DISPLAY_NAMES = {**{name: family.display_name for name, family in FAMILIES.items()}, REFINING: "Diffusion refining CNN"}
 
@@ -73,9 +84,10 @@ class Preset:
     epochs: int
     train_batch_size: int
     mixed_precision: str
-    # The diffusion samplers of the table: SCHEDULER:STEPS for every diffusion model, MODEL=SCHEDULER:STEPS for
-    # one (a --models key). Each model's first one chooses its guidance scale; the first plain one validates
-    # during training (a fast one: it runs at every validation).
+    # The candidate diffusion samplers: SCHEDULER:STEPS for every diffusion model, MODEL=SCHEDULER:STEPS for one
+    # (a --models key; those replace the plain ones for that model). Each model's table sampler is chosen among
+    # its candidates on the validation images (choose_sampler); the first plain one validates during training
+    # (a fast one: it runs at every validation).
     samplers: str
     model_args: dict = dataclass_field(default_factory=dict)  # per model, after the shared flags
     eval_batch_size: int = 32
@@ -83,11 +95,15 @@ class Preset:
     num_samples_images: Optional[int] = None  # ... on the first N held-out images
     slow_samplers: Optional[str] = None  # samplers too slow for every image: a second table ...
     slow_sampler_images: int = 64  # ... on the first N held-out images after the validation images
-    # Classifier-free guidance scales tried for each diffusion model on the training runs' validation images
-    # (the first validation_images held-out images, never in a table); each model's table row uses the scale
-    # whose samples come closest to the true colors there (the smallest ab distance).
+    # Classifier-free guidance scales tried for each diffusion model (trained with condition dropout) with its
+    # chosen sampler, on the first guidance_images validation images (none: all); chosen by the same rule.
     guidance_scales: Optional[str] = "1,1.5,2,3"
+    guidance_images: Optional[int] = None
+    # The validation images: the first held-out images, where every run validates, the GAN's exported step, each
+    # diffusion model's sampler and guidance scale are chosen (with K = selection_num_samples samples per image);
+    # never in a table.
     validation_images: int = 64
+    selection_num_samples: int = 8
 
 
 PRESETS = {
@@ -97,13 +113,9 @@ PRESETS = {
         epochs=10,
         train_batch_size=32,
         mixed_precision="bf16",
-        # DDPM-75 for the refining model, chosen on the 64 validation images (K = 8; docs/reproducing.md): the one
-        # sampler there with both its spread matching its error (spread-skill 0.90) and a per-image colorfulness
-        # gap clearly under the CNN's and the plain model's. DDPM-100 spreads more (0.95 in the table of 8b97b5b)
-        # but its single samples' colors missed the right photos; on these images so did DPM-20 and DPM-SDE-20
-        # (0.90 too), and DDPM-50 spreads too little (0.82). The plain model keeps DPM-20 (DDPM-100 is calibrated
-        # for it on the curve, but would add another hour here).
-        samplers="dpm:20,refine=ddpm:75",
+        # Candidates of at most 25 UNet passes for both diffusion models, chosen among on the validation images
+        # (choose_sampler; the record is the results folder's selection/). DPM-20 validates during training.
+        samplers="dpm:20,ddpm:25,dpm-sde:20",
         # The small UNet, clean-ab prediction, lr 5e-4 after 100 warm-up steps: measured over 1,300 steps on
         # these cats against v-prediction with min-SNR 5 and zero terminal SNR (docs/models.md, Diffusion). Samplers are
         # compared by benchmarks/sampler_curve.py; the mean of 8 samples on a fixed subset keeps it near three hours.
@@ -213,9 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument(
         "--samplers",
         type=model_sampler_list,
-        help="diffusion samplers in the table, SCHEDULER:STEPS for every diffusion model or MODEL=SCHEDULER:STEPS "
-        "for one, e.g. dpm:20,ddim:50 or dpm:20,refine=ddpm:100 (the first plain one also validates during "
-        "training)",
+        help="candidate diffusion samplers, SCHEDULER:STEPS for every diffusion model or MODEL=SCHEDULER:STEPS "
+        "for one, e.g. dpm:20,ddim:50 or dpm:20,refine=ddpm:100; each model's table sampler is chosen among its "
+        "candidates on the validation images (the first plain one also validates during training)",
     )
     budget.add_argument("--max_eval_images", type=positive_int, help="evaluate on the first N held-out images only")
     budget.add_argument("--num_samples", type=positive_int, help="the diffusion model's mean of K samples (1: none)")
@@ -229,14 +241,22 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument(
         "--validation_images",
         type=positive_int,
-        help="the first N held-out images, where every run validates, the GAN's step and each diffusion model's "
-        "guidance scale are chosen; never in a table",
+        help="the first N held-out images, where every run validates and the GAN's step, each diffusion model's "
+        "sampler and guidance scale are chosen; never in a table",
     )
     budget.add_argument(
         "--guidance_scales",
         type=scale_list,
-        help="classifier-free guidance scales tried for each diffusion model on the validation images; the table "
-        "uses the one with the smallest ab distance there ('none': no guidance)",
+        help="classifier-free guidance scales tried for each diffusion model (with its chosen sampler) on the "
+        "validation images; chosen by the same rule as the sampler ('none': no guidance)",
+    )
+    budget.add_argument(
+        "--selection_num_samples",
+        type=positive_int,
+        help="samples per validation image when choosing samplers and scales (at least 2: the spread needs them)",
+    )
+    budget.add_argument(
+        "--guidance_images", type=positive_int, help="... on the first N validation images only (default: all)"
     )
     extra = parser.add_argument_group("extra flags, appended to the commands (they win over the preset)")
     extra.add_argument("--data_args", default="", help="for every command, e.g. '--dataloader_num_workers 0'")
@@ -269,6 +289,8 @@ class Plan:
         self.output_dir = os.path.abspath(args.output_dir or os.path.join("results", args.preset))
         self.num_processes = args.num_processes or _gpu_count() or 1
         self.validation_images = args.validation_images or self.preset.validation_images
+        if (args.selection_num_samples or self.preset.selection_num_samples) < 2:
+            raise ColorizationError("--selection_num_samples must be at least 2: a sampler's spread needs two samples")
 
     def _launcher(self) -> list[str]:
         launch = [sys.executable, "-m", "accelerate.commands.launch"]
@@ -346,19 +368,17 @@ class Plan:
     def samplers(self) -> str:
         return self.args.samplers or self.preset.samplers
 
-    def _for_evaluation(self, samplers: str, first_only: bool = False) -> str:
+    def _for_evaluation(self, samplers: str) -> str:
         """A --samplers value of this command (MODEL=... entries) as evaluate.py's (--names entries), without
-        the models this run leaves out; ``first_only``: each model's first sampler."""
+        the models this run leaves out."""
         kept = [e for e in samplers.split(",") if "=" not in e or e.rpartition("=")[0] in self.models]
         if not kept:
             return ""
-        by_model, count = parse_samplers(",".join(kept), self.models), 1 if first_only else None
-        entries = [f"{scheduler}:{steps}" for scheduler, steps in by_model[""][:count]]
+        by_model = parse_samplers(",".join(kept), self.models)
+        entries = [f"{scheduler}:{steps}" for scheduler, steps in by_model[""]]
         for model in self.models:
             if family_of(model) == "diffusion" and by_model[model] != by_model[""]:
-                entries += [
-                    f"{DISPLAY_NAMES[model]}={scheduler}:{steps}" for scheduler, steps in by_model[model][:count]
-                ]
+                entries += [f"{DISPLAY_NAMES[model]}={scheduler}:{steps}" for scheduler, steps in by_model[model]]
         return ",".join(entries)
 
     def slow_samplers(self) -> Optional[str]:
@@ -397,40 +417,92 @@ class Plan:
             command += ["--metrics", METRICS_WITHOUT_PRETRAINED]
         return command
 
-    def guidance_command(self) -> list[str]:
-        """Every model on the validation images (those the GAN's step was chosen on too), each diffusion model
-        at every guidance scale its training allows (condition dropout), with the table's first sampler."""
-        scales = {}
+    def candidates(self) -> dict[str, list[str]]:
+        """Each diffusion model's candidate samplers (its display name -> ["scheduler:steps", ...])."""
+        kept = [e for e in self.samplers().split(",") if "=" not in e or e.rpartition("=")[0] in self.models]
+        by_model = parse_samplers(",".join(kept), self.models)
+        return {
+            DISPLAY_NAMES[model]: [f"{scheduler}:{steps}" for scheduler, steps in by_model[model]]
+            for model in self.models
+            if family_of(model) == "diffusion"
+        }
+
+    def _validation_only(self, output: str, samplers: dict[str, list[str]], images: Optional[int] = None) -> list[str]:
+        """evaluate.py on the first validation images only, K samples each (a selection step's evaluation). The
+        table's images come after them: a selection step never measures them (check_validation_only)."""
+        count = min(images or self.validation_images, self.validation_images)
+        entries = ",".join(f"{name}={sampler}" for name, found in samplers.items() for sampler in found)
+        return self._evaluate(output, entries) + [
+            "--max_images",
+            str(count),
+            "--keep_selection_images",  # the GAN's step was chosen on these images too: that is what they are for
+            "--num_samples",
+            str(self.args.selection_num_samples or self.preset.selection_num_samples),
+        ]
+
+    def sampler_selection_command(self) -> Optional[list[str]]:
+        """Every candidate sampler of every diffusion model on the validation images (None: each model has one
+        candidate, so there is nothing to choose)."""
+        candidates = self.candidates()
+        if all(len(found) < 2 for found in candidates.values()):
+            return None
+        return self._validation_only(SAMPLERS_DIR, candidates)
+
+    def chosen_samplers(self) -> dict[str, str]:
+        """Each diffusion model's table sampler: its only candidate, or the one chosen on the validation images
+        (:func:`choose_sampler`); {} while the selection has not run."""
+        candidates = self.candidates()
+        chosen = {name: found[0] for name, found in candidates.items() if len(found) == 1}
+        if len(chosen) < len(candidates):
+            path = os.path.join(self.output_dir, SAMPLERS_DIR, "results.json")
+            if not os.path.isfile(path):
+                return {}
+            found = choose_sampler(path, self.validation_images)
+            chosen.update({name: found[name]["chosen"] for name in candidates if name not in chosen})
+        return chosen
+
+    def guided_models(self) -> list[str]:
+        """The diffusion models whose guidance scale is to be chosen (trained with condition dropout)."""
+        if self.guidance_scales() is None:
+            return []
+        guided = []
         for model in self.models:
             if family_of(model) == "diffusion":
                 with open(os.path.join(self.model_dir(model), "colorizer.json")) as handle:
-                    guided = json.load(handle).get("condition_dropout", 0.0) > 0
-                scales[DISPLAY_NAMES[model]] = self.guidance_scales() if guided else [1.0]
-        return self._evaluate(GUIDANCE_DIR, self._for_evaluation(self.samplers(), first_only=True)) + [
+                    if json.load(handle).get("condition_dropout", 0.0) > 0:
+                        guided.append(DISPLAY_NAMES[model])
+        return guided
+
+    def guidance_command(self) -> Optional[list[str]]:
+        """Each guided diffusion model at every scale, with its chosen sampler, on the (first guidance_images)
+        validation images (None: no model is guided)."""
+        guided = self.guided_models()
+        if not guided:
+            return None
+        samplers = self.chosen_samplers()
+        images = self.args.guidance_images or self.preset.guidance_images
+        return self._validation_only(GUIDANCE_DIR, {name: [samplers[name]] for name in samplers}, images) + [
             "--guidance_scale",
-            ",".join(f"{name}={w:g}" for name, ws in scales.items() for w in ws),
-            "--max_images",
-            str(self.validation_images),
-            "--keep_selection_images",
+            ",".join(f"{name}={w:g}" for name in guided for w in self.guidance_scales()),
         ]
 
     def chosen_guidance(self) -> dict[str, float]:
-        """Each diffusion model's scale with the smallest ab distance on the validation images (ties: the
-        smaller scale); ``{}`` when no guidance was tried."""
+        """Each guided model's scale chosen on the validation images (:func:`choose_guidance`); {} when none is."""
         path = os.path.join(self.output_dir, GUIDANCE_DIR, "results.json")
-        if self.guidance_scales() is None or not os.path.isfile(path):
+        if not os.path.isfile(path) or not self.guided_models():  # the sweep runs once the models are trained
             return {}
-        return choose_guidance(path)
+        return {name: found["chosen"] for name, found in choose_guidance(path, self.validation_images).items()}
 
     def evaluation_command(self, slow: bool = False) -> list[str]:
-        """evaluate.py on the held-out images after the validation images; ``slow``: the slow samplers'
-        table, on the first of them only."""
+        """evaluate.py on the held-out images after the validation images, each diffusion model with its chosen
+        sampler and scale; ``slow``: the slow samplers' table, on the first of them only."""
         args, preset = self.args, self.preset
-        command = self._evaluate(
-            "evaluation_slow" if slow else "evaluation",
-            self._for_evaluation(self.slow_samplers() if slow else self.samplers()),
-        )
-        # the validation images chose the GAN's exported step and the guidance scales: never in a table
+        if slow:
+            samplers = self._for_evaluation(self.slow_samplers())
+        else:
+            samplers = ",".join(f"{name}={sampler}" for name, sampler in self.chosen_samplers().items())
+        command = self._evaluate("evaluation_slow" if slow else "evaluation", samplers)
+        # the validation images chose the GAN's exported step, the samplers and the scales: never in a table
         command += ["--skip_images", str(self.validation_images)]
         chosen = self.chosen_guidance()
         if chosen:
@@ -550,15 +622,12 @@ class Reproduction(Plan):
             folder = self.model_dir(model)
             if self._run(model, self.training_command(model), [os.path.join(folder, "colorizer.json")], folder):
                 # a model changed: its tables are out of date, and so is a model that refines it
-                for step in ("guidance", "evaluation", "evaluation_slow"):
+                for step in ("samplers", "guidance", "evaluation", "evaluation_slow"):
                     self.state["steps"].pop(step, None)
                 if model == "cnn" and self.state["steps"].pop(REFINING, None):
                     shutil.rmtree(self.model_dir(REFINING), ignore_errors=True)  # this folder's own run
                     print(f"[reproduce] {REFINING}: the CNN it refines was trained again; so is it", flush=True)
-        if self.guidance_scales() is not None:
-            outputs = [os.path.join(self.output_dir, GUIDANCE_DIR, name) for name in ("table.md", "results.json")]
-            self._run("guidance", self.guidance_command() + shlex.split(self.args.eval_args), outputs)
-            self.state["guidance"] = self.chosen_guidance()
+        self._select()
         outputs = [os.path.join(self.output_dir, "evaluation", name) for name in ("table.md", "results.json")]
         self._run("evaluation", self.evaluation_command(), outputs)
         if self.slow_samplers():
@@ -567,10 +636,93 @@ class Reproduction(Plan):
         self._write_readme()
         print(f"[reproduce] done: {os.path.join(self.output_dir, 'README.md')}", flush=True)
 
+    def _select(self) -> None:
+        """Choose each diffusion model's sampler, then its guidance scale, on the validation images, and write the
+        selection record (selection/selection.json and README.md)."""
+        for step, folder, command in (
+            ("samplers", SAMPLERS_DIR, self.sampler_selection_command),
+            ("guidance", GUIDANCE_DIR, self.guidance_command),
+        ):
+            found = command()  # the guidance sweep's needs the samplers chosen by the step before
+            if found is not None:
+                outputs = [os.path.join(self.output_dir, folder, name) for name in ("table.md", "results.json")]
+                self._run(step, found + shlex.split(self.args.eval_args), outputs)
+        self.state["samplers"], self.state["guidance"] = self.chosen_samplers(), self.chosen_guidance()
+        self._save_state()
+        write_selection_record(self.output_dir, self.models, self.candidates(), self.validation_images)
+
     def _write_readme(self) -> None:
         write_results_readme(
             self.output_dir, self.args.preset, self.preset.description, self.state, self.slow_samplers()
         )
+
+
+def write_selection_record(output_dir: str, models: list[str], candidates: dict, validation_images: int) -> dict:
+    """selection/selection.json and selection/README.md: every choice made on the validation images (the GAN's
+    exported step, each diffusion model's sampler and guidance scale): what was chosen, among which candidates,
+    on which images, by which rule, with which numbers -> the record."""
+    record: dict = {
+        "validation_images": (
+            f"the first {validation_images} held-out images (every run validated on them; every table leaves them out)"
+        ),
+        "rule": choose.__doc__.split("->")[0].strip().replace("\n    ", " "),
+        "choices": [],
+    }
+    for model in models:  # an exported step chosen during training (the GAN's --model_selection best)
+        with open(os.path.join(output_dir, "models", model, "colorizer.json")) as handle:
+            chosen = json.load(handle).get("selection")
+        if chosen:
+            record["choices"].append(
+                {
+                    "model": DISPLAY_NAMES[model],
+                    "what": "exported step",
+                    "chosen": chosen.get("step"),
+                    "rule": chosen.get("rule"),
+                    "images": len(chosen.get("images", [])),
+                    "numbers": {k: v for k, v in chosen.items() if k not in ("images", "step", "rule")},
+                }
+            )
+    sweeps = (("sampler", SAMPLERS_DIR, choose_sampler), ("guidance scale", GUIDANCE_DIR, choose_guidance))
+    for what, folder, chooser in sweeps:
+        path = os.path.join(output_dir, folder, "results.json")
+        found = chooser(path, validation_images) if os.path.isfile(path) else {}
+        for model, choice in found.items():
+            record["choices"].append({"model": model, "what": what, "evaluation": f"{folder}/table.md", **choice})
+    for model, only in candidates.items():
+        if len(only) == 1:
+            record["choices"].append(
+                {"model": model, "what": "sampler", "chosen": only[0], "rule": "the only candidate", "candidates": []}
+            )
+    write_json(os.path.join(output_dir, SELECTION_RECORD), record)
+    lines = [
+        "# Every choice, made on the validation images",
+        "",
+        f"Images: {record['validation_images']}. Rule for samplers and scales: {record['rule']}.",
+        "",
+    ]
+    for choice in record["choices"]:
+        lines += [f"## {choice['model']}: {choice['what']} {choice['chosen']}", "", f"Rule: {choice['rule']}."]
+        if choice.get("evaluation"):
+            lines += ["", f"Among, on {choice['images']} images with K samples each ([table]({choice['evaluation']})):"]
+            lines += ["", "| Candidate | Spread-skill ratio | Colorfulness CRPS ↓ | Pooled PSNR, posterior mean (dB) |"]
+            lines += ["|---|---|---|---|"]
+            for c in choice["candidates"]:
+                cells = [_cell(c.get(k)) for k in ("spread_skill", "colorfulness_crps", "pooled_psnr_posterior")]
+                lines.append(f"| {c['name']} | " + " | ".join(cells) + " |")
+        elif choice.get("numbers"):
+            numbers = ", ".join(f"{k} {v:.4g}" for k, v in choice["numbers"].items() if isinstance(v, (int, float)))
+            lines += ["", f"On {choice['images']} images: {numbers}."]
+        lines.append("")
+    with open(os.path.join(output_dir, SELECTION_DIR, "README.md"), "w") as handle:
+        handle.write("\n".join(lines))
+    return record
+
+
+def _cell(stat: Optional[dict]) -> str:
+    if not stat:
+        return "—"
+    low, high = stat["ci95"]
+    return f"{stat['mean']:.2f} [{low:.2f}, {high:.2f}]"
 
 
 def write_results_readme(output_dir: str, preset: str, description: str, state: dict, slow_samplers: Optional[str]):
@@ -604,20 +756,27 @@ def write_results_readme(output_dir: str, preset: str, description: str, state: 
         "Columns of `evaluation/comparison.png`: " + columns,
         "",
     ]
+    record = os.path.join(output_dir, SELECTION_DIR, "README.md")
+    if os.path.isfile(record):
+        samplers = state.get("samplers", {})
+        guidance = state.get("guidance", {})
+        lines += [
+            "## Chosen on the validation images",
+            "",
+            "Each diffusion model's sampler, then its guidance scale, were chosen on the validation images (where "
+            "every run validated and the GAN's exported step was chosen; in no table) by the proper scores, with K "
+            "samples per image: "
+            + (", ".join(f"{m}: {samplers[m]}, w = {guidance.get(m, 1.0):g}" for m in samplers) or "no diffusion model")
+            + f". The candidates, the rule and every number: [`{SELECTION_DIR}/README.md`]({SELECTION_DIR}/README.md).",
+            "",
+        ]
     sweep = os.path.join(output_dir, GUIDANCE_DIR, "results.json")
     if os.path.isfile(sweep):
         figure = os.path.join(output_dir, GUIDANCE_DIR, "perception_distortion.png")
         points = perception_distortion(sweep, figure)
-        chosen = state.get("guidance", {})
         lines += [
-            "## Guidance scale, chosen on the validation images",
-            "",
-            f"Each diffusion model sampled at every guidance scale on the {_num_images(sweep)} validation images "
-            "(where every run validated and the GAN's exported step was chosen; in no table); the table uses the "
-            "scale with the smallest ab distance there: "
-            + (", ".join(f"{model}: w = {w:g}" for model, w in chosen.items()) or "none was guided")
-            + ". Every row on the perception-distortion plane (full table: "
-            f"`{GUIDANCE_DIR}/table.md`):",
+            f"Every row of the guidance sweep on the perception-distortion plane ({_num_images(sweep)} validation "
+            f"images; full table: `{GUIDANCE_DIR}/table.md`):",
             "",
             "| Row | PSNR (dB) | ab distance |",
             "|---|---|---|",
@@ -639,17 +798,89 @@ def write_results_readme(output_dir: str, preset: str, description: str, state: 
         handle.write("\n".join(lines))
 
 
-def choose_guidance(results_path: str) -> dict[str, float]:
-    """An evaluation's guidance sweep (results.json) -> each guided model's scale with the smallest mean ab
-    distance (ties: the smaller scale)."""
+def check_validation_only(settings: dict, validation_images: int) -> None:
+    """Refuse to choose anything from an evaluation that measured images other than the first
+    ``validation_images`` held-out ones: the table's images come after them and are for the table only."""
+    evaluation = settings.get("evaluation", {})
+    skipped, images = evaluation.get("skip_images", 0), evaluation.get("max_images")
+    if settings.get("split") != "validation" or skipped or images is None or images > validation_images:
+        raise ColorizationError(
+            f"refusing to choose on this evaluation: it measured split {settings.get('split')!r} with "
+            f"--skip_images {skipped} and --max_images {images}, not only the first {validation_images} held-out "
+            "(validation) images. Samplers and scales are chosen on the validation images; the table's images "
+            "are for the table."
+        )
+
+
+def _candidate(stats: dict) -> dict:
+    """A row's numbers that a choice weighs, from its samples table entry."""
+    return {
+        key: stats[key]
+        for key in ("spread_skill", "colorfulness_crps", "pooled_psnr_posterior", "pooled_psnr_mean", "psnr")
+        if key in stats
+    }
+
+
+def choose(candidates: list[dict]) -> dict:
+    """The rule every choice of a sampler or a scale follows, on the validation images, by proper scores:
+    among the calibrated candidates (spread-skill ratio within ``CALIBRATED_BAND`` of 1), the lowest colorfulness
+    CRPS (ties: the higher pooled posterior-mean PSNR, then the first, i.e. the cheaper); if none is calibrated,
+    the one whose ratio is closest to 1. -> {"chosen", "rule"} (``candidates``: dicts with "name" and the
+    numbers of :func:`_candidate`)."""
+    calibrated = [c for c in candidates if abs(c["spread_skill"]["mean"] - 1.0) <= CALIBRATED_BAND]
+    if calibrated:
+
+        def score(c):
+            crps = c.get("colorfulness_crps", {}).get("mean", 0.0)
+            return (crps, -c["pooled_psnr_posterior"]["mean"])
+
+        best = min(calibrated, key=score)
+        rule = (
+            f"the lowest colorfulness CRPS among the calibrated candidates (spread-skill ratio within "
+            f"{CALIBRATED_BAND:g} of 1: {', '.join(c['name'] for c in calibrated)})"
+        )
+    else:
+        best = min(candidates, key=lambda c: abs(c["spread_skill"]["mean"] - 1.0))
+        rule = f"no candidate is calibrated (spread-skill ratio within {CALIBRATED_BAND:g} of 1): the closest to 1"
+    return {"chosen": best["name"], "rule": rule}
+
+
+def _sampled_rows(results_path: str, validation_images: int) -> tuple[dict, dict]:
     with open(results_path) as handle:
         results = json.load(handle)
-    candidates: dict[str, list[tuple[float, float]]] = {}
-    for row, about in results["settings"]["rows"].items():
-        if row in results["summary"] and results["settings"]["model_types"][row] == "diffusion":
-            distance = results["summary"][row]["ab_distance"]["mean"]
-            candidates.setdefault(about["model"], []).append((distance, about["guidance_scale"]))
-    return {model: min(found)[1] for model, found in candidates.items() if len(found) > 1}
+    settings, samples = results["settings"], results["summary"].get("samples", {})
+    check_validation_only(settings, validation_images)
+    return settings, samples
+
+
+def choose_sampler(results_path: str, validation_images: int) -> dict[str, dict]:
+    """The sampler selection's evaluation (results.json) -> per diffusion model {"chosen": "scheduler:steps",
+    "rule", "candidates": [{"name", numbers...}], "images"} (:func:`choose`)."""
+    settings, samples = _sampled_rows(results_path, validation_images)
+    found: dict[str, list[dict]] = {}
+    for row, about in settings["rows"].items():
+        if row in samples and "spread_skill" in samples[row] and about.get("guidance_scale", 1.0) == 1.0:
+            found.setdefault(about["model"], []).append({"name": about["sampler"], **_candidate(samples[row])})
+    return {
+        model: {**choose(candidates), "candidates": candidates, "images": samples["num_images"]}
+        for model, candidates in found.items()
+    }
+
+
+def choose_guidance(results_path: str, validation_images: int) -> dict[str, dict]:
+    """The guidance sweep's evaluation (results.json) -> per guided model {"chosen": scale, "rule",
+    "candidates", "images"} by the same rule (ties: the smaller scale, which costs half the passes)."""
+    settings, samples = _sampled_rows(results_path, validation_images)
+    found: dict[str, list[dict]] = {}
+    for row, about in settings["rows"].items():
+        if row in samples and "spread_skill" in samples[row]:
+            found.setdefault(about["model"], []).append({"name": about["guidance_scale"], **_candidate(samples[row])})
+    chosen = {}
+    for model, candidates in found.items():
+        if len(candidates) > 1:
+            candidates.sort(key=lambda c: c["name"])
+            chosen[model] = {**choose(candidates), "candidates": candidates, "images": samples["num_images"]}
+    return chosen
 
 
 def perception_distortion(results_path: str, figure_path: str) -> list[dict]:

@@ -12,7 +12,7 @@ from colorization.evaluation import GRAY, MEAN_AB, TRUTH
 
 # A few steps per model on a small slice of the embedded data, at 32 px.
 # Every run validates on the first 4 held-out images, where the GAN chooses its step and each diffusion model its
-# guidance scale; the tables leave them out.
+# sampler (of two candidates) and guidance scale; the tables leave them out.
 TINY = [
     "--embedded",
     "--no-pretrained",
@@ -36,18 +36,19 @@ TINY = [
     "4",
     "--guidance_scales",
     "1,3",
+    "--selection_num_samples",
+    "2",
     "--gan_args",
     "--base_channels 8",
 ]
 
 
-def model_rows(guidance: dict) -> set:
-    """The table's model rows, each diffusion model at the guidance scale chosen for it."""
-    sampled = {
-        f"{model} ({sampler}" + (f", guidance {guidance[model]:g})" if guidance[model] != 1 else ")")
-        for model in ("Diffusion", "Diffusion refining CNN")
-        for sampler in ("DPM-2", "DDIM-2")
-    }
+def model_rows(samplers: dict, guidance: dict) -> set:
+    """The table's model rows, each diffusion model with the sampler and guidance scale chosen for it."""
+    sampled = set()
+    for model, sampler in samplers.items():
+        name = sampler.replace(":", "-").upper()
+        sampled.add(f"{model} ({name}" + (f", guidance {guidance[model]:g})" if guidance.get(model, 1) != 1 else ")"))
     return {"CNN", "GAN"} | sampled
 
 
@@ -89,12 +90,13 @@ def test_reproduce_writes_one_consistent_comparison_fails_loudly_and_skips_finis
     with open(evaluation / "results.json") as handle:
         results = json.load(handle)
     summary, settings = results["summary"], results["settings"]
-    chosen = json.loads((out / "reproduce.json").read_text())["guidance"]  # each diffusion model's scale
-    table_rows = model_rows(chosen)
+    state = json.loads((out / "reproduce.json").read_text())
+    chosen, samplers = state["guidance"], state["samplers"]  # each diffusion model's scale and sampler
+    table_rows = model_rows(samplers, chosen)
     assert set(summary) == table_rows | {MEAN_AB, GRAY, TRUTH, "samples"}  # every model, nothing missing
     assert settings["resolution"] == 32 and settings["split"] == "validation" and settings["num_images"] == 13 - 4
     assert any("The first 4 images are left out" in note for note in settings["notes"])
-    first_diffusion_row = sorted(r for r in table_rows if r.startswith("Diffusion (DPM-2"))[0]
+    first_diffusion_row = next(r for r in table_rows if r.startswith("Diffusion ("))
     assert "samples" in summary and "psnr_mean" in summary["samples"][first_diffusion_row]
 
     # the same budget for every model, and its costs recorded next to the quality
@@ -118,36 +120,44 @@ def test_reproduce_writes_one_consistent_comparison_fails_loudly_and_skips_finis
 
     # what was run, and the TensorBoard logs of each model
     commands = _commands(out)
-    assert len(commands) == 8  # the GAN twice: its failed attempt, then the fixed one
+    assert len(commands) == 9  # the GAN twice: its failed attempt, then the fixed one
     for script, count in (("train_cnn.py", 1), ("train_gan.py", 2), ("train_diffusion.py", 2)):
         assert sum(script in c for c in commands) == count
     assert sum("--learning_rate 1e30" in c for c in commands) == 1
     refining = [c for c in commands if "--refine_model" in c]
     assert len(refining) == 1 and "--refine_model models/cnn" in refining[0]
-    # the guidance scales on the validation images, the table, and the slow samplers' on 6 images
-    assert sum("evaluate.py" in c for c in commands) == 3
-    sweep = json.loads((out / "evaluation_guidance" / "results.json").read_text())
-    assert sweep["settings"]["num_images"] == 4 and set(sweep["summary"]) >= {
-        "CNN",
-        "Diffusion (DPM-2)",
-        "Diffusion (DPM-2, guidance 3)",
-        "Diffusion refining CNN (DPM-2, guidance 3)",
-    }
-    assert set(chosen) == {"Diffusion", "Diffusion refining CNN"} and set(chosen.values()) <= {1.0, 3.0}
-    for model, w in chosen.items():  # the smallest ab distance of the model's rows on the validation images
-        rows = [r for r, about in sweep["settings"]["rows"].items() if about["model"] == model]
-        best = min(
-            rows,
-            key=lambda r: (sweep["summary"][r]["ab_distance"]["mean"], sweep["settings"]["rows"][r]["guidance_scale"]),
-        )
-        assert sweep["settings"]["rows"][best]["guidance_scale"] == w
+    # on the validation images only: the samplers, then the guidance scales with the chosen samplers; then the
+    # table, and the slow samplers' on 6 images
+    evaluations = [shlex.split(c) for c in commands if "evaluate.py" in c]
+    assert len(evaluations) == 4
+    for selection in evaluations[:2]:
+        assert selection[selection.index("--max_images") + 1] == "4" and "--skip_images" not in selection
+        assert selection[selection.index("--num_samples") + 1] == "2"
+    assert "selection/samplers" in evaluations[0] and "selection/guidance" in evaluations[1]
+    candidates = json.loads((out / "selection" / "samplers" / "results.json").read_text())
+    assert {about.get("sampler") for about in candidates["settings"]["rows"].values()} == {None, "dpm:2", "ddim:2"}
+    record = json.loads((out / "selection" / "selection.json").read_text())
+    by_what = {(c["model"], c["what"]): c for c in record["choices"]}
+    for model in ("Diffusion", "Diffusion refining CNN"):
+        choice = by_what[(model, "sampler")]
+        assert choice["chosen"] == samplers[model] and choice["images"] == 4
+        assert {c["name"] for c in choice["candidates"]} == {"dpm:2", "ddim:2"}
+        assert {"spread_skill", "colorfulness_crps", "pooled_psnr_posterior"} <= set(choice["candidates"][0])
+        scale = by_what[(model, "guidance scale")]
+        assert scale["chosen"] == chosen[model] and [c["name"] for c in scale["candidates"]] == [1.0, 3.0]
+    assert by_what[("GAN", "exported step")]["images"] == 4
+    sweep = json.loads((out / "selection" / "guidance" / "results.json").read_text())
+    assert {about["sampler"] for row, about in sweep["settings"]["rows"].items() if "sampler" in about} == set(
+        samplers.values()
+    )
     table_command = shlex.split(next(c for c in commands if "--output_dir evaluation " in c + " "))
     assert table_command[table_command.index("--skip_images") + 1] == "4"
+    assert table_command[table_command.index("--samplers") + 1] == ",".join(f"{m}={s}" for m, s in samplers.items())
     assert table_command[table_command.index("--guidance_scale") + 1] == ",".join(
         f"{m}={w:g}" for m, w in chosen.items()
     )
     diffusion = next(c for c in commands if "train_diffusion.py" in c)
-    assert "--validation_sampler dpm --validation_inference_steps 2" in diffusion  # the table's first sampler
+    assert "--validation_sampler dpm --validation_inference_steps 2" in diffusion  # the first candidate
     slow = json.loads((out / "evaluation_slow" / "results.json").read_text())["settings"]
     assert "DDPM-3" in str(slow["sampling"]) and slow["evaluation"]["max_images"] == 6
     for model in ("cnn", "gan", "diffusion", "refine"):
@@ -173,13 +183,14 @@ def test_reproduce_writes_one_consistent_comparison_fails_loudly_and_skips_finis
     readme = (out / "README.md").read_text()
     assert (evaluation / "table.md").read_text().strip() in readme
     assert "python -m colorization.reproduce" in readme and "comparison.png" in readme
-    assert "## Guidance scale, chosen on the validation images" in readme and "perception_distortion.png" in readme
-    assert (out / "evaluation_guidance" / "perception_distortion.png").is_file()
+    assert "## Chosen on the validation images" in readme and "perception_distortion.png" in readme
+    assert (out / "selection" / "guidance" / "perception_distortion.png").is_file()
+    assert "selection/README.md" in readme and "## Diffusion: sampler" in (out / "selection" / "README.md").read_text()
 
     exported = {m: (out / "models" / m / "colorizer.json").stat().st_mtime_ns for m in ("cnn", "gan", "diffusion")}
     table = (evaluation / "table.md").read_text()
     second = reproduce(out)
-    for step in ("cnn", "gan", "diffusion", "guidance", "evaluation", "evaluation_slow"):
+    for step in ("cnn", "gan", "diffusion", "samplers", "guidance", "evaluation", "evaluation_slow"):
         assert f"{step}: finished earlier, skipped" in second.stdout
     assert _commands(out) == commands  # nothing was run again
     assert {m: (out / "models" / m / "colorizer.json").stat().st_mtime_ns for m in exported} == exported
@@ -191,38 +202,75 @@ def test_reproduce_writes_one_consistent_comparison_fails_loudly_and_skips_finis
     assert "with other settings" in changed.stderr and "Traceback" not in changed.stderr
 
 
-def test_the_paper_preset_samples_ddpm_1000_on_a_subset_and_the_mean_of_8():
+def test_the_paper_preset_chooses_its_sampler_on_the_validation_images_and_samples_ddpm_1000_on_a_subset():
     from colorization.reproduce import Reproduction, parse_args
 
     plan = Reproduction(parse_args(["--preset", "paper", "--num_processes", "1"]))
-    table, slow = plan.evaluation_command(), plan.evaluation_command(slow=True)
-    assert table[table.index("--samplers") + 1] == "dpm:20,ddim:50"
-    assert table[table.index("--num_samples") + 1] == "8" and "--max_images" not in table
+    selection, slow = plan.sampler_selection_command(), plan.evaluation_command(slow=True)
+    assert selection[selection.index("--samplers") + 1] == ",".join(
+        f"{model}={sampler}" for model in ("Diffusion", "Diffusion refining CNN") for sampler in ("dpm:20", "ddim:50")
+    )
+    assert selection[selection.index("--num_samples") + 1] == "8" and "--skip_images" not in selection
+    assert selection[selection.index("--max_images") + 1] == "64"
     assert slow[slow.index("--samplers") + 1] == "ddpm:1000" and slow[slow.index("--max_images") + 1] == "64"
+    assert slow[slow.index("--skip_images") + 1] == "64"
     diffusion = plan.training_command("diffusion")
     assert diffusion[diffusion.index("--resolution") + 1] == "256" and "base" in diffusion
 
 
-def test_the_cpu_small_preset_samples_the_refining_model_with_its_own_sampler():
+def test_the_cpu_small_preset_chooses_each_models_sampler_among_its_candidates():
     from colorization.reproduce import Reproduction, parse_args
 
     plan = Reproduction(parse_args(["--preset", "cpu-small", "--num_processes", "1"]))
-    table = plan.evaluation_command()
-    assert table[table.index("--samplers") + 1] == "dpm:20,Diffusion refining CNN=ddpm:75"
+    candidates = plan.candidates()
+    assert set(candidates) == {"Diffusion", "Diffusion refining CNN"}
+    for found in candidates.values():
+        assert found and all(int(sampler.split(":")[1]) <= 25 for sampler in found)  # at most 25 UNet passes
     # every diffusion model validates during training with the fast shared sampler
+    shared = plan.samplers().split(",")[0].split(":")
     for model in ("diffusion", "refine"):
         command = plan.training_command(model)
         assert command[command.index("--validation_sampler") :][:4] == [
             "--validation_sampler",
-            "dpm",
+            shared[0],
             "--validation_inference_steps",
-            "20",
+            shared[1],
         ]
-    # a run without the refining model leaves its entry out; each model's first sampler chooses its guidance
+    # a run without the refining model leaves its entries out
     plan = Reproduction(parse_args(["--models", "cnn,diffusion", "--samplers", "dpm:20,ddim:50,refine=ddpm:100"]))
-    assert plan._for_evaluation(plan.samplers()) == "dpm:20,ddim:50"
-    plan = Reproduction(parse_args(["--samplers", "dpm:20,ddim:50,refine=ddpm:100,refine=dpm:10"]))
-    assert plan._for_evaluation(plan.samplers(), first_only=True) == "dpm:20,Diffusion refining CNN=ddpm:100"
+    assert plan.candidates() == {"Diffusion": ["dpm:20", "ddim:50"]}
+    plan = Reproduction(parse_args(["--samplers", "dpm:20,refine=ddpm:100"]))  # one candidate each: no selection
+    assert plan.sampler_selection_command() is None
+    assert plan.chosen_samplers() == {"Diffusion": "dpm:20", "Diffusion refining CNN": "ddpm:100"}
+
+
+def test_choices_are_made_by_the_proper_scores_and_never_on_the_tables_images(tmp_path):
+    import pytest
+
+    from colorization.errors import ColorizationError
+    from colorization.reproduce import check_validation_only, choose, choose_sampler
+
+    def candidate(name, ratio, crps, psnr):
+        numbers = {"spread_skill": ratio, "colorfulness_crps": crps, "pooled_psnr_posterior": psnr}
+        return {"name": name, **{k: {"mean": v, "ci95": [v, v]} for k, v in numbers.items()}}
+
+    # the calibrated candidate with the lowest CRPS: not the lowest CRPS overall (too little spread), nor the best
+    # posterior mean
+    found = choose([candidate("a", 0.80, 5.0, 27.0), candidate("b", 0.95, 7.0, 26.0), candidate("c", 1.08, 6.0, 25.5)])
+    assert found["chosen"] == "c" and "calibrated" in found["rule"]
+    assert choose([candidate("a", 0.7, 5, 27), candidate("b", 0.85, 9, 26)])["chosen"] == "b"  # none calibrated
+    # an evaluation that measured more than the validation images is refused, whichever way it reached them
+    settings = {"split": "validation", "evaluation": {"skip_images": 0, "max_images": 64}}
+    check_validation_only(settings, 64)
+    for wrong in ({"skip_images": 64, "max_images": 64}, {"skip_images": 0, "max_images": 128}, {"max_images": None}):
+        with pytest.raises(ColorizationError, match="the table's images are for the table"):
+            check_validation_only({**settings, "evaluation": wrong}, 64)
+    with pytest.raises(ColorizationError, match="the table's images are for the table"):
+        check_validation_only({**settings, "split": "all"}, 64)
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"settings": {**settings, "evaluation": {"skip_images": 64}}, "summary": {}}))
+    with pytest.raises(ColorizationError, match="refusing to choose"):
+        choose_sampler(str(results), 64)
 
 
 def test_a_results_folder_with_someone_elses_files_is_refused(tmp_path):

@@ -280,6 +280,11 @@ class DiffusionColorizer(Colorizer):
         guidance = f", guidance {self.guidance_scale:g}" if self.guidance_scale != 1.0 else ""
         return f"{sampler_name(self.pipeline.scheduler).upper()}-{self.num_inference_steps}{guidance}"
 
+    @property
+    def sampler(self) -> str:
+        """The sampler as ``--samplers`` names it, e.g. ``dpm:20``."""
+        return f"{sampler_name(self.pipeline.scheduler)}:{self.num_inference_steps}"
+
     def use_sampler(self, name: str, num_inference_steps: int) -> None:
         """Sample with another sampler of the same training schedule, or another step count (same network)."""
         if sampler_name(self.pipeline.scheduler) != name:
