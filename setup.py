@@ -7,7 +7,9 @@ with open("colorization/version.py", encoding="utf-8") as handle:
     VERSION = re.search(r'^__version__ = "([^"]+)"', handle.read(), re.M).group(1)
 
 setup(
-    name="colorization",
+    # "colorization" on the package index is someone else's (0.1.1, a terminal text-color library whose wheel
+    # installs a package named lib); this distribution's name is free there. The import name stays colorization.
+    name="colorization-suite",
     version=VERSION,
     description="Train, compare and serve CNN, GAN and diffusion models for automatic image colorization.",
     long_description=open("README.md", encoding="utf-8").read(),

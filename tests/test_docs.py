@@ -13,11 +13,12 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 MAX_README_LINES = 300
 QUICK_START_PREFIXES = (
-    "python3 -m venv .venv && . .venv/bin/activate && pip install -e . &&",
+    "python3 -m venv .venv && . .venv/bin/activate && pip install -e . -c constraints.txt &&",
     '. .venv/bin/activate && pip install -e ".[dev]" &&',
 )
-# The pattern .ci/run greps README.md with (first match) to find the test command it runs.
+# The patterns .ci/run greps README.md with (first match) to find the two commands it runs.
 CI_TEST_COMMAND = re.compile(r'^\. \.venv/bin/activate && pip install -e "\.\[dev\]" && .*pytest')
+CI_QUICKSTART_COMMAND = re.compile(r"^python3 -m venv \.venv && \. \.venv/bin/activate && pip install -e \. ")
 
 
 def markdown_files():
@@ -231,6 +232,10 @@ def test_readme_keeps_the_quick_start_commands():
     ci_lines = [i for i, line in enumerate(lines) if CI_TEST_COMMAND.match(line)]
     assert ci_lines and lines[ci_lines[0]].startswith(QUICK_START_PREFIXES[1])
     assert "pytest" in lines[ci_lines[0]]
+    quickstart = [i for i, line in enumerate(lines) if CI_QUICKSTART_COMMAND.match(line)]
+    assert quickstart and lines[quickstart[0]].startswith(QUICK_START_PREFIXES[0])
+    # the releases command 1 pins (the Quick start's numbers came from them) are in the repository
+    assert (ROOT / "constraints.txt").is_file()
 
 
 def test_every_docs_page_has_a_title_a_way_back_and_a_link_from_the_readme():
