@@ -5,9 +5,10 @@
 Files and folders (searched recursively; hidden files are ignored) are colorized in batches. Each output
 keeps its input's path below the inputs' common parent folder (so ``a/x.jpg`` and ``b/x.jpg`` become
 ``colorized/a/x.jpg`` and ``colorized/b/x.jpg``) and its format (PNG where that format cannot be written, or
-cannot keep an alpha channel). Nothing is overwritten: not an input, and not an existing output unless
-``--overwrite``. A file that is not a readable image, or cannot be written, gets one line saying why; the
-others go on, and the exit code is 1 if any failed.
+cannot keep an alpha channel). Nothing is overwritten: never an input (an output whose name is an input's
+gets a distinct one, ``NAME_colorized.EXT``), and not an existing output unless ``--overwrite``. A file that
+is not a readable image, or cannot be written, gets one line saying why; the others go on, and the exit
+code is 1 if any failed.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 from PIL import Image
 from tqdm.auto import tqdm
@@ -78,41 +80,54 @@ def _savable_format(image_format: str) -> str:
     return image_format if image_format in Image.SAVE else "PNG"
 
 
-class OutputPlan:
-    """Where each output goes: never onto an input, never onto another output of this run, and never onto an
-    existing file unless ``overwrite``."""
+def _guessed_format(path: Path) -> Optional[str]:
+    """The format Pillow reads a file as, from its extension (before it is opened); None if unknown."""
+    Image.init()
+    return Image.registered_extensions().get(path.suffix.lower())
 
-    def __init__(self, output_dir: Path, overwrite: bool):
+
+class OutputPlan:
+    """Where each output goes: never onto an input (any of them, not just its own: ``a.psd`` is written as PNG,
+    and ``a.png`` may be another input), never onto another output of this run, and never onto an existing
+    file unless ``overwrite``. An output whose name is taken gets a distinct one (``NAME_colorized.EXT``, then
+    ``NAME_colorized_2.EXT``, ...) rather than an error: the photos are still colorized, and every name says
+    which input it came from."""
+
+    def __init__(self, output_dir: Path, overwrite: bool, inputs: list[tuple[Path, Path]]):
         self.output_dir = output_dir
         self.overwrite = overwrite
+        self.inputs = {source.resolve() for source, _ in inputs}
         self.claimed: set[Path] = set()
 
-    def target(self, source: Path, relative: Path, image_format: str, has_alpha: bool) -> tuple[Path, str]:
-        """-> (the output path, the format to save it in)."""
-        save_format = _savable_format(image_format)
+    def target(
+        self, source: Path, relative: Path, image_format: Optional[str], has_alpha: bool
+    ) -> tuple[Path, Optional[str]]:
+        """-> (the output path, the format to save it in); an unknown ``image_format`` (None) keeps the name."""
+        save_format = _savable_format(image_format) if image_format else None
         target = self.output_dir / relative
-        if save_format != image_format or (has_alpha and save_format in _FORMATS_WITHOUT_ALPHA):
+        changed = image_format and (
+            save_format != image_format or (has_alpha and save_format in _FORMATS_WITHOUT_ALPHA)
+        )
+        if changed:
             save_format = "PNG"  # keep the alpha channel, or a format Pillow reads but cannot write (PSD)
             target = target.with_suffix(".png")
-        if target.resolve() == source.resolve():
+        if target.resolve() in self.inputs:
             target = target.with_name(f"{target.stem}_colorized{target.suffix}")
         candidate, number = target, 1
-        while candidate.resolve() in self.claimed:  # e.g. x.jpg with alpha and x.png, both as x.png
+        # e.g. x.jpg with alpha and x.png, both as x.png; or x_colorized.png, an input from an earlier run
+        while candidate.resolve() in self.claimed or candidate.resolve() in self.inputs:
             number += 1
             candidate = target.with_name(f"{target.stem}_{number}{target.suffix}")
         self.claimed.add(candidate.resolve())
         return candidate, save_format
 
-    def existing(self, inputs: list[tuple[Path, Path]]) -> list[Path]:
-        """The outputs (as named after their inputs) that already exist, before anything is written."""
-        found = []
-        for source, relative in inputs:
-            target = self.output_dir / relative
-            if target.resolve() == source.resolve():
-                target = target.with_name(f"{target.stem}_colorized{target.suffix}")
-            if target.exists():
-                found.append(target)
-        return found
+    @classmethod
+    def existing(cls, output_dir: Path, inputs: list[tuple[Path, Path]]) -> list[Path]:
+        """The outputs that already exist, before anything is opened or written (named as :meth:`target` will
+        name them, the format guessed from each input's extension)."""
+        plan = cls(output_dir, False, inputs)
+        targets = [plan.target(source, relative, _guessed_format(source), False)[0] for source, relative in inputs]
+        return [target for target in targets if target.exists()]
 
 
 def save_output(image: Image.Image, target: Path, save_format: str, overwrite: bool) -> None:
@@ -183,8 +198,8 @@ def run(argv=None) -> int:
     args = build_parser().parse_args(argv)
     inputs = collect_inputs(args.inputs)
     output_dir = Path(args.output_dir)
-    plan = OutputPlan(output_dir, args.overwrite)
-    existing = plan.existing(inputs)
+    plan = OutputPlan(output_dir, args.overwrite, inputs)
+    existing = OutputPlan.existing(output_dir, inputs)
     if existing and not args.overwrite:
         raise ColorizationError(
             f"{len(existing)} of the {len(inputs)} outputs already exist in {output_dir} (e.g. "

@@ -375,13 +375,45 @@ def _load_embedded(config: DataConfig):
     )
 
 
-def describe_source(config: DataConfig) -> str:
+# DataConfig fields that hold this machine's paths: a record that leaves the machine (an export) keeps none of them
+MACHINE_PATH_FIELDS = ("train_data_dir", "cache_dir")
+
+
+def folder_name(path: str) -> str:
+    """A folder's own name, without where it is on this machine ("." too is named)."""
+    return os.path.basename(os.path.normpath(os.path.abspath(path)))
+
+
+def describe_source(config: DataConfig, path: bool = True) -> str:
+    """The data source in words. ``path=False`` names a local folder by its name alone, for records that leave
+    this machine (an export, which travels to the Hub; ``results.json``), where its path means nothing."""
     if config.train_data_dir:
-        return f"folder {config.train_data_dir}"
+        return f"folder {config.train_data_dir if path else folder_name(config.train_data_dir)}"
     if config.dataset_name:
         label = f" [{config.label_column} = {config.label_filter}]" if config.label_filter else ""
         return f"hub {config.dataset_name}{label}"
     return EMBEDDED_NAME
+
+
+def identify_source(config: DataConfig, image_hashes: Optional[list]) -> dict:
+    """What identifies the training data on any machine, for an export's record: the kind of source, its name (a
+    local folder's name, not its path), and the training images' count and the SHA-256 of their hash list
+    (``image_hash`` of each, in order, one a line; None where the images are not known, e.g. a stream without
+    a manifest). Two exports with the same hash were trained on the same image files."""
+    if config.dataset_name:
+        kind, name = "hub", config.dataset_name
+    elif config.train_data_dir:
+        kind, name = ("shards" if config.streaming else "folder"), folder_name(config.train_data_dir)
+    else:
+        kind, name = "embedded", EMBEDDED_NAME
+    known = image_hashes is not None
+    return {
+        "kind": kind,
+        "name": name,
+        "description": describe_source(config, path=False),
+        "num_images": len(image_hashes) if known else None,
+        "images_sha256": hashlib.sha256("\n".join(image_hashes).encode()).hexdigest() if known else None,
+    }
 
 
 def _filter_label(split, config: DataConfig):

@@ -669,7 +669,7 @@ def evaluate(
         "num_images": result["num_images"],
         "resolution": data.resolution,
         "split": config.split,
-        "data": describe_source(data),
+        "data": describe_source(data, path=False),  # as an export records its data: the folder's name, no path
         "metrics": evaluator.metrics,
         "seed": config.seed,
         "sampling": sampling or "none (no stochastic model)",

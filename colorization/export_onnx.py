@@ -9,7 +9,9 @@ stays in Python on the same diffusers scheduler; a refining model's regressor is
 folder inside (``regressor/``). Every graph is checked before the folder is written: ONNX Runtime against
 torch on real photos (``--check_photos``; the demo's examples by default), max |delta ab| in normalized
 units at most 1e-4, else nothing is written. The folder is new or empty, or an earlier ONNX export that
-``--overwrite`` replaces; it is written beside its destination and moved into place when complete.
+``--overwrite`` replaces; it is written beside its destination and moved into place when complete (the
+earlier export is renamed aside first and deleted last, so that a kill loses neither; the next export puts
+back one left aside).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 from colorization.colorizer import CONFIG_NAME, _full_lightness, _split_alpha
 from colorization.config import HelpFormatter, existing_path, model_reference, output_folder
 from colorization.errors import ColorizationError, cli_entry_point
-from colorization.files import write_json
+from colorization.files import recover_folder, swap_in_folder, write_json
 from colorization.hub import resolve
 from colorization.images import UNREADABLE_IMAGE_ERRORS, open_image
 from colorization.inference import load_colorizer
@@ -56,6 +58,7 @@ ONNX_FOLDER_FILES = {
     REGRESSOR_DIR,
 }
 SCHEDULER_FILES = {"scheduler_config.json"}  # what the copied training schedule holds
+REPLACED_SUFFIX = ".replaced"  # an earlier export under --overwrite waits beside the folder under this name
 
 
 def _foreign_entries(folder: str, prefix: str = "") -> list[str]:
@@ -242,6 +245,7 @@ def export_onnx(
     overwrite: bool = False,
 ) -> dict:
     """Export ``model`` (a folder or Hub id) as an ONNX folder ``output_dir`` -> its record (``onnx.json``)."""
+    aside = _recover(output_dir)
     _check_output_dir(output_dir, overwrite)
     source, _ = resolve(model, revision)
     colorizer = load_colorizer(model, "cpu", revision=revision)
@@ -253,12 +257,29 @@ def export_onnx(
         record = write_onnx_folder(colorizer, source, staging, lightness)
         load_colorizer(staging, backend="onnx")  # the folder loads as the backend will load it
         _check_output_dir(output_dir, overwrite)  # again: the folder may have changed while we exported
-        if os.path.isdir(output_dir):
-            shutil.rmtree(output_dir)
-        os.replace(staging, output_dir)
+        # the earlier export is renamed aside, not deleted, until the new one is in: a kill loses neither
+        swap_in_folder(staging, output_dir, aside)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return record
+
+
+def _aside(output_dir: str) -> str:
+    """Where an earlier export waits while the new one is moved in: a hidden folder beside it."""
+    path = os.path.abspath(output_dir)
+    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}{REPLACED_SUFFIX}")
+
+
+def _recover(output_dir: str) -> str:
+    """Put back the earlier export that an interrupted --overwrite left aside -> the aside path."""
+    aside = _aside(output_dir)
+    if os.path.lexists(aside):  # only ever a folder of an ONNX export's own files, whole where nothing replaced it
+        whole = os.path.lexists(output_dir) or is_onnx_export(aside)
+        if not os.path.isdir(aside) or _foreign_entries(aside) or not whole:
+            raise ColorizationError(f"{aside} is in the way of replacing {output_dir}; move it elsewhere")
+        if recover_folder(output_dir, aside):
+            print(f"{output_dir}: put back the earlier ONNX export that an interrupted --overwrite left aside")
+    return aside
 
 
 def _check_output_dir(output_dir: str, overwrite: bool) -> None:

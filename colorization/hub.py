@@ -7,11 +7,11 @@ is used, so loading a local model needs no network and no Hub library at import.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from typing import Optional
 
+from colorization.colorizer import CONFIG_NAME, MEAN_AB_NAME, TRAINING_IMAGES_NAME, WEIGHTS_NAME
 from colorization.config import HUB_REPO_ID
 from colorization.errors import ColorizationError
 from colorization.files import read_json_if_present
@@ -20,6 +20,27 @@ from colorization.version import __version__
 CARD_NAME = "README.md"
 # the weights' license the card states unless told otherwise: AFHQ, the default data, is CC BY-NC 4.0
 DEFAULT_LICENSE = "cc-by-nc-4.0"
+# What an export holds, and all that a push uploads or a download by Hub id fetches: each family's top-level
+# names are its TrainingTask.exported_files; these are the files inside its folders (a diffusion pipeline's, as
+# diffusers' save_pretrained names them with safetensors; a refining model's regressor/ is a one-pass export).
+ONE_PASS_FILES = (CONFIG_NAME, WEIGHTS_NAME, MEAN_AB_NAME, TRAINING_IMAGES_NAME)
+FOLDER_FILES = {
+    "unet": ("config.json", "diffusion_pytorch_model.safetensors"),
+    "scheduler": ("scheduler_config.json",),
+    "regressor": ONE_PASS_FILES,
+}
+
+
+def export_paths(names) -> list[str]:
+    """The files (paths relative to the export, "/"-separated) of an export's top-level ``names``."""
+    paths = []
+    for name in names:
+        paths += [f"{name}/{file}" for file in FOLDER_FILES[name]] if name in FOLDER_FILES else [name]
+    return paths
+
+
+# before it knows the family, a download asks for every family's files (a test checks they are all here)
+DOWNLOAD_FILES = tuple(export_paths((*ONE_PASS_FILES, "model_index.json", *FOLDER_FILES)))
 
 
 def resolve(reference: str, revision: Optional[str] = None) -> tuple[str, Optional[dict]]:
@@ -36,7 +57,13 @@ def resolve(reference: str, revision: Optional[str] = None) -> tuple[str, Option
         f" (revision {revision})" if revision else ""
     )
     try:
-        path = snapshot_download(reference, revision=revision, library_name="colorization", library_version=__version__)
+        path = snapshot_download(
+            reference,
+            revision=revision,
+            allow_patterns=list(DOWNLOAD_FILES),  # the export alone: nothing else of the repository's
+            library_name="colorization",
+            library_version=__version__,
+        )
     except errors.RevisionNotFoundError:
         raise ColorizationError(f"{where} does not exist (no such revision)") from None
     except errors.RepositoryNotFoundError:
@@ -55,14 +82,21 @@ def resolve(reference: str, revision: Optional[str] = None) -> tuple[str, Option
 
 
 def upload_files(export_dir: str) -> list[str]:
-    """The names in an export folder that an upload carries: the exported model, not the run around it
-    (checkpoints hold optimizer state)."""
-    from colorization.checkpoints import RUN_FILES
+    """The files of an export folder that an upload carries (paths relative to it, "/"-separated): the exported
+    model's own files, by name, and nothing else: not the run around it (checkpoints hold optimizer state), nor
+    any other file of the user's that happens to be in the folder."""
+    from colorization.families import family
+    from colorization.onnx_backend import is_onnx_export
 
-    names = sorted(name for name in os.listdir(export_dir) if not name.startswith(".") and name not in RUN_FILES)
-    if "colorizer.json" not in names:
-        raise ColorizationError(f"{export_dir} is not an exported colorization model (no colorizer.json)")
-    return names
+    config = read_json_if_present(os.path.join(export_dir, CONFIG_NAME))
+    if config is None:
+        raise ColorizationError(f"{export_dir} is not an exported colorization model (no {CONFIG_NAME})")
+    if is_onnx_export(export_dir):
+        raise ColorizationError(
+            f"{export_dir} is an ONNX export: push the model it was exported from (export_onnx takes a Hub id)"
+        )
+    names = family(config.get("model_type")).task_class().exported_files
+    return [path for path in export_paths(names) if os.path.isfile(os.path.join(export_dir, *path.split("/")))]
 
 
 def model_card(export_dir: str, repo_id: str, license_id: str):
@@ -70,18 +104,24 @@ def model_card(export_dir: str, repo_id: str, license_id: str):
     was trained, how to load it, and what it is not for."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    config = read_json_if_present(os.path.join(export_dir, "colorizer.json"))
+    config = read_json_if_present(os.path.join(export_dir, CONFIG_NAME))
     training = config.get("training", {})
     model_type, resolution = config["model_type"], config["resolution"]
-    data = training.get("data", "unknown data")
-    data_config = training.get("data_config", {})
-    images = (read_json_if_present(os.path.join(export_dir, "training_images.json")) or {}).get("images", [])
-    hub_data = data_config.get("dataset_name")
-    if hub_data:
-        source = f"the Hub data set [{hub_data}](https://huggingface.co/datasets/{hub_data})"
-    else:
-        digest = hashlib.sha256("\n".join(images).encode()).hexdigest()[:16]
-        source = f"a local folder of {len(images)} training images (SHA-256 of their hash list: `{digest}`)"
+    identity = data_identity(export_dir, training)
+    data = identity["description"]
+    hub_data = identity["name"] if identity["kind"] == "hub" else None
+    source = {
+        "hub": f"the Hub data set [{hub_data}](https://huggingface.co/datasets/{hub_data}) ({data})",
+        "folder": f"a local folder named `{identity['name']}`",
+        "shards": f"shards in a local folder named `{identity['name']}`",
+        "embedded": "the procedural data embedded in the repository",
+        "unknown": "data that the export does not record",
+    }[identity["kind"]]
+    if identity["num_images"] is not None:
+        source += (
+            f": {identity['num_images']} training images, SHA-256 of their image hash list "
+            f"`{identity['images_sha256'][:16]}`"
+        )
     validation = training.get("validation") or {}
     metrics = ""
     if "psnr" in validation:
@@ -99,6 +139,7 @@ def model_card(export_dir: str, repo_id: str, license_id: str):
     command = training.get("command") or (read_json_if_present(os.path.join(export_dir, "run_config.json")) or {}).get(
         "command", "not recorded"
     )
+    command = " ".join(_without_machine_path(word) for word in command.split(" "))
     minutes = training.get("wall_seconds", 0) / 60
     card_data = ModelCardData(
         license=license_id,
@@ -130,7 +171,7 @@ or `colorize --model {repo_id} photo.jpg`.
 
 ## Training
 
-- Data: {source} ({data}), {resolution}x{resolution}.
+- Data: {source}; at {resolution}x{resolution}.
 - Budget: step {training.get("global_step", "?")}, {training.get("images_seen", "?")} training images seen,
   {minutes:.1f} minutes on {training.get("hardware", "unknown hardware")}, mixed precision
   {training.get("mixed_precision", "?")}.
@@ -149,17 +190,47 @@ do not use them as evidence of what the original colors were.
     return ModelCard(text)
 
 
+def data_identity(export_dir: str, training: dict) -> dict:
+    """The export's record of its training data (``colorization.data.identify_source``); for an export written
+    before that record, the same from its data settings and its list of training images."""
+    if "data_source" in training:
+        return training["data_source"]
+    import dataclasses
+
+    from colorization.colorizer import read_training_images
+    from colorization.data import DataConfig, identify_source
+
+    settings = training.get("data_config")
+    if settings is None:
+        return {"kind": "unknown", "name": None, "description": "unknown data", "num_images": None}
+    known = {f.name for f in dataclasses.fields(DataConfig)}
+    images = (read_training_images(export_dir) or {}).get("images")
+    return identify_source(DataConfig(**{k: v for k, v in settings.items() if k in known}), images)
+
+
+def _without_machine_path(word: str) -> str:
+    """A word of a command line with an absolute path cut to its last part (``--flag=/a/b`` too)."""
+    flag, equals, value = word.partition("=") if word.startswith("-") and "=" in word else ("", "", word)
+    if not os.path.isabs(value):
+        return word
+    return f"{flag}{equals}.../{os.path.basename(os.path.normpath(value))}"
+
+
 def write_upload_folder(export_dir: str, target: str, repo_id: str, license_id: str) -> list[str]:
     """Write exactly what an upload carries into ``target`` (a new or empty folder) -> the files, relative."""
     if os.path.exists(target) and (not os.path.isdir(target) or os.listdir(target)):
         raise ColorizationError(f"--output_dir {target} is not a new or empty folder; choose another")
     os.makedirs(target, exist_ok=True)
-    for name in upload_files(export_dir):
-        source = os.path.join(export_dir, name)
-        if os.path.isdir(source):
-            shutil.copytree(source, os.path.join(target, name))
-        else:
-            shutil.copy2(source, os.path.join(target, name))
+    for path in upload_files(export_dir):
+        destination = os.path.join(target, *path.split("/"))
+        os.makedirs(os.path.dirname(destination), exist_ok=True)
+        shutil.copy2(os.path.join(export_dir, *path.split("/")), destination)
+    try:  # the upload is the whole model: it loads without anything the allowlist left behind
+        from colorization.inference import load_colorizer
+
+        load_colorizer(target, "cpu")
+    except ColorizationError as error:
+        raise ColorizationError(f"{export_dir} cannot be pushed: its exported files do not load ({error})") from None
     model_card(export_dir, repo_id, license_id).save(os.path.join(target, CARD_NAME))
     return sorted(os.path.relpath(os.path.join(root, f), target) for root, _, files in os.walk(target) for f in files)
 

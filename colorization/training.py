@@ -63,12 +63,14 @@ from colorization.config import (
     positive_int,
 )
 from colorization.data import (
+    MACHINE_PATH_FIELDS,
     DataConfig,
     batch_to_rgb,
     build_datasets,
     collate,
     data_statistics,
     describe_source,
+    identify_source,
     make_loaders,
     prepare_split,
     split_hashes,
@@ -641,11 +643,14 @@ def export_model(
     """The live networks as an export in ``folder``, with what they are, how they were trained (``costs``), the
     validation ``metrics``, the selection (if any), and the record of the training data (mean ab, image hashes)."""
     os.makedirs(folder, exist_ok=True)
-    source = describe_source(data_config)
+    # what identifies the data, never this machine's paths: an export travels to other machines and the Hub
+    source = describe_source(data_config, path=False)
+    settings = {key: value for key, value in asdict(data_config).items() if key not in MACHINE_PATH_FIELDS}
     training = {
         "global_step": progress.global_step,
         "data": source,
-        "data_config": asdict(data_config),
+        "data_source": identify_source(data_config, training_hashes),
+        "data_config": settings,
         "resolution": data_config.resolution,
         "validation": metrics,
         **costs,

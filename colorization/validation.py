@@ -18,7 +18,7 @@ from colorization import color
 from colorization.checkpoints import PARTIAL_SUFFIX, REPLACED_SUFFIX
 from colorization.colorizer import CONFIG_NAME, Colorizer
 from colorization.data import batch_to_rgb, split_hashes
-from colorization.files import read_json_if_present, write_json
+from colorization.files import read_json_if_present, swap_in_folder, write_json
 from colorization.measure import gray_baseline, measure, truth_values
 from colorization.metrics import is_gray_truth
 
@@ -185,14 +185,10 @@ class Validator:
         if self.accelerator.is_main_process:
             # exported beside the previous choice and swapped in: a crash leaves one whole export or none
             folder = self.selected_dir
-            partial, previous = folder + PARTIAL_SUFFIX, folder + REPLACED_SUFFIX
-            for leftover in (partial, previous):
-                shutil.rmtree(leftover, ignore_errors=True)
+            partial = folder + PARTIAL_SUFFIX
+            shutil.rmtree(partial, ignore_errors=True)
             self.export(partial, metrics)
-            if os.path.isdir(folder):
-                os.replace(folder, previous)
-            os.replace(partial, folder)
-            shutil.rmtree(previous, ignore_errors=True)
+            swap_in_folder(partial, folder, folder + REPLACED_SUFFIX)
         self.accelerator.wait_for_everyone()
 
     def selected_export_ready(self) -> bool:

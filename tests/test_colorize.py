@@ -234,3 +234,28 @@ def test_a_file_that_cannot_be_written_is_one_line_and_the_rest_go_on(models, tm
     lines = [line for line in error.splitlines() if line.startswith("error:")]
     assert code == 1 and len(lines) == 1 and "one.png" in lines[0] and "Traceback" not in error
     assert "1 image(s) colorized" in error and (out / "two.png").is_file()
+
+
+def test_an_output_never_lands_on_another_input(models, tmp_path, capsys):
+    """``a.psd`` is written as PNG: in the inputs' own folder, ``a.png`` is another input, and stays untouched
+    even with --overwrite; so does ``b_colorized.png``, an input left by an earlier run."""
+    from colorization.cli import main
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    (scans / "a.psd").write_bytes(_psd(6, 5))
+    _photo(7, 4, 5).save(scans / "a.png")
+    _photo(3, 8, 6).save(scans / "b.png")
+    _photo(5, 5, 7).save(scans / "b_colorized.png")
+    inputs = {p.name: p.read_bytes() for p in scans.iterdir()}
+    args = ["--model", models / "cnn", scans, "--output_dir", tmp_path, "--device", "cpu", "--overwrite"]
+    code, printed, _ = run_in_process(main, args, capsys)
+    assert code == 0 and "4 image(s) colorized" in printed
+    assert all((scans / name).read_bytes() == data for name, data in inputs.items())
+    outputs = {p.name: Image.open(p).size for p in scans.iterdir() if p.name not in inputs}
+    assert outputs == {
+        "a_colorized.png": (7, 4),  # a.png's, beside it
+        "a_colorized_2.png": (6, 5),  # a.psd's: a.png is an input, a_colorized.png another output
+        "b_colorized_2.png": (3, 8),  # b.png's: b_colorized.png is an input
+        "b_colorized_colorized.png": (5, 5),
+    }

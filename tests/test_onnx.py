@@ -111,3 +111,37 @@ def test_the_commands_and_their_failures(cnn_run, tmp_path, capsys):
     (onnx_folder / "model.onnx").write_bytes(b"not a graph")
     with pytest.raises(ColorizationError, match="cannot load .*model.onnx"):
         load_colorizer(str(onnx_folder), backend="onnx")
+
+
+def test_a_kill_while_an_earlier_export_is_replaced_loses_neither(tmp_path, monkeypatch):
+    import os
+
+    import torch
+
+    from colorization.colorizer import save_export_config, save_module_weights
+    from colorization.models.gan import UNetGenerator
+
+    model, onnx_folder = tmp_path / "gan", tmp_path / "onnx"
+    torch.manual_seed(0)
+    save_module_weights(str(model), UNetGenerator(32, "ab", 8), "gan")
+    save_export_config(str(model), "gan", {"resolution": 32, "output_space": "ab", "base_channels": 8}, 32)
+    export_onnx(str(model), str(onnx_folder))
+    earlier = {p.relative_to(onnx_folder): p.read_bytes() for p in onnx_folder.rglob("*") if p.is_file()}
+
+    move = os.replace
+
+    def killed_before_the_new_export_is_in(source, target):
+        if os.path.basename(source).startswith(".onnx-export-"):
+            raise KeyboardInterrupt  # the kill lands between taking the old export away and moving the new in
+        move(source, target)
+
+    monkeypatch.setattr(os, "replace", killed_before_the_new_export_is_in)
+    with pytest.raises(KeyboardInterrupt):
+        export_onnx(str(model), str(onnx_folder), overwrite=True)
+    monkeypatch.undo()
+    # the earlier export is whole on disk, and the next export puts it back before it decides anything
+    with pytest.raises(ColorizationError, match="add --overwrite"):
+        export_onnx(str(model), str(onnx_folder))
+    assert {p.relative_to(onnx_folder): p.read_bytes() for p in onnx_folder.rglob("*") if p.is_file()} == earlier
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gan", "onnx"]  # nothing left beside it
+    load_colorizer(str(onnx_folder), backend="onnx")

@@ -35,6 +35,7 @@ from colorization.errors import ColorizationError
 
 NUM_TRAIN_TIMESTEPS = 1000
 REGRESSOR_DIR = "regressor"  # a refining model's export holds its regressor's export here
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")  # weights that are never loaded
 # dpm-sde is DPM-Solver++ (2M) on the SDE: the same multistep solver as dpm, plus fresh noise at every step. (On the
 # cpu-small refining model it spread no more than dpm at 20 steps: docs/reproducing.md.)
 SAMPLERS = {
@@ -337,14 +338,27 @@ def load_colorizer(
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.disable_progress_bar()  # no "Loading pipeline components" bar in command-line tools
+    verbosity = diffusers_logging.get_verbosity()
+    # a failure is our one line, not the errors diffusers logs before it raises
+    diffusers_logging.set_verbosity(diffusers_logging.CRITICAL)
     try:
-        pipeline = LabColorizationPipeline.from_pretrained(path)
+        # safetensors only: a pickled .bin runs code when it is loaded, and a Hub model is anyone's file
+        pipeline = LabColorizationPipeline.from_pretrained(path, use_safetensors=True)
     except (OSError, ValueError, KeyError) as error:
-        raise ColorizationError(
-            f"cannot load the diffusion pipeline in {path!r}: {str(error).splitlines()[0]}"
-        ) from None
+        reason = str(error).splitlines()[0]
+        if "safetensors" in reason:  # no safetensors weights: say why a pickle beside them (if any) is not used
+            pickled = sorted(
+                os.path.relpath(os.path.join(folder, name), path)
+                for folder, _, names in os.walk(path)
+                for name in names
+                if name.endswith(PICKLE_SUFFIXES)
+            )
+            example = pickled[0] if pickled else ".bin"
+            reason += f" (only safetensors weights are loaded, never a pickle such as {example}: it can run any code)"
+        raise ColorizationError(f"cannot load the diffusion pipeline in {path!r}: {reason}") from None
     finally:
         diffusers_logging.enable_progress_bar()
+        diffusers_logging.set_verbosity(verbosity)
     recorded = config.get("sampling", {})
     sampler = scheduler or recorded.get("scheduler", DEFAULT_SAMPLER[0])
     steps = num_inference_steps or recorded.get("num_inference_steps", DEFAULT_SAMPLER[1])
