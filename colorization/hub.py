@@ -160,6 +160,9 @@ channels of a grayscale photo and keeps the photo's own lightness, at the photo'
 
 ## How to load it
 
+Install the `colorization-suite` package (the repository's distribution; `pip install -e .` in a clone of it,
+imported as `colorization`; the package index's `colorization` is an unrelated project), then:
+
 ```python
 from colorization import load_colorizer
 

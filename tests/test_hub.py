@@ -117,6 +117,7 @@ def test_push_uploads_the_export_and_its_card_never_the_checkpoints(cnn_run, tmp
     assert card.data.license == "cc-by-nc-4.0" and card.data.library_name == "colorization"
     assert {"image-colorization", "cnn"} <= set(card.data.tags)
     assert 'load_colorizer("you/cats-cnn")' in card.text and "gray (ab = 0)" in card.text
+    assert "`colorization-suite`" in card.text  # the distribution to install, not the index's `colorization`
 
 
 def test_training_pushes_its_export_at_the_end(tmp_path, monkeypatch):
