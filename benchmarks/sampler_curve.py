@@ -130,9 +130,8 @@ def write(results: list[dict], reference: dict, args, hardware: str) -> None:
             handle,
             indent=2,
         )
-    k = args.num_samples
     lines = [
-        f"| Sampler | Steps | Guidance | K | PSNR, one sample | Δ vs gray | PSNR, mean of K | Pooled PSNR, posterior "
+        "| Sampler | Steps | Guidance | K | PSNR, one sample | Δ vs gray | PSNR, mean of K | Pooled PSNR, posterior "
         "mean | Spread-skill ratio | Diversity | Colorfulness | Colorfulness − truth | Colorfulness gap ↓ | "
         "Colorfulness CRPS ↓ | ab distance ↓ | s per sample |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",

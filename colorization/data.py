@@ -26,11 +26,12 @@ import hashlib
 import logging
 import math
 import os
+import posixpath
 import socket
 import urllib.parse
 import warnings
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -55,6 +56,11 @@ class DataConfig:
         "Hub data set to train on, e.g. huggan/AFHQ. Neither this nor --train_data_dir: the embedded procedural data.",
     )
     dataset_config_name: Optional[str] = field(None, "Configuration of the Hub data set, if it has several.")
+    dataset_revision: Optional[str] = field(
+        None,
+        "Revision (branch, tag or commit) of the Hub data set; none: main. --streaming resolves it to its commit "
+        "and records that in run_config.json; a resumed run keeps the recorded commit.",
+    )
     train_data_dir: Optional[str] = field(
         None, "A local folder of images (read with the imagefolder loader).", type=existing_folder
     )
@@ -322,7 +328,12 @@ def _load_hub(config: DataConfig):
         )
         _go_offline()
     try:
-        return datasets.load_dataset(config.dataset_name, config.dataset_config_name, cache_dir=config.cache_dir)
+        return datasets.load_dataset(
+            config.dataset_name,
+            config.dataset_config_name,
+            revision=config.dataset_revision,
+            cache_dir=config.cache_dir,
+        )
     except (ConnectionError, FileNotFoundError, OSError, ValueError) as error:
         offline = (
             " (offline: the Hub cannot be reached and it is not in the local cache)"
@@ -384,14 +395,23 @@ def folder_name(path: str) -> str:
     return os.path.basename(os.path.normpath(os.path.abspath(path)))
 
 
+def keep_recorded_revision(config: DataConfig, run_config: Optional[dict]) -> None:
+    """Resume: without --dataset_revision, read the Hub data set at the commit the run recorded (``run_config``, a
+    checkpoint's), not wherever its branch points now."""
+    recorded = (run_config or {}).get("data", {})
+    if config.dataset_name and config.dataset_revision is None and recorded.get("dataset_name") == config.dataset_name:
+        config.dataset_revision = recorded.get("dataset_revision")
+
+
 def describe_source(config: DataConfig, path: bool = True) -> str:
     """The data source in words. ``path=False`` names a local folder by its name alone, for records that leave
     this machine (an export, which travels to the Hub; ``results.json``), where its path means nothing."""
     if config.train_data_dir:
         return f"folder {config.train_data_dir if path else folder_name(config.train_data_dir)}"
     if config.dataset_name:
+        revision = f"@{config.dataset_revision}" if config.dataset_revision else ""
         label = f" [{config.label_column} = {config.label_filter}]" if config.label_filter else ""
-        return f"hub {config.dataset_name}{label}"
+        return f"hub {config.dataset_name}{revision}{label}"
     return EMBEDDED_NAME
 
 
@@ -411,9 +431,24 @@ def identify_source(config: DataConfig, image_hashes: Optional[list]) -> dict:
         "kind": kind,
         "name": name,
         "description": describe_source(config, path=False),
+        **({"revision": config.dataset_revision} if config.dataset_name else {}),  # a Hub data set's pinned commit
         "num_images": len(image_hashes) if known else None,
         "images_sha256": hashlib.sha256("\n".join(image_hashes).encode()).hexdigest() if known else None,
     }
+
+
+def label_matcher(label_filter: str, column: str, names: Optional[Sequence[str]] = None) -> Callable[[object], bool]:
+    """A test of one label value for ``--label_filter``: with class names (a ``ClassLabel`` column, stored as
+    numbers) the number of the named class; without, the label itself or its text (a label stored as text, or a
+    class number given as a number)."""
+    if names is not None:
+        if label_filter not in names:
+            raise ColorizationError(
+                f"--label_filter {label_filter!r} is not a class of column {column!r}; its classes are {list(names)}"
+            )
+        wanted = list(names).index(label_filter)
+        return lambda value: value == wanted
+    return lambda value: value == label_filter or str(value) == label_filter
 
 
 def _filter_label(split, config: DataConfig):
@@ -422,17 +457,97 @@ def _filter_label(split, config: DataConfig):
     if not config.label_filter or config.label_column not in split.column_names:
         return split
     feature = split.features[config.label_column]
-    if isinstance(feature, datasets.ClassLabel):
-        if config.label_filter not in feature.names:
-            raise ColorizationError(
-                f"--label_filter {config.label_filter!r} is not a class of column "
-                f"{config.label_column!r}; its classes are {feature.names}"
-            )
-        wanted = feature.str2int(config.label_filter)
-    else:
-        wanted = config.label_filter
+    names = feature.names if isinstance(feature, datasets.ClassLabel) else None
+    matches = label_matcher(config.label_filter, config.label_column, names)
     labels = split[config.label_column]
-    return split.select([i for i, label in enumerate(labels) if label == wanted])
+    return split.select([i for i, label in enumerate(labels) if matches(label)])
+
+
+# ----- an image column's paths: read only inside the data set's own folder -----
+
+
+def _inside(folder: str, path: str) -> Optional[str]:
+    """``path`` (relative paths from ``folder``) normalized, or None when it leads out of the local ``folder``."""
+    folder = os.path.normpath(os.path.abspath(folder))
+    resolved = os.path.normpath(os.path.join(folder, path))  # an absolute path stays itself
+    return resolved if resolved == folder or resolved.startswith(folder.rstrip(os.sep) + os.sep) else None
+
+
+def path_inside(root: Optional[str], path: str, what: str) -> str:
+    """The file an image's ``path`` (a row without the image's bytes, or a file a manifest lists) names -> the path
+    to read: a relative path is taken from ``root``, the data set's folder (or ``hf://`` repository). Refused, so
+    that a data set cannot make training read any file of the machine: an absolute path or ``..`` that leads out
+    of ``root``, another URL, and any path when there is no ``root``."""
+    refused = ColorizationError(
+        f"{what} points at {path!r}, outside the data set's folder {root!r}: only files inside it are read"
+    )
+    if not root:
+        raise refused
+    if "://" in root:  # a Hub repository: hf://datasets/owner/name[@revision]
+        repository = root.split("@", 1)[0].rstrip("/")
+        if "://" in path:  # a URL datasets wrote for a file of the repository (chained for a file in an archive)
+            last = path.split("::")[-1]
+            if last.startswith((repository + "/", repository + "@")) and ".." not in last.split("/"):
+                return path
+            raise refused
+        relative = posixpath.normpath(path)
+        if posixpath.isabs(path) or relative == ".." or relative.startswith("../"):
+            raise refused
+        return f"{root.rstrip('/')}/{relative}"
+    resolved = None if "://" in path else _inside(root, path)
+    if resolved is None:
+        raise refused
+    return resolved
+
+
+def read_file_bytes(path: str) -> bytes:
+    """The bytes of a local file or of a URL from :func:`path_inside` (a Hub repository's file, read over HTTP)."""
+    if "://" in path:
+        from datasets.utils.file_utils import xopen
+
+        with xopen(path, "rb") as handle:
+            return handle.read()
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def _data_folders(config: DataConfig) -> list[str]:
+    """Where the files a loaded data set's rows point at may be: its folder; for a Hub data set, the caches that
+    ``datasets`` downloads and extracts its files into (and its folder, when the name is a local one)."""
+    if config.train_data_dir:  # datasets lists a folder's files under its real path (symbolic links resolved)
+        return [config.train_data_dir, os.path.realpath(config.train_data_dir)]
+    if not config.dataset_name:
+        return []  # the embedded images are stored as bytes
+    import datasets
+    from huggingface_hub import constants
+
+    folders = [
+        config.cache_dir,
+        str(datasets.config.HF_DATASETS_CACHE),
+        str(datasets.config.DOWNLOADED_DATASETS_PATH),
+        str(datasets.config.EXTRACTED_DATASETS_PATH),
+        constants.HF_HUB_CACHE,
+    ]
+    if os.path.isdir(config.dataset_name):  # a local data set's folder
+        folders += [config.dataset_name, os.path.realpath(config.dataset_name)]
+    return [folder for folder in folders if folder]
+
+
+def _require_paths_inside(split, config: DataConfig) -> None:
+    """Refuse a data set whose rows without image bytes name a file outside its folders: the decoder opens such a
+    path as it is (relative: from the working folder). Checked once, on the paths alone (no image is read)."""
+    folders = _data_folders(config)
+    for chunk in split.data.column(config.image_column).chunks:
+        fields = dict(zip([f.name for f in chunk.type], chunk.flatten()))
+        if "path" not in fields:
+            continue
+        paths = fields["path"] if "bytes" not in fields else fields["path"].filter(fields["bytes"].is_null())
+        for path in paths.drop_null().to_pylist():
+            if "://" in path or not any(_inside(f, os.path.abspath(path)) for f in folders):
+                raise ColorizationError(
+                    f"an image of {describe_source(config)} points at {path!r}, outside the data set's folders "
+                    f"({', '.join(folders) or 'none: its images are stored in it'}): only files inside them are read"
+                )
 
 
 def load_splits(config: DataConfig):
@@ -473,6 +588,8 @@ def load_splits(config: DataConfig):
     # Decode ourselves, so that an unreadable file is skipped instead of crashing the data loader.
     train = train.cast_column(config.image_column, datasets.Image(decode=False))
     validation = validation.cast_column(config.image_column, datasets.Image(decode=False))
+    for split in (train, validation):
+        _require_paths_inside(split, config)
     _require_readable(train, config)
     return train, validation
 

@@ -27,6 +27,7 @@ from typing import Iterator, Optional
 from tqdm import tqdm
 
 from colorization.config import HelpFormatter, data_source, output_folder, positive_int
+from colorization.data import label_matcher, path_inside, read_file_bytes
 from colorization.errors import ColorizationError, cli_entry_point
 from colorization.files import atomic_write, read_json_if_present, write_json
 from colorization.images import UNREADABLE_IMAGE_ERRORS, decode_image, resize_shorter_side
@@ -66,18 +67,24 @@ def _hub_images(name: str, config_name: Optional[str], image_column: str, label_
     except (ConnectionError, FileNotFoundError, OSError, ValueError) as error:
         raise ColorizationError(f"could not stream the data set {name!r} from the Hub: {error}") from None
     stream = stream.cast_column(image_column, datasets.Image(decode=False))
-    wanted = label
     feature = stream.features.get(label_column) if stream.features else None
-    if label and isinstance(feature, datasets.ClassLabel):
-        wanted = feature.str2int(label)
+    names = feature.names if isinstance(feature, datasets.ClassLabel) else None
+    keeps = label_matcher(label, label_column, names) if label else None
+    # a row without the image's bytes names a file: of the data set's own folder or Hub repository, never another
+    root = name if os.path.isdir(name) else f"hf://datasets/{name}"
     for index, row in enumerate(stream):
-        if label and label_column in row and row[label_column] != wanted:
+        if keeps is not None and label_column in row and not keeps(row[label_column]):
             continue
         value = row[image_column]
         data = value.get("bytes")
-        if data is None:
-            with open(value["path"], "rb") as handle:
-                data = handle.read()
+        if data is None and not value.get("path"):
+            data = b""  # no image at all: counted as unreadable
+        elif data is None:
+            path = path_inside(root, value["path"], f"row {index} of the data set {name!r}")
+            try:
+                data = read_file_bytes(path)
+            except OSError as error:
+                raise ColorizationError(f"cannot read {path} (row {index} of {name!r}): {error}") from None
         yield f"{name}#{index}", data
 
 

@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from colorization import color
-from colorization.checkpoints import RUN_CONFIG_NAME, Checkpointer, TrainingProgress
+from colorization.checkpoints import RUN_CONFIG_NAME, Checkpointer, TrainingProgress, read_run_config
 from colorization.colorizer import (
     CONFIG_NAME,
     MEAN_AB_NAME,
@@ -71,6 +71,7 @@ from colorization.data import (
     data_statistics,
     describe_source,
     identify_source,
+    keep_recorded_revision,
     make_loaders,
     prepare_split,
     split_hashes,
@@ -327,6 +328,8 @@ class Trainer:
         config, task = self.config, self.task
         task.check_resolution(self.data_config.resolution)
         resume_path = self.checkpointer.start_or_resume()
+        if resume_path:  # a streamed Hub data set at the commit the run recorded
+            keep_recorded_revision(self.data_config, read_run_config(resume_path))
         set_seed(config.seed)
         train_loader = self._prepare_data()
         steps_per_epoch = math.ceil(len(train_loader) / config.gradient_accumulation_steps)

@@ -228,3 +228,29 @@ def test_label_filter_keeps_one_class_of_a_hub_style_data_set():
     assert len(_filter_label(split, DataConfig(dataset_name="x", label_filter=None))) == 6
     with pytest.raises(ColorizationError, match="not a class"):
         _filter_label(split, DataConfig(dataset_name="x", label_filter="horse"))
+
+
+def test_a_data_set_whose_rows_name_files_outside_its_folders_is_refused(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(secret)
+    repo = tmp_path / "repo"
+    (repo / "images").mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(repo / "images" / f"{i}.png")
+    image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+    def load(paths):
+        (repo / "data").mkdir(exist_ok=True)
+        rows = pa.array([{"bytes": None, "path": p} for p in paths], type=image)
+        pq.write_table(pa.table({"image": rows}), repo / "data" / "train-00000-of-00001.parquet")
+        return load_splits(DataConfig(dataset_name=str(repo), label_filter=None, resolution=8))
+
+    inside = [str(repo / "images" / f"{i}.png") for i in range(3)]
+    train, validation = load(inside)  # a local data set's own files
+    assert len(train) + len(validation) == 3
+    for outside in (str(secret), str(repo / ".." / "secret.png"), "secret.png"):  # relative: from the working folder
+        with pytest.raises(ColorizationError, match="points at .*outside the data set's folders"):
+            load([*inside[:2], outside])

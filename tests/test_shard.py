@@ -67,3 +67,27 @@ def test_ppm_shards_are_cropped_without_a_decoder_to_exactly_the_folder_paths_pi
     png = io.BytesIO()
     Image.open(io.BytesIO(rows[0]["image"]["bytes"])).save(png, format="PNG")
     assert crop_of_stored_pixels(png.getvalue(), 24) is None
+
+
+def test_a_hub_data_sets_rows_name_files_only_inside_it(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from colorization.shard import _hub_images
+
+    (tmp_path / "secret.png").write_bytes(b"private")
+    repo = tmp_path / "repo"
+    (repo / "images").mkdir(parents=True)
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(repo / "images" / "a.png")
+    image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+    def images(path):
+        (repo / "data").mkdir(exist_ok=True)
+        rows = pa.array([{"bytes": None, "path": path}], type=image)
+        pq.write_table(pa.table({"image": rows}), repo / "data" / "train-00000-of-00001.parquet")
+        return list(_hub_images(str(repo), None, "image", "label", None))
+
+    assert images("images/a.png")[0][1] == (repo / "images" / "a.png").read_bytes()  # the data set's own file
+    for outside in (str(tmp_path / "secret.png"), "../secret.png", "images/../../secret.png"):
+        with pytest.raises(ColorizationError, match="outside the data set's folder"):
+            images(outside)

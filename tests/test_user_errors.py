@@ -32,6 +32,7 @@ MISSING = "/nonexistent/colorization-test-path"
 FREE_TEXT = {
     "dataset_name",
     "dataset_config_name",
+    "dataset_revision",
     "image_column",
     "label_column",
     "label_filter",
