@@ -1,7 +1,11 @@
 """The optimizer steps of a run: backward through the right gradient scaler, clipping, the step, learning-rate
 schedules that follow the global step, and the watch for a loss that is not finite.
 
-A task's training step calls :meth:`Optimization.optimize` once per network it trains (the GAN: two).
+A task's training step calls :meth:`Optimization.optimize` once per network it trains (the GAN: two). The harness
+runs the training step under autocast for its forward passes and losses; everything :meth:`~Optimization.optimize`
+does (backward, unscaling, clipping, the optimizer step and the task's own after-step work such as an EMA update)
+runs with autocast off, as PyTorch advises: under autocast the backward ops would be autocast again (the
+gradients of an op that ran in fp32, e.g. in a loss computed in fp32, would be computed in bf16).
 """
 
 from __future__ import annotations
@@ -106,11 +110,19 @@ class Optimization:
             self.task.optimizers[name].scaler = scaler
 
     def optimize(self, name: str, loss: torch.Tensor) -> None:
-        """Backward ``loss`` into model ``name`` and, on a synchronizing micro-step, clip and step its optimizer."""
+        """Backward ``loss`` into model ``name`` and, on a synchronizing micro-step, clip and step its optimizer and
+        call the task's ``after_optimizer_step``: all with autocast off (see the module's docstring)."""
         self.watch(loss)
-        self._backward(name, loss)
+        with torch.autocast(self.accelerator.device.type, enabled=False):
+            self._backward(name, loss)
+            self._step(name)
+
+    def _step(self, name: str) -> None:
+        """Clip and step network ``name``'s optimizer, then the task's after-step work, on a synchronizing
+        micro-step (accelerate's optimizer does not step on a micro-step that only accumulates)."""
         optimizer = self.task.optimizers[name]
-        if self.accelerator.sync_gradients:
+        synchronizing = self.accelerator.sync_gradients
+        if synchronizing:
             scaler = self.scalers.get(name)
             if scaler is not None:  # unscale this optimizer's gradients exactly once, before clipping
                 scaler.unscale_(optimizer.optimizer)
@@ -121,6 +133,8 @@ class Optimization:
                 self.grad_norms[name] = torch.nn.utils.clip_grad_norm_(parameters, float("inf"))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if synchronizing:
+            self.task.after_optimizer_step(name)
 
     def _backward(self, name: str, loss: torch.Tensor) -> None:
         scaler = self.scalers.get(name)

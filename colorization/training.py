@@ -216,6 +216,10 @@ class TrainingTask:
         Returns scalar tensors to log (detached): the same keys at every step, NaN where a value is absent."""
         raise NotImplementedError
 
+    def after_optimizer_step(self, name: str) -> None:
+        """Called after each optimizer step of network ``name`` (not after micro-steps that only accumulate), with
+        autocast off: e.g. the diffusion model's EMA update."""
+
     def colorizer(self) -> Colorizer:
         """The exported kind of :class:`Colorizer` over the live networks (already in eval mode, with the
         weights of :meth:`evaluation_weights`): validation measures exactly what the export will do."""
@@ -398,6 +402,7 @@ class Trainer:
                     self.optimization.step_number = step
                     self.optimization.log_due = step % config.logging_steps == 0 or step == max_steps
                     # One accumulate context for all models: accelerate counts a micro-step per context entered.
+                    # Autocast: forward passes and losses only (optimize turns it off: colorization/optimization.py).
                     with accelerator.accumulate(*task.models.values()), accelerator.autocast():
                         logs = task.training_step(self, lightness, ab)
                     progress.batches_in_epoch += 1

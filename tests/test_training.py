@@ -12,6 +12,7 @@ from conftest import (
     ROOT,
     TINY_CNN,
     TINY_DATA,
+    TINY_DIFFUSION,
     TINY_GAN,
     accelerate_launch,
     assert_same_weights,
@@ -27,6 +28,7 @@ from colorization.data import DataConfig
 from colorization.errors import ColorizationError
 from colorization.optimization import NonFiniteLossError, constant_then_linear
 from colorization.tasks.cnn import CNNConfig, CNNTask
+from colorization.tasks.diffusion import DiffusionTask
 from colorization.tasks.gan import GANConfig, GANTask
 from colorization.training import TrainConfig, Trainer, main
 
@@ -325,6 +327,47 @@ def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
     weights = load_file(tmp_path / "model.safetensors")
     floats = [t for t in weights.values() if t.is_floating_point()]
     assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in floats)
+
+
+class _AutocastSpy(DiffusionTask):
+    """The diffusion task, noting whether autocast is on in each part of a training step (its EMA included)."""
+
+    seen: list = []
+
+    def build(self, train_config, statistics):
+        super().build(train_config, statistics)
+        note = lambda part: self.seen.append((part, torch.is_autocast_enabled("cpu")))  # noqa: E731
+        unet = self.models["unet"]
+        unet.register_forward_pre_hook(lambda module, inputs: note("forward") if module.training else None)
+        next(unet.parameters()).register_hook(lambda grad: note("backward"))
+        self.optimizers["unet"].register_step_pre_hook(lambda *args: note("optimizer step"))
+        ema_step = self.ema.step
+
+        def noted_ema_step(parameters):
+            note("EMA step")
+            ema_step(parameters)
+
+        self.ema.step = noted_ema_step
+
+
+def test_autocast_covers_the_forward_and_loss_only(tmp_path, monkeypatch):
+    # PyTorch advises against backward under autocast: its backward ops would be autocast again (the gradients of
+    # an op that ran in fp32 would be computed in bf16). Clipping and the optimizer and EMA steps need no autocast.
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def noted_clip(*args, **kwargs):
+        _AutocastSpy.seen.append(("clipping", torch.is_autocast_enabled("cpu")))
+        return clip(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", noted_clip)
+    _AutocastSpy.seen = []
+    run = ["--max_train_steps", "2", "--mixed_precision", "bf16", "--no-initial_validation", "--report_to", "none"]
+    train_in_process(_AutocastSpy, [*TINY_DATA, *TINY_DIFFUSION, *run, "--output_dir", tmp_path])
+    parts = {part: [on for seen, on in _AutocastSpy.seen if seen == part] for part, _ in _AutocastSpy.seen}
+    assert set(parts) == {"forward", "backward", "clipping", "optimizer step", "EMA step"}
+    assert all(len(calls) == 2 for calls in parts.values())  # once per step
+    assert parts.pop("forward") == [True, True]  # bf16 autocast really ran
+    assert all(on is False for calls in parts.values() for on in calls), parts
 
 
 def test_channels_last_computes_the_same_step_and_trains(tmp_path):

@@ -293,8 +293,6 @@ class DiffusionTask(TrainingTask):
         weights = self.loss_weights(timesteps)
         loss = per_image.mean() if weights is None else (per_image * weights).mean()
         trainer.optimize("unet", loss)
-        if self.ema is not None and trainer.accelerator.sync_gradients:
-            self.ema.step(self.unwrapped("unet").parameters())
         logs = {"loss": loss.detach()}
         quartile = timesteps * 4 // NUM_TRAIN_TIMESTEPS
         for q in range(4):  # the (unweighted) mean of no image is NaN: "absent this step" for the logger
@@ -302,6 +300,10 @@ class DiffusionTask(TrainingTask):
         if self.ema is not None:
             logs["ema_decay"] = torch.tensor(self.ema.cur_decay_value or 0.0)
         return logs
+
+    def after_optimizer_step(self, name: str) -> None:
+        if self.ema is not None:
+            self.ema.step(self.unwrapped("unet").parameters())
 
     @contextlib.contextmanager
     def evaluation_weights(self):
