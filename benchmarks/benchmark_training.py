@@ -7,8 +7,8 @@ Accelerate mixed-precision wrapper) on random images, so data loading is not mea
 benchmark_loader.py for that side). The FLOPs of one training image are counted, not estimated: PyTorch's
 FlopCounterMode over one whole training step (forward and backward of every network in it, the GAN's
 discriminator and VGG loss included), divided by the batch. MFU = counted FLOPs x images/s / the device's
-dense peak for the precision (the table below; fp32 rows are compared with the TF32 tensor-core peak, which
-cuDNN uses for convolutions by default). The GAN is measured in its adversarial phase (its costliest).
+dense peak for the precision (the table below; fp32 rows are compared with the TF32 tensor-core peak: the
+benchmark trains with --allow_tf32). The GAN is measured in its adversarial phase (its costliest).
 Prints one JSON line; --output appends it to a JSON-lines file.
 """
 
@@ -77,7 +77,10 @@ def benchmark(
     task = task_class(task_class.config_class(**options), resolution)
     task.check_resolution(resolution)
     shared = {k: v for k, v in task_class.flag_defaults.items() if k in TrainConfig.__annotations__}
-    train_config = TrainConfig(train_batch_size=batch_size, report_to="none", channels_last=channels_last, **shared)
+    # TF32 on (the harness's default is off): the fp32 rows are compared with the TF32 tensor-core peak
+    train_config = TrainConfig(
+        train_batch_size=batch_size, report_to="none", channels_last=channels_last, allow_tf32=True, **shared
+    )
     trainer = Trainer(task, train_config, DataConfig(resolution=resolution), accelerator=accelerator)
     trainer._prepare_models(max_steps=warmup + steps + 1)
     rgb = torch.rand(batch_size, 3, resolution, resolution, device=accelerator.device)

@@ -53,7 +53,7 @@ from colorization.data import (
     split_hashes,
 )
 from colorization.errors import ColorizationError, cli_entry_point
-from colorization.hardware import count_parameters, describe_hardware, use_all_cores
+from colorization.hardware import count_parameters, describe_hardware, fp32_precision, full_fp32, use_all_cores
 from colorization.hub import resolve
 from colorization.inference import load_colorizer
 from colorization.measure import gray_baseline, mean_ab_baseline, measure, truth_values
@@ -657,7 +657,9 @@ def evaluate(
     names = names or [os.path.basename(os.path.normpath(p)) for p in checkpoints]
     report.check_output_dir(config.output_dir, config.overwrite_output_dir)  # before an hour of measuring
     evaluator = Evaluator(checkpoints, names, config, data, accelerator, lpips_model)
-    result = evaluator.run()
+    with full_fp32():  # on a GPU too: cuDNN convolutions would use TF32 by default
+        result = evaluator.run()
+        precision = fp32_precision(evaluator.accelerator.device)
     if not evaluator.accelerator.is_main_process:
         return None
     summary = summarize(result["values"], config.seed, result["samples"])
@@ -696,6 +698,7 @@ def evaluate(
         "versions": _versions(),
         "costs": result["costs"],
         "hardware": describe_hardware(device, evaluator.accelerator.num_processes),
+        "fp32_precision": precision,  # of the models' matrix products and convolutions
     }
     table = report.write_outputs(result, summary, settings, config.output_dir, config.overwrite_output_dir)
     print(table, flush=True)

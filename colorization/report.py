@@ -22,6 +22,7 @@ import torch
 from colorization.colorizer import CONFIG_NAME, WEIGHTS_NAME
 from colorization.errors import ColorizationError
 from colorization.files import read_json_if_present, write_json
+from colorization.hardware import describe_fp32_precision
 
 GRAY, TRUTH = "Gray (ab = 0)", "Ground truth"
 # written last into every evaluation folder: which files are the evaluation's own (all it may replace)
@@ -88,13 +89,21 @@ def _describe_hardware(settings: dict) -> str:
         where = training.get("hardware", "unknown hardware")
         if training.get("mixed_precision"):
             where += f", mixed precision {training['mixed_precision']}"
+        if "tf32" in training.get("fp32_precision", {}).values():
+            where += ", TF32"
         trained.setdefault(where, []).append(row)
     parts = [f"{', '.join(rows)} trained on {where}" for where, rows in trained.items()]
     parts.append(
         f"inference measured on {settings.get('hardware', 'unknown hardware')}, batch "
-        f"{settings['evaluation']['batch_size']}, fp32, at each model's own resolution"
+        f"{settings['evaluation']['batch_size']}, {_precision(settings)}, at each model's own resolution"
     )
     return "; ".join(parts)
+
+
+def _precision(settings: dict) -> str:
+    """How the models computed: an evaluation before the record says 'fp32' (TF32 convolutions on a GPU)."""
+    precision = settings.get("fp32_precision")
+    return describe_fp32_precision(precision) if precision else "fp32"
 
 
 def _rows_table(title_cells: list[str], rows: list[list[str]]) -> list[str]:
@@ -117,7 +126,7 @@ def markdown_table(summary: dict, settings: dict) -> str:
         "mean paired difference to the ground truth's colorfulness; colorfulness gap: its absolute value (no "
         "interval: one of the absolute value would be biased away from zero); ab distance: sliced Wasserstein-1 "
         "distance (Lab units) between the row's and the ground truth's ab over all pixels. Sampling: "
-        f"{_describe_sampling(settings['sampling'])}.",
+        f"{_describe_sampling(settings['sampling'])}. The models ran in {_precision(settings)}.",
     ]
     costs = settings.get("costs")
     if costs:

@@ -78,7 +78,14 @@ from colorization.data import (
 )
 from colorization.errors import ColorizationError, cli_entry_point
 from colorization.files import write_json
-from colorization.hardware import count_parameters, describe_hardware, use_all_cores
+from colorization.hardware import (
+    count_parameters,
+    describe_hardware,
+    fp32_precision,
+    full_fp32,
+    set_tf32,
+    use_all_cores,
+)
 from colorization.hub import push
 from colorization.optimization import Optimization, prepare_networks
 from colorization.tracking import ScalarWindow, Tracker
@@ -124,6 +131,11 @@ class TrainConfig:
     )
     mixed_precision: Optional[str] = field(
         None, "no, fp16 or bf16; none: as set by accelerate launch/config.", choices=(None, "no", "fp16", "bf16")
+    )
+    allow_tf32: bool = field(
+        False,
+        "On NVIDIA GPUs since Ampere: TF32 for the fp32 matrix products and convolutions of training steps (faster, "
+        "a 10-bit mantissa); off: full fp32. Validation and evaluate.py always compute in full fp32.",
     )
     logging_steps: int = field(10, "Log training scalars every N steps.", type=positive_int)
     validation_steps: int = field(
@@ -277,6 +289,8 @@ class Trainer:
     def __init__(self, task: TrainingTask, config: TrainConfig, data_config: DataConfig, accelerator=None):
         self.task, self.config, self.data_config = task, config, data_config
         self.accelerator = task.accelerator = accelerator or make_accelerator(config)
+        set_tf32(config.allow_tf32)  # after accelerate: it turns TF32 on for matmuls under torch.compile
+        self.fp32_precision = fp32_precision(self.accelerator.device)  # of the training steps, for the record
         self.progress = TrainingProgress()
         self.tracker = Tracker(self.accelerator, config.report_to)
         self.checkpointer = Checkpointer(
@@ -469,7 +483,8 @@ class Trainer:
 
     def validate(self) -> dict:
         self.optimization.check_finite(self.checkpointer.last_checkpoint)
-        return self.validator.validate()
+        with full_fp32():  # what evaluate.py measures, whatever --allow_tf32 lets the training steps use
+            return self.validator.validate()
 
     # ----- what the run cost, how it was set -----
 
@@ -480,7 +495,7 @@ class Trainer:
         self._clock = now
 
     def training_costs(self) -> dict:
-        return training_costs(self.progress, self.accelerator, self.task)
+        return training_costs(self.progress, self.accelerator, self.task, self.fp32_precision)
 
     def run_config(self) -> dict:
         config = {
@@ -672,8 +687,9 @@ def export_model(
     save_training_data_record(folder, mean_ab, hashes)
 
 
-def training_costs(progress: TrainingProgress, accelerator, task: TrainingTask) -> dict:
-    """Images seen and time taken, so that runs of different models can be compared."""
+def training_costs(progress: TrainingProgress, accelerator, task: TrainingTask, precision: dict) -> dict:
+    """Images seen and time taken, so that runs of different models can be compared, and the arithmetic: mixed
+    precision and the ``precision`` of fp32 matrix products and convolutions (see hardware.fp32_precision)."""
     train_seconds = progress.wall_seconds - progress.overhead_seconds
     return {
         "images_seen": progress.images_seen,
@@ -682,6 +698,7 @@ def training_costs(progress: TrainingProgress, accelerator, task: TrainingTask) 
         "images_per_second": round(progress.images_seen / train_seconds, 3) if train_seconds > 0 else None,
         "num_processes": accelerator.num_processes,
         "mixed_precision": accelerator.mixed_precision,
+        "fp32_precision": precision,
         "hardware": describe_hardware(accelerator.device, accelerator.num_processes),
         "parameters": {name: count_parameters(task.unwrapped(name)) for name in task.models},
     }

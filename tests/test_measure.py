@@ -4,6 +4,7 @@ model, on the same images, for all three model families."""
 import json
 
 import pytest
+import torch
 
 from colorization.data import DataConfig
 from colorization.evaluation import EvaluationConfig, evaluate
@@ -57,3 +58,39 @@ def test_colorize_resizes_as_the_table_does(family, size, cnn_run, gan_run, diff
     table_pixels = (prediction[0].permute(1, 2, 0) * 255.0).round().byte().numpy()
     colorized = np.asarray(colorizer.colorize(Image.fromarray(pixels), seed=sample_seed(11, 7)))
     assert np.array_equal(colorized, table_pixels)
+
+
+def test_evaluate_measures_in_full_fp32_and_records_it(cnn_run, tmp_path, monkeypatch):
+    # On GPUs since Ampere, cuDNN convolutions use TF32 by default: evaluate.py turns TF32 off while it measures,
+    # puts back what was set, and records the precision in results.json and the table's note, and a model trained
+    # with TF32 in the cost note. (The flags can be set and read without a GPU.)
+    import colorization.evaluation as evaluation
+    from colorization import report
+    from colorization.hardware import fp32_precision, set_tf32
+
+    full, tf32 = {"matmul": "ieee", "convolution": "ieee"}, {"matmul": "tf32", "convolution": "tf32"}
+    seen, measure = [], evaluation.measure
+
+    def noted_measure(*args, **kwargs):
+        seen.append(fp32_precision("cuda"))
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "measure", noted_measure)
+    data = DataConfig(resolution=32, embedded_num_images=256, dataloader_num_workers=0)
+    config = EvaluationConfig(
+        metrics="psnr", max_images=4, output_dir=str(tmp_path / "eval"), keep_selection_images=True, grid_images=2
+    )
+    try:
+        set_tf32(True)
+        result = evaluate([str(cnn_run[0])], ["CNN"], config, data)
+        assert fp32_precision("cuda") == tf32
+    finally:  # PyTorch's defaults
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, True
+    assert seen and all(precision == full for precision in seen)
+    settings = json.loads((tmp_path / "eval" / "results.json").read_text())["settings"]
+    assert settings["fp32_precision"] == fp32_precision("cpu") == full  # this machine's: a CPU
+    assert "The models ran in full fp32 (IEEE)." in (tmp_path / "eval" / "table.md").read_text()
+    training = settings["costs"]["CNN"]["training"]
+    assert training["fp32_precision"] == full and "TF32" not in report.markdown_table(result["summary"], settings)
+    training["fp32_precision"] = {"matmul": "tf32", "convolution": "tf32"}
+    assert "mixed precision no, TF32;" in report.markdown_table(result["summary"], settings)

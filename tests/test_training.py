@@ -5,6 +5,7 @@ import json
 import math
 import shutil
 import sys
+import types
 
 import pytest
 import torch
@@ -368,6 +369,32 @@ def test_autocast_covers_the_forward_and_loss_only(tmp_path, monkeypatch):
     assert all(len(calls) == 2 for calls in parts.values())  # once per step
     assert parts.pop("forward") == [True, True]  # bf16 autocast really ran
     assert all(on is False for calls in parts.values() for on in calls), parts
+
+
+def test_tf32_is_off_unless_allowed_and_validation_computes_in_full_fp32(tmp_path):
+    # On GPUs since Ampere, PyTorch uses TF32 for cuDNN convolutions by default and accelerate turns it on for
+    # matrix products under torch.compile: the harness sets both itself, and validates in full fp32 always.
+    # (The flags can be set and read without a GPU.)
+    from accelerate import Accelerator
+
+    from colorization.hardware import fp32_precision, set_tf32
+
+    accelerator = Accelerator(cpu=True)
+    data, task = DataConfig(resolution=32), CNNTask(CNNConfig(pretrained_backbone=False), 32)
+    full, tf32 = {"matmul": "ieee", "convolution": "ieee"}, {"matmul": "tf32", "convolution": "tf32"}
+    try:
+        set_tf32(True)
+        Trainer(task, TrainConfig(output_dir=str(tmp_path), report_to="none"), data, accelerator)
+        assert fp32_precision("cuda") == full
+        trainer = Trainer(
+            task, TrainConfig(output_dir=str(tmp_path), report_to="none", allow_tf32=True), data, accelerator
+        )
+        assert fp32_precision("cuda") == tf32 and trainer.fp32_precision == fp32_precision("cpu")
+        trainer.validator = types.SimpleNamespace(validate=lambda: fp32_precision("cuda"))
+        assert trainer.validate() == full and fp32_precision("cuda") == tf32  # and back after
+        assert trainer.training_costs()["fp32_precision"] == trainer.fp32_precision
+    finally:  # PyTorch's defaults
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, True
 
 
 def test_channels_last_computes_the_same_step_and_trains(tmp_path):
