@@ -163,6 +163,37 @@ def train_in_process(task_class, args):
         GradientState._reset_state()
 
 
+# ----- float tolerances, from the arithmetic -----
+FP32_EPS = 2.0**-23  # torch.finfo(torch.float32).eps: one rounding errs by at most FP32_EPS / 2, relative
+
+
+def fp32_tolerance(network, passes: int = 1, terms: int = 0, scale: float = 1.0) -> float:
+    """How far two fp32 computations through ``network`` may drift apart when only the order of their sums
+    differs (another batch size, memory layout or CPU kernel: oneDNN blocks its sums by all three and by the
+    CPU's instruction set, AVX2, AVX-512 or AMX), for values of size ``scale``.
+
+    A sum of n products rounds n times, by at most FP32_EPS / 2 each, relative; the roundings are independent
+    in practice and grow like sqrt(n) (Higham and Mary, SIAM J. Sci. Comput. 2019). A layer's error reaches the
+    output at about its own size (the networks normalize their activations) and the layers' errors add: at most
+    layers * sqrt(n) * FP32_EPS / 2 for one computation, twice that between two. Layers: every convolution,
+    linear layer and normalization of the network (at least its depth); n: the largest fan-in, or ``terms`` when
+    larger (e.g. a weight gradient sums over the batch's pixels). ``passes``: network evaluations in sequence,
+    each fed the last one's output (a sampler's steps; a backward pass after the forward), whose errors add too.
+    The differences measured on an AMX Xeon and with ONEDNN_MAX_CPU_ISA=AVX2 stay 20x or more under this."""
+    import math
+
+    import torch
+
+    summing = (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear, torch.nn.BatchNorm2d, torch.nn.GroupNorm)
+    layers = [m for m in network.modules() if isinstance(m, summing)]
+    fan_in = max(
+        m.weight[:, 0].numel() if isinstance(m, torch.nn.ConvTranspose2d) else m.weight[0].numel()  # in x kernel
+        for m in layers
+        if isinstance(m, summing[:3])
+    )
+    return passes * len(layers) * math.sqrt(max(fan_in, terms)) * FP32_EPS * scale
+
+
 def assert_same_weights(first: dict, second: dict) -> None:
     import torch
 

@@ -4,7 +4,14 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_DATA, TINY_DIFFUSION, accelerate_launch, assert_same_weights, train_in_process
+from conftest import (
+    TINY_DATA,
+    TINY_DIFFUSION,
+    accelerate_launch,
+    assert_same_weights,
+    fp32_tolerance,
+    train_in_process,
+)
 from diffusers import DDPMScheduler
 from PIL import Image
 from safetensors.torch import load_file
@@ -161,7 +168,9 @@ def test_a_stochastic_sampler_draws_each_images_noise_from_its_own_generator(sch
     generators = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
     batch = pipeline.sample_ab(lightness, 6, generators([1, 2, 3]))
     alone = pipeline.sample_ab(lightness[1:2], 6, generators([2]))
-    torch.testing.assert_close(batch[1:2], alone, rtol=0, atol=1e-5)
+    # equal up to the rounding of 6 passes through the network in another batch (another seed: ~0.8 apart)
+    tolerance = fp32_tolerance(pipeline.unet, passes=6, scale=float(alone.abs().max()))
+    torch.testing.assert_close(batch[1:2], alone, rtol=0, atol=tolerance)
     if scheduler == "dpm-sde":
         deterministic = _pipeline("dpm").sample_ab(lightness, 6, generators([1, 2, 3]))
         assert float((batch - deterministic).abs().mean()) > 1e-3
@@ -360,11 +369,11 @@ def test_colorizer_from_parts_is_what_loading_an_export_gives(diffusion_run):
     built = colorizer_from_parts(pipeline.unet, pipeline.scheduler.config, 32, "dpm", 4)
     lightness = torch.rand(3, 1, 32, 32) * 2 - 1
     assert torch.equal(loaded.predict_ab(lightness, [1, 2, 3]), built.predict_ab(lightness, [1, 2, 3]))
-    # each image's colors depend on its own seed only, not on its batch
-    # (up to float rounding, which depends on the batch size)
-    torch.testing.assert_close(
-        loaded.predict_ab(lightness[1:2], [2]), loaded.predict_ab(lightness, [1, 2, 3])[1:2], rtol=0, atol=2e-4
-    )
+    # each image's colors depend on its own seed only, not on its batch (up to the rounding of 4 passes through
+    # the network, which depends on the batch size)
+    alone = loaded.predict_ab(lightness[1:2], [2])
+    tolerance = fp32_tolerance(loaded.network, passes=4, scale=float(alone.abs().max()))
+    torch.testing.assert_close(alone, loaded.predict_ab(lightness, [1, 2, 3])[1:2], rtol=0, atol=tolerance)
 
 
 # ----- the refining model and classifier-free guidance -----

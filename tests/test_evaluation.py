@@ -11,9 +11,9 @@ import urllib.error
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_DATA, accelerate_launch, run_command, run_in_process
+from conftest import TINY_DATA, accelerate_launch, fp32_tolerance, run_command, run_in_process
 
-from colorization import color
+from colorization import color, load_colorizer
 from colorization.data import DataConfig
 from colorization.errors import ColorizationError
 from colorization.evaluation import GRAY, MEAN_AB, TRUTH, EvaluationConfig, evaluate, load_lpips, summarize
@@ -228,6 +228,15 @@ def test_gray_and_mean_ab_rows_are_what_they_say(three_models, tmp_path):
     torch.testing.assert_close(mean_ab, mean_ab.flip(-1))  # training flips: the mean is mirror-symmetric
 
 
+def _color_rounding(model, passes: int) -> float:
+    """How much, relative, a model's colors may change in another batch: the rounding of its sums in ``passes``
+    through its network (conftest.fp32_tolerance, 20x or more above what is measured). A table value, the mean over
+    images of a smooth function of the colors, moves by about as much relative to its size: PSNR, for one, by
+    8.69 dB times the relative change of the error, which for these tiny models (errors as large as the colors) is
+    about the colors' relative change times 8.69 dB, about their PSNR."""
+    return fp32_tolerance(load_colorizer(str(model), "cpu").network, passes=passes)
+
+
 def test_same_command_twice_gives_the_same_table_with_sampled_rows(three_models, tmp_path):
     options = dict(names=("CNN", "Diffusion"), num_inference_steps=2, num_samples=3, num_samples_images=6)
     first = _evaluate(three_models, tmp_path / "a", _embedded(), **options)
@@ -238,9 +247,11 @@ def test_same_command_twice_gives_the_same_table_with_sampled_rows(three_models,
     samples = first["summary"]["samples"]
     assert samples["num_images"] == 6 and "psnr_mean" in samples["Diffusion"] and "psnr_mean" not in samples["CNN"]
     assert samples["Diffusion"]["diversity"]["mean"] > 0
-    # sample 0 of the K is the single-sample row's sample: the same PSNR on those images
+    # sample 0 of the K is the single-sample row's sample: the same PSNR on those images, up to the rounding of
+    # the sampler's 2 passes through the network in a batch K times larger (see _color_rounding)
     single = first["values"]["Diffusion"]["psnr"][:6]
-    np.testing.assert_allclose(first["samples"]["Diffusion"]["psnr"], single, rtol=1e-5)
+    rounding = _color_rounding(three_models["Diffusion"], passes=2)
+    np.testing.assert_allclose(first["samples"]["Diffusion"]["psnr"], single, rtol=rounding)
     assert "mean of 3" in (tmp_path / "a" / "table.md").read_text()
     # calibration: the spread-skill ratio and the sampler's own posterior mean, paired with the CNN and gray
     diffusion = samples["Diffusion"]
@@ -520,9 +531,14 @@ def test_two_processes_give_the_same_table_as_one(three_models, tmp_path):
     one = json.loads((tmp_path / "one" / "results.json").read_text())
     two = json.loads((tmp_path / "two" / "results.json").read_text())
     assert one["settings"]["num_images"] == two["settings"]["num_images"] == 26
+    # equal up to rounding: the diffusion model's colors (2 sampler passes) change the most in other batches;
+    # a difference to gray or a colorfulness gap is compared at the size of its metric
+    rounding = _color_rounding(three_models["Diffusion"], passes=2)
+    of = {"psnr_vs_gray": "psnr", "ssim_vs_gray": "ssim", "colorfulness_gap": "colorfulness"}
     for row, metrics in one["summary"].items():
         for metric, stats in metrics.items():
-            assert two["summary"][row][metric]["mean"] == pytest.approx(stats["mean"], rel=1e-4, abs=1e-4), (
+            size = abs(metrics[of.get(metric.removesuffix("_per_image"), metric)]["mean"])
+            assert two["summary"][row][metric]["mean"] == pytest.approx(stats["mean"], abs=rounding * size), (
                 row,
                 metric,
             )

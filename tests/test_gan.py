@@ -3,7 +3,7 @@ import urllib.error
 
 import pytest
 import torch
-from conftest import TINY_DATA, TINY_GAN, accelerate_launch, train_in_process
+from conftest import TINY_DATA, TINY_GAN, accelerate_launch, fp32_tolerance, train_in_process
 from safetensors.torch import load_file
 
 from colorization import color, load_colorizer
@@ -32,8 +32,10 @@ def test_the_generator_has_no_randomness_and_the_discriminator_no_batch_statisti
     assert not any(isinstance(m, torch.nn.Dropout) for m in generator.modules())
     generator.eval()
     lightness = torch.rand(4, 1, 32, 32) * 2 - 1
-    # eval mode: an image's colors do not depend on the other images of its batch
-    torch.testing.assert_close(generator(lightness)[:1], generator(lightness[:1]))
+    # eval mode: an image's colors do not depend on the other images of its batch (up to the rounding of its sums)
+    alone = generator(lightness[:1])
+    tolerance = fp32_tolerance(generator, scale=float(alone.abs().max()))
+    torch.testing.assert_close(generator(lightness)[:1], alone, rtol=0, atol=tolerance)
     discriminator = PatchDiscriminator(2, base_channels=8)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in discriminator.modules())
     assert sum("parametrizations" in name for name, _ in discriminator.named_parameters()) >= 5  # spectral norm
