@@ -246,7 +246,11 @@ def test_same_command_twice_gives_the_same_table_with_sampled_rows(three_models,
     assert quality(tmp_path / "a") == quality(tmp_path / "b")
     samples = first["summary"]["samples"]
     assert samples["num_images"] == 6 and "psnr_mean" in samples["Diffusion"] and "psnr_mean" not in samples["CNN"]
-    assert samples["Diffusion"]["diversity"]["mean"] > 0
+    # the table's diversity and spread-skill ratio are those of the per-image values (whose known answers for
+    # known Gaussian samples test_measure.py checks); every image's samples differ (a noise seed each)
+    per_image = first["samples"]["Diffusion"]
+    assert samples["Diffusion"]["diversity"]["mean"] == pytest.approx(per_image["diversity"].mean(), rel=1e-12)
+    assert per_image["diversity"].min() > 0
     # sample 0 of the K is the single-sample row's sample: the same PSNR on those images, up to the rounding of
     # the sampler's 2 passes through the network in a batch K times larger (see _color_rounding)
     single = first["values"]["Diffusion"]["psnr"][:6]
@@ -255,7 +259,10 @@ def test_same_command_twice_gives_the_same_table_with_sampled_rows(three_models,
     assert "mean of 3" in (tmp_path / "a" / "table.md").read_text()
     # calibration: the spread-skill ratio and the sampler's own posterior mean, paired with the CNN and gray
     diffusion = samples["Diffusion"]
-    assert diffusion["spread_skill"]["mean"] > 0 and "spread_skill" not in samples["CNN"]
+    ratio = math.sqrt(
+        (1 + 1 / 3) * per_image["spread2"].astype(float).mean() / per_image["error2"].astype(float).mean()
+    )
+    assert diffusion["spread_skill"]["mean"] == pytest.approx(ratio, rel=1e-12) and "spread_skill" not in samples["CNN"]
     low, high = diffusion["spread_skill"]["ci95"]
     assert low <= diffusion["spread_skill"]["mean"] <= high
     # the posterior mean in the pooled MSE domain: the pooled PSNRs of this table, and their paired differences

@@ -2,6 +2,7 @@
 model, on the same images, for all three model families."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -58,6 +59,63 @@ def test_colorize_resizes_as_the_table_does(family, size, cnn_run, gan_run, diff
     table_pixels = (prediction[0].permute(1, 2, 0) * 255.0).round().byte().numpy()
     colorized = np.asarray(colorizer.colorize(Image.fromarray(pixels), seed=sample_seed(11, 7)))
     assert np.array_equal(colorized, table_pixels)
+
+
+class _GaussianSampler:
+    """A stochastic colorizer whose samples are known Gaussian draws: normalized ab = a centre that is a function of
+    L, plus ``sigma`` times standard normal noise per pixel and channel from the image's own seed."""
+
+    stochastic = True
+
+    def __init__(self, sigma: float):
+        self.sigma = sigma
+
+    @staticmethod
+    def centre(lightness: torch.Tensor) -> torch.Tensor:
+        return torch.cat([0.05 * lightness, 0.03 - 0.04 * lightness], dim=1)  # normalized: a few Lab units
+
+    def colorize_lightness(self, lightness: torch.Tensor, seeds) -> torch.Tensor:
+        noise = [torch.randn(2, *lightness.shape[-2:], generator=torch.Generator().manual_seed(s)) for s in seeds]
+        return self.centre(lightness) + self.sigma * torch.stack(noise)
+
+
+def test_diversity_and_spread_skill_of_known_gaussian_samples():
+    # The table's diversity and spread-skill ratio for a sampler whose K samples and the truth are draws of one
+    # known Gaussian in ab: calibrated (ratio 1), and with half the spread.
+    from colorization import color
+    from colorization.evaluation import GRAY, TRUTH, summarize
+    from colorization.measure import gray_baseline, measure, truth_values
+
+    k, images, sigma = 4, 32, 0.05  # sigma: 5.5 Lab units
+    generator = torch.Generator().manual_seed(0)
+    lightness = torch.rand(images, 1, 32, 32, generator=generator) * 0.4 - 0.1  # L 45 to 65: room for the colors
+    truth_ab = _GaussianSampler.centre(lightness) + sigma * torch.randn(images, 2, 32, 32, generator=generator)
+    truth = color.normalized_lab_to_rgb(lightness, truth_ab)
+    indices, metrics = torch.arange(images), ("psnr", "ssim")
+
+    def table(sampler) -> dict:
+        rows = {
+            "Sampler": measure(sampler, truth, indices, 0, metrics)[0],
+            GRAY: gray_baseline(truth, metrics)[0],
+            TRUTH: truth_values(truth, metrics),
+        }
+        samples = {"Sampler": measure(sampler, truth, indices, 0, metrics, num_samples=k)[0]}
+        values = {row: {**{m: v.numpy() for m, v in x.items()}, "index": indices.numpy()} for row, x in rows.items()}
+        samples = {
+            row: {**{m: v.numpy() for m, v in x.items()}, "index": indices.numpy()} for row, x in samples.items()
+        }
+        return summarize(values, 0, samples)["samples"]["Sampler"]
+
+    # two samples' ab differ by N(0, 2 sigma^2) per channel: a Rayleigh distance of mean sigma sqrt(pi)
+    rayleigh_mean = color.AB_SCALE * sigma * math.sqrt(math.pi)  # in Lab units
+    calibrated = table(_GaussianSampler(sigma))
+    assert calibrated["diversity"]["mean"] == pytest.approx(rayleigh_mean, rel=0.01)
+    # samples and truth exchangeable: E[error^2] = (1 + 1/K) E[spread^2], in sRGB too (one function of like draws)
+    assert calibrated["spread_skill"]["mean"] == pytest.approx(1.0, abs=0.02)
+    shrunk = table(_GaussianSampler(sigma / 2))
+    assert shrunk["diversity"]["mean"] == pytest.approx(rayleigh_mean / 2, rel=0.01)
+    # half the spread around the true centre: sqrt(0.25 (1 + 1/K) / (1 + 0.25/K)) where sRGB is nearly linear in ab
+    assert shrunk["spread_skill"]["mean"] == pytest.approx(math.sqrt(0.25 * (1 + 1 / k) / (1 + 0.25 / k)), rel=0.03)
 
 
 def test_evaluate_measures_in_full_fp32_and_records_it(cnn_run, tmp_path, monkeypatch):
