@@ -349,7 +349,9 @@ def test_guidance_scales_give_a_row_each_per_model_and_skip_images_leaves_out_th
     assert "Diffusion: DPM-2, guidance 2" in (tmp_path / "named" / "table.md").read_text()
     assert not np.array_equal(named["values"]["Diffusion"]["psnr"], swept["values"]["Diffusion (DPM-2)"]["psnr"])
     whole = _evaluate(three_models, tmp_path / "whole", _embedded(), names=("CNN",), max_images=10)
-    np.testing.assert_array_equal(whole["values"]["CNN"]["psnr"][4:], swept["values"]["CNN"]["psnr"])
+    # the same images in other batches (of 5 from image 0 and from image 4): equal up to rounding (AVX2: 1e-6 dB)
+    rounding = _color_rounding(three_models["CNN"], passes=1)
+    np.testing.assert_allclose(whole["values"]["CNN"]["psnr"][4:], swept["values"]["CNN"]["psnr"], rtol=rounding)
     assert "The first 4 images are left out" in (tmp_path / "swept" / "table.md").read_text()
     for wrong, message in (("CNN=2", "a cnn model"), ("Difusion=2", "not one of --names")):
         with pytest.raises(ColorizationError, match=message):
