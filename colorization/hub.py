@@ -229,9 +229,14 @@ def write_upload_folder(export_dir: str, target: str, repo_id: str, license_id: 
         os.makedirs(os.path.dirname(destination), exist_ok=True)
         shutil.copy2(os.path.join(export_dir, *path.split("/")), destination)
     try:  # the upload is the whole model: it loads without anything the allowlist left behind
-        from colorization.inference import load_colorizer
+        # through its family's inference half directly: colorization.inference imports this module (resolve)
+        import torch
 
-        load_colorizer(target, "cpu")
+        from colorization.colorizer import read_export_config
+        from colorization.families import family
+
+        config = read_export_config(target)
+        family(config.get("model_type")).inference_module().load_colorizer(target, config, torch.device("cpu"))
     except ColorizationError as error:
         raise ColorizationError(f"{export_dir} cannot be pushed: its exported files do not load ({error})") from None
     model_card(export_dir, repo_id, license_id).save(os.path.join(target, CARD_NAME))
