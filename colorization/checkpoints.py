@@ -151,6 +151,8 @@ def changed_settings(saved: dict, current: dict) -> list[str]:
         for key in sorted(set(before) | set(now)):
             if key in free:
                 continue
+            if key not in before and now[key] is None:  # a setting newer than the checkpoint, left unset
+                continue
             if before.get(key, "(absent)") != now.get(key, "(absent)"):
                 differences.append(f"--{key}: {before.get(key, '(absent)')!r} -> {now.get(key, '(absent)')!r}")
     for key in ("num_processes", "mixed_precision", "model_type"):

@@ -628,3 +628,9 @@ def test_the_selection_settings_are_free_only_without_selection():
     changed = run("best")
     changed["model"]["validation_sampler"] = "ddim"
     assert changed_settings(run("best"), changed) == ["--validation_sampler: 'dpm' -> 'ddim'"]
+    # a checkpoint older than a setting resumes when that setting is left unset; set, it is a change
+    newer = run("last")
+    newer["data"] = {"dataset_revision": None}
+    assert changed_settings(run("last"), newer) == []
+    newer["data"]["dataset_revision"] = "0123abc"
+    assert changed_settings(run("last"), newer) == ["--dataset_revision: '(absent)' -> '0123abc'"]
