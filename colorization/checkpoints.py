@@ -47,7 +47,10 @@ FREE_SETTINGS = {
         "validation_images",
         "overwrite_output_dir",
         "allow_changed_settings",
+        # how the same arithmetic runs (other kernels, other rounding), not what it computes
         "torch_compile",
+        "channels_last",
+        "fused_optimizer",
         "push_to_hub",
         "hub_model_id",
         "hub_private",

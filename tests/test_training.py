@@ -634,3 +634,115 @@ def test_the_selection_settings_are_free_only_without_selection():
     assert changed_settings(run("last"), newer) == []
     newer["data"]["dataset_revision"] = "0123abc"
     assert changed_settings(run("last"), newer) == ["--dataset_revision: '(absent)' -> '0123abc'"]
+
+
+def test_the_optimizer_is_fused_where_torch_has_the_kernel():
+    from colorization.training import fused_adam_available, make_optimizer
+
+    parameters = [torch.nn.Parameter(torch.zeros(3))]
+    fused = make_optimizer(parameters, TrainConfig()).defaults["fused"]
+    assert fused is (True if fused_adam_available() else None)
+    assert make_optimizer(parameters, TrainConfig(fused_optimizer=False)).defaults["fused"] is None
+    if tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 4):  # the CPU kernel's first release
+        assert fused_adam_available()
+
+
+def test_channels_last_and_the_fused_optimizer_resume_exactly_and_save_plain_weights(tmp_path):
+    # The cpu-small CNN's flags (--channels_last, the fused optimizer by default): resumed from step 2, the weights
+    # equal an uninterrupted run's; checkpoint and export hold plain weights a plain network loads. The two
+    # settings say how the arithmetic runs, not what it computes: a run may be resumed with them changed.
+    from colorization.models.cnn import ResNetColorizer
+
+    args = [
+        *TINY_DATA,
+        *TINY_CNN,
+        "--max_train_steps",
+        "4",
+        "--checkpointing_steps",
+        "2",
+        "--validation_steps",
+        "4",
+        "--no-initial_validation",
+        "--checkpoints_total_limit",
+        "none",
+    ]
+    fast = args + ["--channels_last"]
+    run = tmp_path / "run"
+    train_in_process(CNNTask, fast + ["--output_dir", run])
+    whole = load_file(run / "model.safetensors")
+    checkpoint = load_file(run / "checkpoints" / "checkpoint_4" / "model.safetensors")
+    for weights in (whole, checkpoint):
+        ResNetColorizer().load_state_dict(weights)  # strict: the plain network's names, no wrapper's prefix
+    assert all(t.is_contiguous() for t in whole.values())
+    shutil.rmtree(run / "checkpoints" / "checkpoint_4")
+    (run / "model.safetensors").unlink()
+    train_in_process(CNNTask, fast + ["--output_dir", run, "--resume_from_checkpoint", "latest"])
+    assert_same_weights(whole, load_file(run / "model.safetensors"))
+
+    changed = tmp_path / "changed"
+    train_in_process(CNNTask, args + ["--no-fused_optimizer", "--output_dir", changed])
+    shutil.rmtree(changed / "checkpoints" / "checkpoint_4")
+    train_in_process(CNNTask, fast + ["--output_dir", changed, "--resume_from_checkpoint", "latest"])
+    config = json.loads((changed / "run_config.json").read_text())
+    assert config["train"]["channels_last"] and "changed_settings" not in config
+
+
+def _first_logged_loss(output_dir) -> float:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(output_dir / "logs" / "diffusion"))
+    events.Reload()
+    return events.Scalars("train/loss")[0].value
+
+
+def test_channels_last_changes_no_value_of_the_diffusion_step(tmp_path):
+    # --channels_last puts the networks' weights, and so their activations, in channels-last format; the batch and
+    # the task's own tensors stay as they are, so the noise drawn with randn_like(ab) is the same numbers. (Had the
+    # batch been made channels-last, randn_like would lay the same draws out differently: other noise per pixel,
+    # a first loss some percent away.) In fp32 the two first losses differ by rounding only (~1e-6 relative over
+    # a dozen layers; 1e-4 leaves room and is far below a different draw's difference).
+    from colorization.tasks.diffusion import DiffusionTask
+
+    args = [*TINY_DATA, *TINY_DIFFUSION, "--max_train_steps", "1", "--logging_steps", "1", "--no-initial_validation"]
+    losses = []
+    for name, extra in (("plain", []), ("channels_last", ["--channels_last"])):
+        train_in_process(DiffusionTask, args + ["--mixed_precision", "no", "--output_dir", tmp_path / name, *extra])
+        losses.append(_first_logged_loss(tmp_path / name))
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+
+
+def test_the_diffusion_step_needs_no_host_sync(tmp_path):
+    # On a GPU an operation whose output size depends on the data (boolean indexing: a nonzero) waits for the device
+    # at every step. The step's per-quartile loss means are masked sums instead.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from colorization.tasks.diffusion import DiffusionConfig, DiffusionTask
+
+    data_dependent = []
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            indices = args[1] if name == "index" else ()
+            boolean_index = any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices)
+            if name in ("nonzero", "masked_select", "_local_scalar_dense") or boolean_index:
+                data_dependent.append(name)
+            return func(*args, **(kwargs or {}))
+
+    task = DiffusionTask(
+        DiffusionConfig(unet_preset="small", block_out_channels="16,32", attention_levels="1", use_ema=False), 32
+    )
+    trainer = Trainer(task, TrainConfig(output_dir=str(tmp_path), report_to="none"), DataConfig(resolution=32))
+    trainer._prepare_models(max_steps=2)
+    lightness, ab = color.rgb_to_normalized_lab(torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    try:
+        with Watch():
+            logs = task.training_step(trainer, lightness, ab)
+    finally:
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+    assert data_dependent == []
+    quartiles = [logs[f"loss_t{q * 250}-{q * 250 + 249}"] for q in range(4)]
+    assert all(torch.isfinite(value) or torch.isnan(value) for value in quartiles)

@@ -295,8 +295,11 @@ class DiffusionTask(TrainingTask):
         trainer.optimize("unet", loss)
         logs = {"loss": loss.detach()}
         quartile = timesteps * 4 // NUM_TRAIN_TIMESTEPS
-        for q in range(4):  # the (unweighted) mean of no image is NaN: "absent this step" for the logger
-            logs[f"loss_t{q * 250}-{q * 250 + 249}"] = per_image[quartile == q].mean().detach()
+        for q in range(4):
+            # A masked mean, not per_image[quartile == q] (whose size depends on the data: a host sync on a GPU at
+            # every step); over no image it is 0 / 0 = NaN: "absent this step" for the logger.
+            in_quartile = (quartile == q).to(per_image.dtype)
+            logs[f"loss_t{q * 250}-{q * 250 + 249}"] = ((per_image * in_quartile).sum() / in_quartile.sum()).detach()
         if self.ema is not None:
             logs["ema_decay"] = torch.tensor(self.ema.cur_decay_value or 0.0)
         return logs
