@@ -586,3 +586,23 @@ def test_the_onnx_backend_refuses_bf16_and_compile_in_one_line(tmp_path):
     for options, message in (({"precision": "bf16"}, "use --precision fp32"), ({"compile": True}, "drop --compile")):
         with pytest.raises(ColorizationError, match=message):
             load_onnx_colorizer(str(tmp_path), {}, **options)
+
+
+def test_precision_flags_give_a_row_each_and_the_note_says_what_ran(diffusion_run, tmp_path):
+    from colorization.config import parse_precisions
+    from colorization.evaluation import EvaluationConfig, evaluate
+
+    assert parse_precisions("fp32,Refiner=bf16", ["Plain", "Refiner"]) == {"Plain": ["fp32"], "Refiner": ["bf16"]}
+    assert parse_precisions("auto", ["A"]) == {"A": ["auto"]}
+    options = dict(metrics="psnr,colorfulness", batch_size=4, max_images=4, grid_images=2, num_inference_steps=2)
+    options.update(keep_selection_images=True, output_dir=str(tmp_path / "both"), precision="fp32,bf16")
+    data = DataConfig(resolution=32, embedded_num_images=256, dataloader_num_workers=0)
+    both = evaluate([str(diffusion_run[0])], ["D"], EvaluationConfig(**options), data)
+    assert list(both["summary"])[:2] == ["D (DPM-2, fp32)", "D (DPM-2, bf16)"]
+    assert both["settings"]["rows"]["D (DPM-2, bf16)"]["precision"] == "bf16"
+    assert both["settings"]["sampling"]["D (DPM-2, bf16)"] == "DPM-2, UNet in bf16 autocast, seed per image"
+    assert both["settings"]["sampling"]["D (DPM-2, fp32)"] == "DPM-2, fp32, seed per image"
+    options.update(output_dir=str(tmp_path / "fp32"), precision="D=fp32")
+    alone = evaluate([str(diffusion_run[0])], ["D"], EvaluationConfig(**options), data)
+    assert list(alone["summary"])[0] == "D"  # one precision: the model's plain name
+    np.testing.assert_array_equal(alone["values"]["D"]["psnr"], both["values"]["D (DPM-2, fp32)"]["psnr"])
