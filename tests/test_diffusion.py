@@ -555,31 +555,33 @@ def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_fast(monkeypatch)
 
 
 def test_a_compiled_unet_sees_one_batch_shape_and_each_image_keeps_its_colors(monkeypatch):
-    # torch.compile is stood in for by a recorder (the real one takes half a minute here; benchmark_sampling.py
-    # measures it): after the first batch, every batch is cut into chunks of its size, the last one padded.
-    compiled, shapes = [], []
+    # torch.compile with dynamo's eager backend (inductor takes half a minute here; benchmark_sampling.py measures
+    # it). Its shapes are static: after the first batch, every batch must be cut into chunks of that size, the
+    # last one padded, or dynamo would compile a second graph.
+    from torch._dynamo.utils import counters
 
-    def fake_compile(module, **options):
-        compiled.append(options)
+    compile_, requested = torch.compile, []
 
-        def run(noisy, *args):
-            shapes.append(noisy.shape[0])
-            return module(noisy, *args)
+    def eager_compile(module, **options):
+        requested.append(options)
+        return compile_(module, backend="eager", dynamic=options["dynamic"])
 
-        return run
-
-    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    torch._dynamo.reset()
+    counters.clear()
     ddpm = DDPMScheduler(num_train_timesteps=1000, prediction_type="sample", clip_sample=False)
     build = lambda compile: colorizer_from_parts(_unet(2.0), ddpm.config, 16, "ddpm", 4, compile=compile)  # noqa: E731
     fast, plain = build(True), build(False)
     lightness = torch.rand(5, 1, 16, 16) * 2 - 1
     first = fast.predict_ab(lightness[:3], [1, 2, 3])
     rest = fast.predict_ab(lightness, [1, 2, 3, 4, 5])  # 3 + 2 images (padded to 3)
-    assert compiled == [{"dynamic": False, "options": {"freezing": True}}] and set(shapes) == {3}
+    assert requested == [{"dynamic": False, "options": {"freezing": True}}]
+    assert counters["stats"]["unique_graphs"] == 1
     assert fast.describe_precision().endswith("torch.compile")
     torch.testing.assert_close(rest[:3], first, rtol=0, atol=0)
     # the same colors as without compile, up to the fp32 rounding that a batch's size changes (as above)
     torch.testing.assert_close(rest, plain.predict_ab(lightness, [1, 2, 3, 4, 5]), rtol=0, atol=2e-4)
+    torch._dynamo.reset()
 
 
 def test_the_onnx_backend_refuses_bf16_and_compile_in_one_line(tmp_path):

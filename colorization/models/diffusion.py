@@ -246,7 +246,7 @@ class LabColorizationPipeline(DiffusionPipeline):
         ``precision`` "bf16": the UNet's forward runs in bf16 autocast, the rest in fp32. ``network``: what to call
         in place of ``self.unet`` (e.g. its ``torch.compile``), with the same arguments."""
         unet = self.unet
-        network = network or unet
+        network = unet if network is None else network
         # the conditioning, once per image: cast once, and its blank (the unconditional model's) made once
         lightness = lightness.to(device=unet.device, dtype=unet.dtype)
         if regressor_ab is not None:
