@@ -155,7 +155,7 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-# oneDNN ISA limits (ONEDNN_MAX_CPU_ISA) under which it has no native bf16 kernels: bf16 is then emulated, 46x
+# oneDNN ISA limits (ONEDNN_MAX_CPU_ISA) under which it has no native bf16 kernels: bf16 is then emulated, 65x
 # slower than fp32 for the small UNet on an AMX Xeon limited to AVX2 (benchmarks/README.md)
 _ISAS_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
 
