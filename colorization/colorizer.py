@@ -9,7 +9,9 @@ images, for the mean-ab baseline row of ``evaluate.py``) and ``training_images.j
 training image, so that ``evaluate.py`` can refuse to score a model on its own training images).
 
 Inference precision: every colorizer computes in float32, whatever autocast context it is called from, so
-validation during training and ``evaluate.py`` measure the same numbers.
+validation during training and ``evaluate.py`` measure the same numbers; a diffusion colorizer may run its UNet
+in bf16 autocast instead (its ``precision``, :func:`resolve_precision`), and keeps its sampler's arithmetic in
+float32. Validation, ``evaluate.py``, ``colorize`` and the demo all ask for ``auto`` by default.
 """
 
 from __future__ import annotations
@@ -153,6 +155,48 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+# oneDNN ISA limits (ONEDNN_MAX_CPU_ISA) under which it has no native bf16 kernels: bf16 is then emulated, 65x
+# slower than fp32 for the small UNet on an AMX Xeon limited to AVX2 (benchmarks/README.md)
+_ISAS_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+
+
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def fast_bf16(device: Union[str, torch.device]) -> bool:
+    """Whether ``device`` computes bf16 convolutions faster than fp32: a CUDA GPU of compute capability 8 or more
+    (Ampere on), or a CPU with AVX512-BF16 or AMX-BF16 that oneDNN may use (not limited by ONEDNN_MAX_CPU_ISA)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 8
+    if device.type != "cpu":
+        return False
+    limit = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
+    return limit not in _ISAS_WITHOUT_BF16 and bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
+
+
+def resolve_precision(precision: str, device: Union[str, torch.device]) -> str:
+    """An inference precision (``config.PRECISIONS``) on ``device`` -> "fp32" or "bf16": auto is bf16 where the
+    device computes it fast (:func:`fast_bf16`), else fp32."""
+    if precision == "auto":
+        return "bf16" if fast_bf16(device) else "fp32"
+    if precision not in ("fp32", "bf16"):
+        raise ColorizationError(f"unknown precision {precision!r}; choose auto, fp32 or bf16")
+    device = torch.device(device)
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ColorizationError(f"{torch.cuda.get_device_name(device)} does not compute bf16; use --precision fp32")
+    return precision
+
+
 # ----- colorizers -----
 
 
@@ -169,6 +213,7 @@ class Colorizer:
 
     stochastic = False
     backend = "torch"  # or "onnx": the network runs in ONNX Runtime (colorization.onnx_backend)
+    precision = "fp32"  # what the network computes in (a diffusion model's UNet may run in "bf16")
 
     def __init__(self, model_type: str, resolution: int, device: torch.device, seed: int = 0):
         self.model_type = model_type

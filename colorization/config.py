@@ -217,7 +217,33 @@ def _values_by_name(text: str, names: Sequence[str], flag: str, parse: Callable)
 
 # The diffusion samplers by name (the schedulers behind them: colorization.models.diffusion.SAMPLERS, which
 # checks that it names exactly these); here so that flags are checked without importing diffusers.
-SAMPLER_NAMES = ("dpm", "ddim", "ddpm", "dpm-sde")
+SAMPLER_NAMES = ("dpm", "ddim", "ddpm", "dpm-sde", "euler-a", "edm")
+# What a diffusion model's UNet computes in at inference (colorization.colorizer.resolve_precision): auto is bf16
+# autocast where the device computes bf16 fast (a CPU with AVX512-BF16 or AMX-BF16, a CUDA GPU of compute
+# capability 8 or more), else fp32; the scheduler's arithmetic is always fp32.
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@_named("precision_list")
+def precision_list(text: str) -> str:
+    """Inference precisions of the diffusion models, comma-separated: P for every diffusion model or NAME=P for
+    one (e.g. auto, or "fp32,bf16" for a row each); P in PRECISIONS."""
+    entries = [entry.strip() for entry in text.split(",")]
+    for entry in entries:
+        name, equals, precision = entry.rpartition("=")
+        if precision.strip() not in PRECISIONS or (equals and not name.strip()):
+            raise argparse.ArgumentTypeError(
+                f"{entry!r} is not PRECISION or NAME=PRECISION with PRECISION in {', '.join(PRECISIONS)} "
+                "(e.g. bf16 or Refiner=fp32)"
+            )
+    return ",".join(entries)
+
+
+def parse_precisions(text: str, names: Sequence[str]) -> dict[str, list[str]]:
+    """A checked --precision value -> the precisions of each model in ``names`` (NAME=P entries win over the plain
+    P ones for their model; auto where none is given). An unknown NAME raises ValueError."""
+    shared, named = _values_by_name(text, names, "--precision", str.strip)
+    return {name: list(dict.fromkeys(named.get(name) or shared or ["auto"])) for name in names}
 
 
 @_named("existing_folder")

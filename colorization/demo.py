@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from colorization.colorizer import Colorizer, default_device
-from colorization.config import SAMPLER_NAMES, HelpFormatter, device_name, model_reference, port
+from colorization.config import PRECISIONS, SAMPLER_NAMES, HelpFormatter, device_name, model_reference, port
 from colorization.errors import ColorizationError, cli_entry_point
 from colorization.images import UNREADABLE_IMAGE_ERRORS, open_image, to_rgb
 from colorization.inference import load_colorizer
@@ -39,7 +39,9 @@ MAX_GUIDANCE = 5.0
 class Demo:
     """The models, loaded once, and what the page asks of them."""
 
-    def __init__(self, paths: list[str], names: Optional[list[str]] = None, device=None, revision=None):
+    def __init__(
+        self, paths: list[str], names: Optional[list[str]] = None, device=None, revision=None, precision="auto"
+    ):
         names = names or [os.path.basename(os.path.normpath(p)) for p in paths]
         if len(names) != len(paths):
             raise ColorizationError(f"{len(names)} --names for {len(paths)} --models")
@@ -47,7 +49,7 @@ class Demo:
         self.colorizers: dict[str, Colorizer] = {}
         for name, path in zip(names, paths):
             try:
-                self.colorizers[name] = load_colorizer(path, self.device, revision=revision)
+                self.colorizers[name] = load_colorizer(path, self.device, revision=revision, precision=precision)
             except ColorizationError as error:
                 raise ColorizationError(f"model {name!r} ({path}) does not load: {error}") from None
         self.stochastic = any(c.stochastic for c in self.colorizers.values())
@@ -182,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--device", default=None, type=device_name, help="cpu, cuda, ... (default: a GPU when there is one)"
     )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="diffusion: what the UNet computes in (auto: bf16 autocast where the device computes bf16 fast)",
+    )
     return parser
 
 
@@ -199,7 +207,7 @@ def run(argv=None) -> None:
         import gradio  # noqa: F401
     except ImportError:
         raise ColorizationError('the demo needs Gradio, an optional extra: pip install -e ".[demo]"') from None
-    demo = Demo(args.models, args.names, args.device, args.revision)
+    demo = Demo(args.models, args.names, args.device, args.revision, args.precision)
     print(f"loaded {', '.join(demo.colorizers)}; open http://{args.host}:{args.port}", flush=True)
     build_page(demo).launch(
         server_name=args.host, server_port=args.port, share=args.share, show_error=False, allowed_paths=[EXAMPLES_DIR]

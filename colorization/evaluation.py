@@ -2,8 +2,9 @@
 
 All metrics are computed on sRGB in [0, 1] at the evaluation resolution, through
 :func:`colorization.measure.measure` (the function validation uses): ground truth and input go through the
-same resize and crop; each model colorizes at its own training resolution in fp32 and its ab is brought to
-the evaluation resolution and joined with the input's own L, as at inference.
+same resize and crop; each model colorizes at its own training resolution in fp32 (a diffusion model's UNet
+in ``--precision``, bf16 autocast where the device computes it fast) and its ab is brought to the evaluation
+resolution and joined with the input's own L, as at inference.
 
 Rows: each model (one per sampler for a diffusion model), the mean training ab of the models (each image's
 own L with the per-pixel average ab of the training images), gray (L with ab = 0) and the ground truth.
@@ -17,7 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -39,8 +40,10 @@ from colorization.config import (
     non_negative_int,
     output_folder,
     parse_guidance,
+    parse_precisions,
     parse_samplers,
     positive_int,
+    precision_list,
     sampler_list,
 )
 from colorization.data import (
@@ -115,6 +118,19 @@ class EvaluationConfig:
         "diffusion model gets a row per sampler. Overrides --scheduler and --num_inference_steps.",
         type=sampler_list,
     )
+    precision: str = field(
+        "auto",
+        "What the diffusion models' UNets compute in: auto (bf16 autocast where the device computes bf16 fast, e.g. "
+        "a CPU with AVX512-BF16 or AMX, else fp32), fp32 or bf16; the sampler's own arithmetic is always fp32. "
+        "Comma-separated: P for every diffusion model or NAME=P for one; several give a row each (e.g. fp32,bf16).",
+        type=precision_list,
+    )
+    compile: bool = field(
+        False,
+        "torch.compile the diffusion UNets (frozen weights, one compiled batch shape). The first batch of each row "
+        "then compiles for about half a minute on a 2-core CPU (its inference time includes it); on the cpu-small "
+        "models it pays back only over long samplings (benchmarks/README.md).",
+    )
     num_samples: int = field(
         1,
         "Stochastic models: also colorize each image K times and report the PSNR/SSIM "
@@ -169,18 +185,24 @@ def load_lpips(device: torch.device):
 
 
 def samplings(
-    config: EvaluationConfig, model_type: str, guidance_scales: list[float], samplers: list[tuple[str, int]]
+    config: EvaluationConfig,
+    model_type: str,
+    guidance_scales: list[float],
+    samplers: list[tuple[str, int]],
+    precisions: Sequence[str] = ("auto",),
 ) -> list[dict]:
     """The sampling settings to evaluate a model with: for diffusion, one per sampler (its --samplers entries;
-    none: --scheduler and --num_inference_steps) and scale."""
+    none: --scheduler and --num_inference_steps), scale and precision."""
     if model_type != "diffusion":
         return [{}]
     samplers = samplers or [(config.scheduler, config.num_inference_steps)]
     found = []
     for scheduler, steps in samplers:
         for scale in guidance_scales:
-            sampling = {"scheduler": scheduler, "num_inference_steps": steps, "guidance_scale": scale}
-            found.append({k: v for k, v in sampling.items() if v is not None})
+            for precision in precisions:
+                sampling = {"scheduler": scheduler, "num_inference_steps": steps, "guidance_scale": scale}
+                sampling = {k: v for k, v in sampling.items() if v is not None}
+                found.append({**sampling, "precision": precision, "compile": config.compile})
     return found
 
 
@@ -230,18 +252,26 @@ class Evaluator:
         try:
             guidance = parse_guidance(config.guidance_scale, names)
             samplers = parse_samplers(config.samplers, names) if config.samplers else {}
+            precisions = parse_precisions(config.precision, names)
         except ValueError as error:
             raise ColorizationError(str(error)) from None
         for name, path in self.paths.items():
             model_type = self.exports[name]["model_type"]
-            for flag, value in (("--guidance_scale", config.guidance_scale), ("--samplers", config.samplers or "")):
+            for flag, value in (
+                ("--guidance_scale", config.guidance_scale),
+                ("--samplers", config.samplers or ""),
+                ("--precision", config.precision),
+            ):
                 if model_type != "diffusion" and name in {e.rpartition("=")[0].strip() for e in value.split(",")}:
                     raise ColorizationError(f"{flag} names {name!r}, a {model_type} model (not a diffusion model)")
-            rows = samplings(config, model_type, guidance[name], samplers.get(name, []))
+            rows = samplings(config, model_type, guidance[name], samplers.get(name, []), precisions[name])
             for sampling in rows:
                 colorizer = load_colorizer(path, self.accelerator.device, **sampling)
                 named_by_sampling = sampling and (len(rows) > 1 or config.samplers)
-                row = f"{name} ({colorizer.describe_sampling()})" if named_by_sampling else name
+                # a model sampled in several precisions: the row says which (auto says what it resolved to)
+                label = colorizer.describe_sampling()
+                label += f", {colorizer.precision}" if len(precisions[name]) > 1 else ""
+                row = f"{name} ({label})" if named_by_sampling else name
                 if row in self.colorizers:
                     raise ColorizationError(f"two rows would be named {row!r}: give distinct --names")
                 given = self.origins[name]["repo_id"] if name in self.origins else os.path.relpath(path)
@@ -664,7 +694,9 @@ def evaluate(
         return None
     summary = summarize(result["values"], config.seed, result["samples"])
     sampling = {
-        row: c.describe_sampling() + ", seed per image" for row, c in evaluator.colorizers.items() if c.stochastic
+        row: f"{c.describe_sampling()}, {c.describe_precision()}, seed per image"
+        for row, c in evaluator.colorizers.items()
+        if c.stochastic
     }
     device = evaluator.accelerator.device
     settings = {
@@ -681,13 +713,14 @@ def evaluate(
         "checkpoints": evaluator.checkpoints,
         "hub_models": evaluator.origins,  # repo id, revision and the commit that was evaluated
         "model_types": {name: c.model_type for name, c in evaluator.colorizers.items()},
-        "rows": {  # which model (--names), guidance scale and (diffusion) sampler each model row is
+        "rows": {  # which model (--names), guidance scale, (diffusion) sampler and inference precision each row is
             row: {
                 "model": evaluator.models_of_rows[row],
                 "guidance_scale": evaluator.guidance_of_rows[row],
-                **({"sampler": c.sampler} if hasattr(c, "sampler") else {}),
+                **({"sampler": colorizer.sampler} if hasattr(colorizer, "sampler") else {}),
+                "precision": colorizer.precision,
             }
-            for row, c in evaluator.colorizers.items()
+            for row, colorizer in evaluator.colorizers.items()
         },
         "model_resolutions": {name: c.resolution for name, c in evaluator.colorizers.items()},
         "selections": {

@@ -27,8 +27,8 @@ def load_colorizer(
     """Load any exported model, from a folder or by Hugging Face Hub id ("owner/name", at ``revision``; a local
     folder of that name wins) -> a :class:`Colorizer`; ``colorizer.origin`` says where a Hub model came from.
 
-    ``sampling`` options apply to the diffusion model (``scheduler`` in ddpm/ddim/dpm,
-    ``num_inference_steps``, ``seed``, ``guidance_scale``); the one-pass models have none and ignore them.
+    ``sampling`` options apply to the diffusion model (``scheduler``, ``num_inference_steps``, ``seed``,
+    ``guidance_scale``, ``precision``, ``compile``); the one-pass models have none and ignore them.
     ``backend="onnx"``: ``path`` is an ONNX folder (``python -m colorization.export_onnx``), run by ONNX Runtime
     on the CPU with the same pre- and post-processing.
     """

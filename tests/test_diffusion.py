@@ -25,7 +25,10 @@ from colorization.models.diffusion import (
     LabColorizationPipeline,
     LabConditionedUNet,
     colorizer_from_parts,
+    load_onnx_colorizer,
     make_sampler,
+    model_prediction_type,
+    sampler_name,
 )
 from colorization.tasks.diffusion import DiffusionConfig, DiffusionTask
 from colorization.training import TrainConfig, Trainer
@@ -174,9 +177,24 @@ def test_a_stochastic_sampler_draws_each_images_noise_from_its_own_generator(sch
     if scheduler == "dpm-sde":
         deterministic = _pipeline("dpm").sample_ab(lightness, 6, generators([1, 2, 3]))
         assert float((batch - deterministic).abs().mean()) > 1e-3
+    # and it does draw: every image's own generator moves on inside the scheduler's steps
+    step, drawn = pipeline.scheduler.step, []
+    images = generators([1, 2, 3])
+
+    def recording_step(*args, **kwargs):
+        before = [g.get_state() for g in images]
+        output = step(*args, **kwargs)
+        drawn.append([not torch.equal(b, g.get_state()) for b, g in zip(before, images)])
+        return output
+
+    pipeline.scheduler.step = recording_step
+    pipeline.sample_ab(lightness, 6, images)
+    assert len(drawn) == 6 and any(all(step) for step in drawn), drawn
 
 
-@pytest.mark.parametrize("scheduler, steps", [("ddpm", 100), ("ddim", 50), ("dpm", 20), ("dpm-sde", 20)])
+@pytest.mark.parametrize(
+    "scheduler, steps", [("ddpm", 100), ("ddim", 50), ("dpm", 20), ("dpm-sde", 20), ("euler-a", 20), ("edm", 20)]
+)
 def test_every_scheduler_samples_and_the_output_keeps_the_input_lightness(scheduler, steps):
     pipeline = _pipeline(scheduler)
     photo = Image.fromarray(np.random.default_rng(0).integers(70, 190, (23, 37, 3), dtype=np.uint8))
@@ -189,6 +207,44 @@ def test_every_scheduler_samples_and_the_output_keeps_the_input_lightness(schedu
         assert int(pipeline.scheduler.timesteps[0]) == 999
 
 
+def _oracle(sampler, prediction_type: str, clean: torch.Tensor, ab_scale: float = 2.0) -> LabColorizationPipeline:
+    """A pipeline whose UNet knows the clean (scaled) ab: it predicts exactly what implies ``clean`` from the x_t it
+    is given, in the terms of its prediction type."""
+
+    class Oracle(LabConditionedUNet):
+        def forward(self, noisy, timestep, lightness, regressor_ab=None):
+            alpha = sampler.alphas_cumprod[timestep.long()]
+            noise = (noisy - alpha.sqrt() * clean) / (1 - alpha).sqrt()
+            return {
+                "epsilon": noise,
+                "sample": clean.expand_as(noisy),
+                "v_prediction": alpha.sqrt() * noise - (1 - alpha).sqrt() * clean,
+            }[prediction_type]
+
+    pipeline = LabColorizationPipeline(Oracle(**TINY_UNET, ab_scale=ab_scale), sampler)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+@pytest.mark.parametrize("scheduler", sorted(SAMPLERS))
+def test_every_sampler_lands_on_the_clean_ab_that_an_exact_model_predicts(prediction_type, scheduler):
+    # Whatever the model predicts and whatever prediction the scheduler takes (euler-a and edm may take another:
+    # the pipeline converts), a model that knows the clean ab leads every sampler to it. fp32 rounding of x_t,
+    # divided by sqrt(alpha_bar) >= 0.006 at the noisiest step, stays under 1e-4 of the last steps' estimate.
+    ddpm = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type, clip_sample=False)
+    clean = torch.linspace(-1.5, 1.5, 2 * 16 * 16).view(1, 2, 16, 16)  # scaled ab inside [-2, 2]: no clipping
+    pipeline = _oracle(make_sampler(scheduler, ddpm.config), prediction_type, clean)
+    ab = pipeline.sample_ab(torch.zeros(2, 1, 16, 16), 8, [torch.Generator().manual_seed(s) for s in (0, 1)])
+    expected = clean.expand(2, -1, -1, -1)
+    if scheduler == "ddim":  # it ends a step short, at the first training timestep, with its start's noise left
+        start = torch.cat([torch.randn(1, 2, 16, 16, generator=torch.Generator().manual_seed(s)) for s in (0, 1)])
+        first, last = pipeline.scheduler.alphas_cumprod[0], pipeline.scheduler.alphas_cumprod[-1]
+        noise = (start - last.sqrt() * clean) / (1 - last).sqrt()
+        expected = first.sqrt() * clean + (1 - first).sqrt() * noise
+    torch.testing.assert_close(ab, expected / 2.0, rtol=0, atol=1e-4)
+
+
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 @pytest.mark.parametrize("scheduler", sorted(SAMPLERS))
 def test_every_sampler_clips_the_clean_estimate_to_the_data_range(prediction_type, scheduler):
@@ -196,20 +252,7 @@ def test_every_sampler_clips_the_clean_estimate_to_the_data_range(prediction_typ
     # the edge of the data range, not beyond it, and in the same place.
     ddpm = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type, clip_sample=False)
     sampler = make_sampler(scheduler, ddpm.config)
-    clean = torch.full((1, 2, 16, 16), 50.0)
-
-    class Overshooting(LabConditionedUNet):
-        def forward(self, noisy, timestep, lightness, regressor_ab=None):
-            alpha = sampler.alphas_cumprod[timestep]
-            noise = (noisy - alpha.sqrt() * clean) / (1 - alpha).sqrt()
-            return {
-                "epsilon": noise,
-                "sample": clean,
-                "v_prediction": alpha.sqrt() * noise - (1 - alpha).sqrt() * clean,
-            }[prediction_type]
-
-    pipeline = LabColorizationPipeline(Overshooting(**TINY_UNET, ab_scale=2.0), sampler)
-    pipeline.set_progress_bar_config(disable=True)
+    pipeline = _oracle(sampler, prediction_type, torch.full((1, 2, 16, 16), 50.0))
     seen = []
     step = pipeline.scheduler.step
 
@@ -223,6 +266,19 @@ def test_every_sampler_clips_the_clean_estimate_to_the_data_range(prediction_typ
     ab = pipeline.sample_ab(torch.zeros(1, 1, 16, 16), 10, [torch.Generator().manual_seed(0)])
     assert float((ab - 1.0).abs().max()) < 0.02  # normalized ab at the edge of [-1, 1] (DDIM ends a step short)
     assert all(float(x0.max()) <= 2.0 + 1e-3 for x0 in seen)  # never beyond ab_scale
+
+
+def test_samplers_that_cannot_take_the_models_prediction_get_one_they_take_and_remember_the_models():
+    # diffusers' ancestral Euler has no clean-ab prediction; edm is handed only the clean ab (so that the estimate
+    # it steps with after its churn is the clipped one). Switching samplers again starts from the model's own.
+    sample = DDPMScheduler(num_train_timesteps=1000, prediction_type="sample").config
+    euler = make_sampler("euler-a", sample)
+    assert euler.config.prediction_type == "epsilon" and model_prediction_type(euler.config) == "sample"
+    assert make_sampler("ddpm", euler.config).config.prediction_type == "sample"
+    edm = make_sampler("edm", DDPMScheduler(num_train_timesteps=1000, prediction_type="v_prediction").config)
+    assert edm.config.prediction_type == "sample" and model_prediction_type(edm.config) == "v_prediction"
+    assert make_sampler("euler-a", edm.config).config.prediction_type == "v_prediction"
+    assert sampler_name(edm) == "edm" and sampler_name(euler) == "euler-a"
 
 
 def test_a_sampler_is_the_same_built_in_memory_and_after_loading(tmp_path):
@@ -451,3 +507,111 @@ def test_a_refining_model_of_a_gan_trains_and_its_export_stands_alone(refine_run
     colorizer = load_colorizer(str(refine_run), "cpu", num_inference_steps=2, guidance_scale=1.5)
     assert colorizer.regressor.model_type == "gan" and colorizer.describe_sampling().endswith("guidance 1.5")
     assert colorizer.colorize(Image.new("RGB", (20, 12), (90, 120, 150))).size == (20, 12)
+
+
+# ----- inference precision and torch.compile -----
+
+
+@pytest.mark.parametrize("scheduler", ["ddpm", "edm"])
+def test_bf16_runs_only_the_unets_forward_in_bf16_and_the_sampler_in_fp32(scheduler):
+    # precision "bf16" must be exactly the fp32 sampler around a UNet whose forward alone runs in bf16 autocast:
+    # the step, its noise, the clipping and the guidance combination all see fp32, outside autocast.
+    pipeline = _pipeline(scheduler, prediction_type="sample", ab_scale=2.0)
+    lightness = torch.rand(2, 1, 16, 16) * 2 - 1
+    generators = lambda: [torch.Generator().manual_seed(s) for s in (4, 5)]  # noqa: E731
+    step, seen = pipeline.scheduler.step, []
+
+    def recording_step(prediction, timestep, sample, **kwargs):
+        seen.append((prediction.dtype, sample.dtype, torch.is_autocast_enabled("cpu")))
+        return step(prediction, timestep, sample, **kwargs)
+
+    pipeline.scheduler.step = recording_step
+    bf16 = pipeline.sample_ab(lightness, 4, generators(), guidance_scale=2.0, precision="bf16")
+    assert seen and set(seen) == {(torch.float32, torch.float32, False)}
+
+    def unet_in_bf16(*args):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            output = pipeline.unet(*args)
+        assert output.dtype == torch.bfloat16  # the forward did run in bf16
+        return output.float()
+
+    by_hand = pipeline.sample_ab(lightness, 4, generators(), guidance_scale=2.0, network=unet_in_bf16)
+    assert torch.equal(bf16, by_hand)
+    assert not torch.equal(bf16, pipeline.sample_ab(lightness, 4, generators(), guidance_scale=2.0))  # fp32 differs
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_fast(monkeypatch):
+    from colorization import colorizer
+
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    for flags, fast in (({"avx512f", "amx_bf16", "amx_tile"}, True), ({"avx512f", "avx512_bf16"}, True)):
+        monkeypatch.setattr(colorizer, "_cpu_flags", lambda flags=flags: flags)
+        assert colorizer.fast_bf16("cpu") is fast and colorizer.resolve_precision("auto", "cpu") == "bf16"
+    monkeypatch.setattr(colorizer, "_cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # oneDNN told to stay below its bf16 kernels
+    assert colorizer.resolve_precision("auto", "cpu") == "fp32"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx512_core_amx")
+    assert colorizer.resolve_precision("auto", "cpu") == "bf16"
+    monkeypatch.setattr(colorizer, "_cpu_flags", lambda: {"avx2", "avx512f"})  # AVX-512 without bf16
+    assert colorizer.resolve_precision("auto", "cpu") == "fp32"
+    assert colorizer.resolve_precision("bf16", "cpu") == "bf16" and colorizer.resolve_precision("fp32", "cpu") == "fp32"
+    assert colorizer.resolve_precision("auto", "meta") == "fp32"
+    with pytest.raises(ColorizationError, match="unknown precision"):
+        colorizer.resolve_precision("fp16", "cpu")
+
+
+def test_a_compiled_unet_sees_one_batch_shape_and_each_image_keeps_its_colors(monkeypatch):
+    # torch.compile with dynamo's eager backend (inductor takes half a minute here; benchmark_sampling.py measures
+    # it). Its shapes are static: after the first batch, every batch must be cut into chunks of that size, the
+    # last one padded, or dynamo would compile a second graph.
+    from torch._dynamo.utils import counters
+
+    compile_, requested = torch.compile, []
+
+    def eager_compile(module, **options):
+        requested.append(options)
+        return compile_(module, backend="eager", dynamic=options["dynamic"])
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    torch._dynamo.reset()
+    counters.clear()
+    ddpm = DDPMScheduler(num_train_timesteps=1000, prediction_type="sample", clip_sample=False)
+    build = lambda compile: colorizer_from_parts(_unet(2.0), ddpm.config, 16, "ddpm", 4, compile=compile)  # noqa: E731
+    fast, plain = build(True), build(False)
+    lightness = torch.rand(5, 1, 16, 16) * 2 - 1
+    first = fast.predict_ab(lightness[:3], [1, 2, 3])
+    rest = fast.predict_ab(lightness, [1, 2, 3, 4, 5])  # 3 + 2 images (padded to 3)
+    assert requested == [{"dynamic": False, "options": {"freezing": True}}]
+    assert counters["stats"]["unique_graphs"] == 1
+    assert fast.describe_precision().endswith("torch.compile")
+    torch.testing.assert_close(rest[:3], first, rtol=0, atol=0)
+    # the same colors as without compile, up to the fp32 rounding that a batch's size changes (as above)
+    torch.testing.assert_close(rest, plain.predict_ab(lightness, [1, 2, 3, 4, 5]), rtol=0, atol=2e-4)
+    torch._dynamo.reset()
+
+
+def test_the_onnx_backend_refuses_bf16_and_compile_in_one_line(tmp_path):
+    for options, message in (({"precision": "bf16"}, "use --precision fp32"), ({"compile": True}, "drop --compile")):
+        with pytest.raises(ColorizationError, match=message):
+            load_onnx_colorizer(str(tmp_path), {}, **options)
+
+
+def test_precision_flags_give_a_row_each_and_the_note_says_what_ran(diffusion_run, tmp_path):
+    from colorization.config import parse_precisions
+    from colorization.evaluation import EvaluationConfig, evaluate
+
+    assert parse_precisions("fp32,Refiner=bf16", ["Plain", "Refiner"]) == {"Plain": ["fp32"], "Refiner": ["bf16"]}
+    assert parse_precisions("auto", ["A"]) == {"A": ["auto"]}
+    options = dict(metrics="psnr,colorfulness", batch_size=4, max_images=4, grid_images=2, num_inference_steps=2)
+    options.update(keep_selection_images=True, output_dir=str(tmp_path / "both"), precision="fp32,bf16")
+    data = DataConfig(resolution=32, embedded_num_images=256, dataloader_num_workers=0)
+    both = evaluate([str(diffusion_run[0])], ["D"], EvaluationConfig(**options), data)
+    assert list(both["summary"])[:2] == ["D (DPM-2, fp32)", "D (DPM-2, bf16)"]
+    assert both["settings"]["rows"]["D (DPM-2, bf16)"]["precision"] == "bf16"
+    assert both["settings"]["sampling"]["D (DPM-2, bf16)"] == "DPM-2, UNet in bf16 autocast, seed per image"
+    assert both["settings"]["sampling"]["D (DPM-2, fp32)"] == "DPM-2, fp32, seed per image"
+    options.update(output_dir=str(tmp_path / "fp32"), precision="D=fp32")
+    alone = evaluate([str(diffusion_run[0])], ["D"], EvaluationConfig(**options), data)
+    assert list(alone["summary"])[0] == "D"  # one precision: the model's plain name
+    np.testing.assert_array_equal(alone["values"]["D"]["psnr"], both["values"]["D (DPM-2, fp32)"]["psnr"])

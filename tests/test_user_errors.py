@@ -72,6 +72,7 @@ WRONG_VALUES = {
     config.index_list: ["1,x", "-1"],
     config.sampler_list: ["dpm", "dpm:0", "euler:20", "dpm:20,", "=dpm:20", "Diffusion=dpm"],
     config.guidance_list: ["0", "x", "=2", "Diffusion=", "inf", "1,,2"],
+    config.precision_list: ["fp16", "=bf16", "Diffusion=", "fp32,,bf16"],
     config.existing_folder: [MISSING, "{file}"],
     config.existing_path: [MISSING],
     config.output_folder: ["{file}", ""],

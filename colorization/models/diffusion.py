@@ -8,10 +8,14 @@ starts from noise ab and denoises conditioned on L at every step; the result is 
 Every sampler is built by :func:`make_sampler` from the training schedule's config, with the same explicit
 settings wherever it is built (validation in memory, or after loading an export), and every sampler clips
 its estimate of the clean ab the same way (:meth:`LabColorizationPipeline.sample_ab`).
+
+Precision: the UNet may run in bf16 autocast (``precision="bf16"``); the sampler's arithmetic (the step, the
+noise, the clipping and the guidance combination) stays in fp32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from typing import Optional, Sequence
@@ -23,13 +27,15 @@ from diffusers import (
     DDPMScheduler,
     DiffusionPipeline,
     DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
     ModelMixin,
     UNet2DModel,
 )
 from diffusers.configuration_utils import register_to_config
 from diffusers.utils.torch_utils import randn_tensor
 
-from colorization.colorizer import Colorizer
+from colorization.colorizer import Colorizer, resolve_precision
 from colorization.config import SAMPLER_NAMES
 from colorization.errors import ColorizationError
 
@@ -38,14 +44,29 @@ REGRESSOR_DIR = "regressor"  # a refining model's export holds its regressor's e
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")  # weights that are never loaded
 # dpm-sde is DPM-Solver++ (2M) on the SDE: the same multistep solver as dpm, plus fresh noise at every step. (On the
 # cpu-small refining model it spread no more than dpm at 20 steps: docs/reproducing.md.)
+# euler-a is ancestral Euler (k-diffusion's sample_euler_ancestral): an Euler step down to below the next noise level,
+# then fresh noise back up to it. edm is Euler with the "churn" of Karras et al. 2022 (EDM, Algorithm 2): before each
+# step the sample is noised up from sigma to sigma_hat = (1 + gamma) sigma, gamma = min(S_churn / N, sqrt(2) - 1)
+# for sigma in [S_tmin, S_tmax] (EDM_CHURN: the paper's ImageNet-64 values; with N <= 25 steps gamma is the cap),
+# then stepped from sigma_hat with the clean estimate made at sigma (diffusers' EulerDiscreteScheduler.step: the
+# model is not run again at sigma_hat, so each step costs one UNet pass).
 SAMPLERS = {
     "ddpm": DDPMScheduler,
     "ddim": DDIMScheduler,
     "dpm": DPMSolverMultistepScheduler,
     "dpm-sde": DPMSolverMultistepScheduler,
+    "euler-a": EulerAncestralDiscreteScheduler,
+    "edm": EulerDiscreteScheduler,
 }
 assert set(SAMPLERS) == set(SAMPLER_NAMES), "the flags check sampler names against config.SAMPLER_NAMES"
-STOCHASTIC_SAMPLERS = ("ddpm", "dpm-sde")  # they draw noise at every step, from each image's own generator
+# they draw noise at every step, from each image's own generator
+STOCHASTIC_SAMPLERS = ("ddpm", "dpm-sde", "euler-a", "edm")
+EDM_CHURN = {"s_churn": 80.0, "s_tmin": 0.05, "s_tmax": 50.0}
+# The prediction each scheduler is handed, where it cannot take the model's own (the pipeline converts the clipped
+# clean estimate into it): diffusers' ancestral Euler has no clean-ab ("sample") prediction, and edm takes only the
+# clean ab, so that the estimate it steps with after the churn is the clipped one, whatever the model predicts.
+SCHEDULER_PREDICTIONS = {"euler-a": ("epsilon", "v_prediction"), "edm": ("sample",)}
+MODEL_PREDICTION = "_model_prediction_type"  # a sampler's config: what the UNet predicts, when the sampler differs
 DEFAULT_SAMPLER = ("dpm", 20)  # validation, evaluate.py and colorize, unless told otherwise
 # DDIM and DPM-Solver start at the last training timestep ("trailing", Lin et al. 2024): with "leading" a
 # 20-step sampler starts at t = 950 from pure noise, a noisier input than any the model saw at that step.
@@ -141,7 +162,18 @@ def make_sampler(name: str, training_config) -> object:
     if name in ("dpm", "dpm-sde"):
         algorithm = "sde-dpmsolver++" if name == "dpm-sde" else "dpmsolver++"
         overrides.update(algorithm_type=algorithm, solver_order=2, thresholding=False, lower_order_final=True)
-    return SAMPLERS[name].from_config(config, **overrides)
+    model_prediction = model_prediction_type(training_config)
+    accepted = SCHEDULER_PREDICTIONS.get(name, (model_prediction,))
+    overrides["prediction_type"] = model_prediction if model_prediction in accepted else accepted[0]
+    sampler = SAMPLERS[name].from_config(config, **overrides)
+    if overrides["prediction_type"] != model_prediction:
+        sampler.register_to_config(**{MODEL_PREDICTION: model_prediction})
+    return sampler
+
+
+def model_prediction_type(scheduler_config) -> str:
+    """What the UNet predicts, from its training schedule's config or a sampler's made from it."""
+    return scheduler_config.get(MODEL_PREDICTION) or scheduler_config["prediction_type"]
 
 
 def sampler_name(scheduler) -> str:
@@ -161,30 +193,37 @@ class LabColorizationPipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
 
-    def _clip_clean_estimate(
-        self, prediction: torch.Tensor, sample: torch.Tensor, timestep, regressor_ab: Optional[torch.Tensor] = None
+    def _scheduler_prediction(
+        self, prediction: torch.Tensor, model_input: torch.Tensor, timestep, regressor_ab: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
-        """Clip the clean estimate that ``prediction`` implies to the range of the data (normalized ab in [-1, 1];
-        for a refining model, the residual that keeps the regressor's ab plus it in [-1, 1]; times ab_scale) and
-        return the prediction of the same kind that implies the clipped estimate, so that every sampler denoises
-        toward an in-range clean ab (as DDPM's and DDIM's clip_sample do)."""
+        """The UNet's prediction -> the clean estimate it implies, clipped to the range of the data (normalized ab
+        in [-1, 1]; for a refining model, the residual that keeps the regressor's ab plus it in [-1, 1]; times
+        ab_scale) -> the prediction of the scheduler's kind that implies the clipped estimate, in fp32, so that
+        every sampler denoises toward an in-range clean ab (as DDPM's and DDIM's clip_sample do).
+
+        The arithmetic is on ``model_input``, the variance-preserving x_t the UNet saw (the Euler samplers keep
+        x_t / sqrt(alpha_bar) as their sample); the samplers here step on whole training timesteps."""
         scale = self.unet.config.ab_scale
         if regressor_ab is None:
             low, high = -scale, scale
         else:
             low, high = (-1.0 - regressor_ab.float()) * scale, (1.0 - regressor_ab.float()) * scale
-        kind = self.scheduler.config.prediction_type
-        if kind == "sample":
-            return torch.clamp(prediction.float(), low, high).to(prediction.dtype)
-        alpha = self.scheduler.alphas_cumprod.to(sample.device)[timestep].float()
+        kind, wanted = model_prediction_type(self.scheduler.config), self.scheduler.config.prediction_type
+        if kind == wanted == "sample":
+            return torch.clamp(prediction.float(), low, high)
+        alpha = self.scheduler.alphas_cumprod.to(model_input.device)[torch.as_tensor(timestep).long()].float()
         signal, noise = alpha.sqrt(), (1.0 - alpha).sqrt()
-        prediction, sample = prediction.float(), sample.float()
-        if kind == "epsilon":
+        prediction, sample = prediction.float(), model_input.float()
+        if kind == "sample":
+            clean = prediction
+        elif kind == "epsilon":
             clean = (sample - noise * prediction) / signal.clamp_min(1e-6)
         else:  # v_prediction
             clean = signal * sample - noise * prediction
         clean = torch.clamp(clean, low, high)
-        if kind == "epsilon":
+        if wanted == "sample":
+            return clean
+        if wanted == "epsilon":
             return (sample - signal * clean) / noise
         return (signal * sample - clean) / noise
 
@@ -196,37 +235,54 @@ class LabColorizationPipeline(DiffusionPipeline):
         generator: torch.Generator | list | None = None,
         regressor_ab: Optional[torch.Tensor] = None,
         guidance_scale: float = 1.0,
+        precision: str = "fp32",
+        network=None,
     ) -> torch.Tensor:
         """Normalized L (N, 1, H, W) at the UNet's resolution -> sampled normalized ab (N, 2, H, W).
 
         ``generator`` may be a list with one generator per image: each image's colors then depend on its
         own generator only, not on the batch it is sampled in. A refining model samples the residual of
         ``regressor_ab`` (the one-pass model's normalized ab) and adds it back. ``guidance_scale`` w != 1:
-        classifier-free guidance, unconditional + w (conditional - unconditional); w = 1 is the plain sampler."""
+        classifier-free guidance, unconditional + w (conditional - unconditional); w = 1 is the plain sampler.
+        ``precision`` "bf16": the UNet's forward runs in bf16 autocast, the rest in fp32. ``network``: what to call
+        in place of ``self.unet`` (e.g. its ``torch.compile``), with the same arguments."""
         unet = self.unet
+        network = unet if network is None else network
+        # the conditioning, once per image: cast once, and its blank (the unconditional model's) made once
         lightness = lightness.to(device=unet.device, dtype=unet.dtype)
         if regressor_ab is not None:
             regressor_ab = regressor_ab.to(device=unet.device, dtype=unet.dtype)
+        if guidance_scale != 1.0:  # the unconditional model: every conditioning channel zero, as in training
+            blank = (torch.zeros_like(lightness), None if regressor_ab is None else torch.zeros_like(regressor_ab))
         self.scheduler.set_timesteps(num_inference_steps, device=unet.device)
         sample = (
             randn_tensor(
                 (lightness.shape[0], 2, *lightness.shape[-2:]),
                 generator=generator,
                 device=unet.device,
-                dtype=unet.dtype,
+                dtype=torch.float32,
             )
             * self.scheduler.init_noise_sigma
         )
-        extra = {"generator": generator} if sampler_name(self.scheduler) in STOCHASTIC_SAMPLERS else {}
+        name = sampler_name(self.scheduler)
+        extra = {"generator": generator} if name in STOCHASTIC_SAMPLERS else {}
+        if name == "edm":
+            extra.update(EDM_CHURN)
+        autocast = (
+            torch.autocast(unet.device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+        )
         for timestep in self.progress_bar(self.scheduler.timesteps):
             model_input = self.scheduler.scale_model_input(sample, timestep)
-            prediction = unet(model_input, timestep, lightness, regressor_ab)
-            if guidance_scale != 1.0:  # the unconditional model: every conditioning channel zero, as in training
-                blank = None if regressor_ab is None else torch.zeros_like(regressor_ab)
-                unconditional = unet(model_input, timestep, torch.zeros_like(lightness), blank)
+            with autocast:  # only the UNet's forward
+                prediction = network(model_input, timestep, lightness, regressor_ab)
+                if guidance_scale != 1.0:
+                    unconditional = network(model_input, timestep, *blank)
+            prediction = prediction.float()
+            if guidance_scale != 1.0:
+                unconditional = unconditional.float()
                 prediction = unconditional + guidance_scale * (prediction - unconditional)
-            prediction = self._clip_clean_estimate(prediction, sample, timestep, regressor_ab)
-            sample = self.scheduler.step(prediction.to(sample.dtype), timestep, sample, **extra).prev_sample
+            prediction = self._scheduler_prediction(prediction, model_input, timestep, regressor_ab)
+            sample = self.scheduler.step(prediction, timestep, sample, **extra).prev_sample
         sampled = sample.float() / unet.config.ab_scale
         return (sampled if regressor_ab is None else regressor_ab.float() + sampled).clamp(-1.0, 1.0)
 
@@ -250,6 +306,8 @@ class DiffusionColorizer(Colorizer):
         regressor: Optional[Colorizer] = None,
         guidance_scale: float = 1.0,
         guidance_trained: bool = False,
+        precision: str = "fp32",
+        compile: bool = False,
     ):
         super().__init__("diffusion", resolution, pipeline.unet.device, seed)
         self.pipeline = pipeline
@@ -259,6 +317,12 @@ class DiffusionColorizer(Colorizer):
             raise ColorizationError("a refining diffusion model needs its regressor, and only a refining one has one")
         self.guidance_trained = guidance_trained
         self.use_guidance(guidance_scale)
+        self.precision = resolve_precision(precision, self.device)  # the UNet's: "fp32" or "bf16" (autocast)
+        # torch.compile of the UNet, built at the first batch; it then samples in chunks of that batch's size (the
+        # last one padded), so that one compiled shape serves every batch. Its weights are frozen into the
+        # compiled code: only for a network that does not change (an export), never the one being trained.
+        self.compile = compile
+        self._compiled, self._chunk = None, None
 
     def use_guidance(self, guidance_scale: float) -> None:
         """Classifier-free guidance w for the next samples (1: none); refused for a model without its
@@ -286,6 +350,11 @@ class DiffusionColorizer(Colorizer):
         """The sampler as ``--samplers`` names it, e.g. ``dpm:20``."""
         return f"{sampler_name(self.pipeline.scheduler)}:{self.num_inference_steps}"
 
+    def describe_precision(self) -> str:
+        """E.g. 'UNet in bf16 autocast, torch.compile' or 'fp32'."""
+        kind = "UNet in bf16 autocast" if self.precision == "bf16" else "fp32"
+        return kind + (", torch.compile" if self.compile else "")
+
     def use_sampler(self, name: str, num_inference_steps: int) -> None:
         """Sample with another sampler of the same training schedule, or another step count (same network)."""
         if sampler_name(self.pipeline.scheduler) != name:
@@ -297,10 +366,35 @@ class DiffusionColorizer(Colorizer):
         seeds = [self.seed] * lightness.shape[0] if seeds is None else list(seeds)
         # CPU generators: the same noise on any device
         generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
-        # the regressor sees the L at its own resolution (colorize_lightness resizes there and back)
+        # the regressor sees the L at its own resolution (colorize_lightness resizes there and back), once per image
         regressor_ab = None if self.regressor is None else self.regressor.colorize_lightness(lightness)
+        if not self.compile:
+            return self._sample(lightness, generators, regressor_ab)
+        if self._compiled is None:
+            self._compiled = torch.compile(self.pipeline.unet, dynamic=False, options={"freezing": True})
+            self._chunk = lightness.shape[0]
+        chunks = []
+        for start in range(0, lightness.shape[0], self._chunk):
+            part = slice(start, start + self._chunk)
+            count = len(generators[part])
+            padding = self._chunk - count  # the last chunk is padded with copies of its last image, then dropped
+
+            def padded(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+                return None if x is None else torch.cat([x[part], x[part][-1:].expand(padding, *x.shape[1:])])
+
+            spare = [torch.Generator().manual_seed(0) for _ in range(padding)]
+            chunks.append(self._sample(padded(lightness), generators[part] + spare, padded(regressor_ab))[:count])
+        return torch.cat(chunks)
+
+    def _sample(self, lightness: torch.Tensor, generators: list, regressor_ab: Optional[torch.Tensor]) -> torch.Tensor:
         return self.pipeline.sample_ab(
-            lightness, self.num_inference_steps, generators, regressor_ab, self.guidance_scale
+            lightness,
+            self.num_inference_steps,
+            generators,
+            regressor_ab,
+            self.guidance_scale,
+            self.precision,
+            self._compiled,
         )
 
 
@@ -314,12 +408,14 @@ def colorizer_from_parts(
     regressor: Optional[Colorizer] = None,
     guidance_scale: float = 1.0,
     guidance_trained: bool = False,
+    precision: str = "fp32",
+    compile: bool = False,
 ) -> DiffusionColorizer:
     """The one way a diffusion colorizer is assembled, for a loaded export and for validation alike."""
     pipeline = LabColorizationPipeline(unet, make_sampler(sampler, training_scheduler_config))
     pipeline.set_progress_bar_config(disable=True)
     return DiffusionColorizer(
-        pipeline, resolution, num_inference_steps, seed, regressor, guidance_scale, guidance_trained
+        pipeline, resolution, num_inference_steps, seed, regressor, guidance_scale, guidance_trained, precision, compile
     )
 
 
@@ -331,10 +427,14 @@ def load_colorizer(
     num_inference_steps: Optional[int] = None,
     seed: int = 0,
     guidance_scale: float = 1.0,
+    precision: str = "fp32",
+    compile: bool = False,
 ) -> Colorizer:
-    """An exported diffusion pipeline -> its colorizer, sampling with ``scheduler`` (ddpm, ddim, dpm or dpm-sde) for
+    """An exported diffusion pipeline -> its colorizer, sampling with ``scheduler`` (a name of SAMPLERS) for
     ``num_inference_steps`` (default: the sampler recorded in the export, else DPM-Solver with 20 steps), with
-    classifier-free ``guidance_scale`` (1: none). A refining model carries its regressor in ``regressor/``."""
+    classifier-free ``guidance_scale`` (1: none), the UNet in ``precision`` (auto, fp32 or bf16; see
+    :func:`~colorization.colorizer.resolve_precision`), compiled with ``compile``. A refining model carries its
+    regressor in ``regressor/`` (it runs in fp32)."""
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.disable_progress_bar()  # no "Loading pipeline components" bar in command-line tools
@@ -367,6 +467,8 @@ def load_colorizer(
         from colorization.inference import load_colorizer as load_any
 
         regressor = load_any(os.path.join(path, REGRESSOR_DIR), device)
+    # Not channels-last, though oneDNN's bf16 convolutions run faster on it (benchmarks/README.md): validation
+    # samples the live network in its own layout, and evaluate.py must compute what validation computed.
     return colorizer_from_parts(
         pipeline.unet.to(device).eval(),
         pipeline.scheduler.config,
@@ -377,6 +479,8 @@ def load_colorizer(
         regressor,
         guidance_scale,
         guidance_trained=float(config.get("condition_dropout", 0.0)) > 0,
+        precision=precision,
+        compile=compile,
     )
 
 
@@ -387,14 +491,22 @@ def load_onnx_colorizer(
     num_inference_steps: Optional[int] = None,
     seed: int = 0,
     guidance_scale: float = 1.0,
+    precision: str = "auto",
+    compile: bool = False,
 ) -> Colorizer:
     """An ONNX folder of a diffusion model (``python -m colorization.export_onnx``) -> its colorizer: the UNet
     step in ONNX Runtime, this module's own sampler loop and scheduler around it (the options as in
-    :func:`load_colorizer`); a refining model's regressor from its own ONNX folder inside."""
+    :func:`load_colorizer`; the graph computes in fp32, so ``precision`` auto means fp32 and bf16 or ``compile``
+    are refused); a refining model's regressor from its own ONNX folder inside."""
     import json
 
     from colorization.onnx_backend import ONNX_MODEL, SCHEDULER_DIR, OnnxUNet, inference_session, read_onnx_record
 
+    if precision not in ("auto", "fp32") or compile:
+        raise ColorizationError(
+            "the ONNX backend runs its fp32 graph as exported: "
+            + ("drop --compile" if compile else "use --precision fp32")
+        )
     record = read_onnx_record(path)
     session = inference_session(os.path.join(path, ONNX_MODEL))
 
@@ -402,7 +514,7 @@ def load_onnx_colorizer(
         """The pipeline's own sampling loop (its methods, not a copy) over the ONNX UNet."""
 
         sample_ab = LabColorizationPipeline.sample_ab
-        _clip_clean_estimate = LabColorizationPipeline._clip_clean_estimate
+        _scheduler_prediction = LabColorizationPipeline._scheduler_prediction
 
         def __init__(self, unet: OnnxUNet, sampler):
             self.unet, self.scheduler = unet, sampler

@@ -332,6 +332,7 @@ class DiffusionTask(TrainingTask):
             config.validation_inference_steps,
             regressor=self.regressor,
             guidance_trained=config.condition_dropout > 0,
+            precision="auto",  # as evaluate.py samples by default
         )
 
     def validation_losses(self, lightness, ab, predicted_ab):
