@@ -108,17 +108,19 @@ class Preset:
 
 PRESETS = {
     "cpu-small": Preset(
-        description="AFHQ cats at 64x64, 10 epochs per model, bf16, on one CPU (about three hours on 2 cores)",
+        description="AFHQ cats at 64x64, 10 epochs per model, bf16, on one CPU (about 75 minutes on 2 cores)",
         resolution=64,
         epochs=10,
         train_batch_size=32,
         mixed_precision="bf16",
-        # Candidates of at most 25 UNet passes for both diffusion models, chosen among on the validation images
-        # (choose_sampler; the record is the results folder's selection/). DPM-20 validates during training.
-        samplers="dpm:20,ddpm:25,dpm-sde:20",
+        # Candidates of at most 25 UNet passes, chosen among on the validation images (choose_sampler; the record
+        # is the results folder's selection/): for the plain model its ODE solver and two stochastic ones, for the
+        # refining model the four stochastic kinds (ancestral DDPM, DPM-Solver on the SDE, ancestral Euler, EDM's
+        # churn). DPM-20 validates both during training.
+        samplers="dpm:20,dpm-sde:20,euler-a:25,refine=ddpm:25,refine=dpm-sde:20,refine=euler-a:25,refine=edm:25",
         # The small UNet, clean-ab prediction, lr 5e-4 after 100 warm-up steps: measured over 1,300 steps on
         # these cats against v-prediction with min-SNR 5 and zero terminal SNR (docs/models.md, Diffusion). Samplers are
-        # compared by benchmarks/sampler_curve.py; the mean of 8 samples on a fixed subset keeps it near three hours.
+        # compared by benchmarks/sampler_curve.py; the mean of 8 samples is taken on a fixed subset of the table.
         # Channels-last convolutions: the CNN and the GAN train 1.3-1.5x as fast in bf16 on a CPU
         # (benchmarks/README.md); the UNet's group norm is far slower in that format, so it keeps the default.
         model_args={
@@ -137,6 +139,10 @@ PRESETS = {
         },
         num_samples=8,
         num_samples_images=96,
+        # Three scales on 24 validation images: a third of the cost of 1,1.5,2,3 on all 64 (which chose w = 1 for
+        # both models at 3afa65b; docs/reproducing.md shows this sweep's choice on that sweep's own values)
+        guidance_scales="1,1.5,2",
+        guidance_images=24,
     ),
     "paper": Preset(
         description="AFHQ cats at 256x256, 20 epochs per model, bf16, on the GPUs of this machine",
