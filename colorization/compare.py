@@ -1,6 +1,7 @@
 """Paired differences between two rows of an evaluation, from its folder, with the table's own bootstrap.
 
     python -m colorization.compare results/cpu-small/evaluation "Diffusion refining CNN (DPM-20)" CNN
+    python -m colorization.compare results/cpu-small/evaluation CNN CNN --against docs/results/cpu-small-cpu/evaluation
 
 For each per-image metric both rows have (PSNR, SSIM, LPIPS, the per-image colorfulness gap |row - truth|;
 where both rows have K samples, the PSNR of the mean of K; where one has, the colorfulness CRPS, which is a
@@ -11,6 +12,10 @@ over row B (10 log10 of B's mean MSE over A's, over the same images): for one pr
 and for the posterior mean (a stochastic row's own, estimated without bias per image and pooled before the
 log; a deterministic row's posterior mean is its prediction). A difference whose interval crosses zero is
 not a result; the output says which do not.
+
+With ``--against OTHER``, row B is read from another evaluation of the same images (e.g. the same recipe
+retrained at another commit): the two must agree on the split, resolution, image count and the images left out,
+and their ground truths must be the same image by image (their per-image colorfulness), or it refuses.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import csv
 import json
 import os
 import sys
+from typing import Optional
 
 import numpy as np
 
@@ -51,9 +57,44 @@ def _per_image(folder: str) -> tuple[dict, int]:
     return values, int(seed)
 
 
-def paired_differences(folder: str, first: str, second: str) -> dict:
-    """{metric: {"mean", "ci95", "images"}} of ``first`` minus ``second`` over the images both have."""
+# what two evaluations must agree on for their rows to be compared image by image (--against); not the data's
+# description, whose wording changes between releases: their ground truths are compared image by image instead
+SAME_IMAGES = ("split", "resolution", "num_images")
+
+
+def _settings(folder: str) -> dict:
+    with open(os.path.join(folder, "results.json")) as handle:
+        return json.load(handle)["settings"]
+
+
+def _two_evaluations(folder: str, first: str, other: str, second: str) -> tuple[dict, int]:
+    """Row ``first`` of ``folder`` and row ``second`` of ``other`` as one evaluation's values (the second renamed
+    when both names are the same), after checking that the two evaluated the same images."""
     values, seed = _per_image(folder)
+    theirs, _ = _per_image(other)
+    mine_settings, their_settings = _settings(folder), _settings(other)
+    differing = [key for key in SAME_IMAGES if mine_settings.get(key) != their_settings.get(key)]
+    skipped = [[note for note in s.get("notes", []) if "left out" in note] for s in (mine_settings, their_settings)]
+    if differing or skipped[0] != skipped[1]:
+        what = ", ".join(differing + (["the images left out"] if skipped[0] != skipped[1] else []))
+        raise ColorizationError(f"{folder} and {other} did not evaluate the same images: they differ in {what}")
+    truths = [v.get(TRUTH, {}).get("colorfulness", {}) for v in (values, theirs)]
+    if truths[0].keys() != truths[1].keys() or any(abs(truths[0][i] - truths[1][i]) > 1e-3 for i in truths[0]):
+        raise ColorizationError(f"{folder} and {other} did not evaluate the same images: their ground truths differ")
+    for row, found, where in ((first, values, folder), (second, theirs, other)):
+        if row not in found:
+            raise ColorizationError(f"no row {row!r} in {where}; its rows: {', '.join(found)}")
+    return {first: values[first], f"{second} ({other})": theirs[second], TRUTH: values[TRUTH]}, seed
+
+
+def paired_differences(folder: str, first: str, second: str, against: Optional[str] = None) -> dict:
+    """{metric: {"mean", "ci95", "images"}} of ``first`` minus ``second`` over the images both have; ``second``
+    from the evaluation ``against`` where given (of the same images)."""
+    if against is not None:
+        values, seed = _two_evaluations(folder, first, against, second)
+        second = f"{second} ({against})"
+    else:
+        values, seed = _per_image(folder)
     for row in (first, second):
         if row not in values:
             raise ColorizationError(f"no row {row!r} in {folder}; its rows: {', '.join(values)}")
@@ -117,13 +158,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("evaluation", type=existing_folder, help="an evaluate.py --output_dir")
     parser.add_argument("first", help="a row of its table (the model name as in the table)")
     parser.add_argument("second", help="the row to compare it with")
+    parser.add_argument(
+        "--against",
+        type=existing_folder,
+        help="read the second row from this other evaluation of the same images (e.g. the same model retrained)",
+    )
     return parser
 
 
 def run(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    found = paired_differences(args.evaluation, args.first, args.second)
-    print(f"{args.first} minus {args.second}, paired over the same images (mean [95% bootstrap interval]):")
+    found = paired_differences(args.evaluation, args.first, args.second, args.against)
+    second = args.second + (f" of {args.against}" if args.against else "")
+    print(f"{args.first} minus {second}, paired over the same images (mean [95% bootstrap interval]):")
     pooled = {metric: stat for metric, stat in found.items() if metric in POOLED}
     for metric, stat in found.items():
         if metric == POOLED[0] and pooled:

@@ -5,6 +5,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import sys
 import urllib.error
 
@@ -207,6 +208,17 @@ def test_table_files_are_written_and_consistent(three_models, tmp_path):
     gaps = paired_differences(str(out), "CNN", "GAN")["colorfulness_gap"]
     per_image = {m: summary[m]["colorfulness_gap_per_image"]["mean"] for m in ("CNN", "GAN")}
     assert gaps["mean"] == pytest.approx(per_image["CNN"] - per_image["GAN"], abs=1e-4)
+    # --against: a row of another evaluation of the same images (here a copy in which the GAN is called CNN),
+    # paired image by image; an evaluation of other images is refused
+    other = tmp_path / "other"
+    shutil.copytree(out, other)
+    per_image_csv = (other / "per_image.csv").read_text()
+    (other / "per_image.csv").write_text(per_image_csv.replace(",CNN,", ",old,").replace(",GAN,", ",CNN,"))
+    across = paired_differences(str(out), "CNN", "CNN", against=str(other))
+    assert across["psnr"] == pytest.approx(paired_differences(str(out), "CNN", "GAN")["psnr"])
+    (other / "per_image.csv").write_text(per_image_csv.replace(f",{TRUTH},", ",moved,", 1))
+    with pytest.raises(ColorizationError, match="did not evaluate the same images: their ground truths differ"):
+        paired_differences(str(out), "CNN", "CNN", against=str(other))
 
 
 def test_gray_and_mean_ab_rows_are_what_they_say(three_models, tmp_path):
