@@ -95,6 +95,10 @@ class Preset:
     num_samples_images: Optional[int] = None  # ... on the first N held-out images
     slow_samplers: Optional[str] = None  # samplers too slow for every image: a second table ...
     slow_sampler_images: int = 64  # ... on the first N held-out images after the validation images
+    # torch.compile the diffusion UNets for the table's evaluation (evaluate.py --compile): it draws over a thousand
+    # samples per model, enough to pay back the compile (benchmarks/README.md); the selection steps' rows each
+    # compile anew for a few hundred samples, so they do not
+    compile_table: bool = False
     # Classifier-free guidance scales tried for each diffusion model (trained with condition dropout) with its
     # chosen sampler, on the first guidance_images validation images (none: all); chosen by the same rule.
     guidance_scales: Optional[str] = "1,1.5,2,3"
@@ -143,6 +147,7 @@ PRESETS = {
         # both models at 3afa65b; docs/reproducing.md shows this sweep's choice on that sweep's own values)
         guidance_scales="1,1.5,2",
         guidance_images=24,
+        compile_table=True,
     ),
     "paper": Preset(
         description="AFHQ cats at 256x256, 20 epochs per model, bf16, on the GPUs of this machine",
@@ -273,6 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
     for model in MODELS:
         extra.add_argument(f"--{model}_args", default="", help=f"for {FAMILIES[family_of(model)].script}")
     extra.add_argument("--eval_args", default="", help="for evaluate.py")
+    extra.add_argument(
+        "--compile_table",
+        action=argparse.BooleanOptionalAction,
+        help="torch.compile the diffusion UNets in the table's evaluation (default: the preset's choice)",
+    )
     return parser
 
 
@@ -525,6 +535,9 @@ class Plan:
             command += ["--num_samples", str(num_samples)]
             if args.num_samples_images or preset.num_samples_images:
                 command += ["--num_samples_images", str(args.num_samples_images or preset.num_samples_images)]
+        compile_table = preset.compile_table if args.compile_table is None else args.compile_table
+        if compile_table and not slow and any(family_of(m) == "diffusion" for m in self.models):
+            command += ["--compile"]
         return command + shlex.split(args.eval_args)
 
 

@@ -236,6 +236,10 @@ def test_the_cpu_small_preset_chooses_each_models_sampler_among_its_candidates()
             "--validation_inference_steps",
             shared[1],
         ]
+    # the table's evaluation compiles the UNets (over a thousand samples per model pay it back), the selection's not
+    assert "--compile" in plan.evaluation_command() and "--compile" not in plan.sampler_selection_command()
+    no_compile = Reproduction(parse_args(["--preset", "cpu-small", "--num_processes", "1", "--no-compile_table"]))
+    assert "--compile" not in no_compile.evaluation_command()
     # a run without the refining model leaves its entries out
     plan = Reproduction(parse_args(["--models", "cnn,diffusion", "--samplers", "dpm:20,ddim:50,refine=ddpm:100"]))
     assert plan.candidates() == {"Diffusion": ["dpm:20", "ddim:50"]}
