@@ -13,6 +13,9 @@ images with the same seeds, so the JSON line of each also says how far its ab is
 ``--channels_last_check``: one bf16 UNet pass with contiguous against channels-last weights, and how far an
 image's output moves between its batch and alone in each layout. ``--one_pass``: only one UNet pass per
 variant and what ``--precision auto`` resolves to here (e.g. under ONEDNN_MAX_CPU_ISA=AVX2).
+``--samples_per_image K``: only K samples of each of ``--batch_size`` images with the first sampler and
+variant, drawn in one call of K x N images (as ``measure`` drew them before 2026-12-03) against K calls of N
+(as it does now), alternating, and how far their ab are apart.
 """
 
 from __future__ import annotations
@@ -186,6 +189,62 @@ def channels_last_check(args, device: torch.device) -> None:
         )
 
 
+def sample_batches(args, device: torch.device) -> None:
+    """K samples per image: one call of K x N images against K calls of N, the same seeds; one JSON line."""
+    schedule = DDPMScheduler(num_train_timesteps=1000, prediction_type="sample", clip_sample=False).config
+    name, _, steps = args.samplers.split(",")[0].partition(":")
+    steps = int(steps or DEFAULT_STEPS[name])
+    precision = args.variants.split(",")[0]
+    refining = name in (args.refining.split(",") if args.refining else [])
+    unet, regressor = _networks(args, device, refining)
+    colorizer = colorizer_from_parts(
+        unet, schedule, args.resolution, name, steps, regressor=regressor, precision=precision
+    )
+    count, samples = args.batch_size, args.samples_per_image
+    lightness = torch.rand(count, 1, args.resolution, args.resolution, device=device) * 2 - 1
+    seeds = [[1000 * k + i for i in range(count)] for k in range(samples)]
+
+    def at_once():
+        flat = [seed for per_sample in seeds for seed in per_sample]
+        return colorizer.predict_ab(lightness.repeat(samples, 1, 1, 1), flat).view(
+            samples, count, 2, *lightness.shape[-2:]
+        )
+
+    def one_sample_at_a_time():
+        return torch.stack([colorizer.predict_ab(lightness, seeds[k]) for k in range(samples)])
+
+    colorizer.predict_ab(lightness[:2], [0, 1])  # warm-up
+    times = {"at_once": [], "per_sample": []}
+    for _ in range(args.repeats):  # alternating rounds, the best of each
+        first, seconds = _timed(at_once, device)
+        times["at_once"].append(seconds)
+        second, seconds = _timed(one_sample_at_a_time, device)
+        times["per_sample"].append(seconds)
+    at_once_s, per_sample_s = min(times["at_once"]), min(times["per_sample"])
+    record(
+        {
+            "benchmark": "sampling_batches",
+            "sampler": name,
+            "steps": steps,
+            "model": "refining" if refining else "plain",
+            "resolution": args.resolution,
+            "preset": args.unet_preset,
+            "images": count,
+            "samples_per_image": samples,
+            "precision": colorizer.precision,
+            "seconds_per_sample_one_call": round(at_once_s / (count * samples), 4),
+            "seconds_per_sample_per_sample_calls": round(per_sample_s / (count * samples), 4),
+            "speedup": round(at_once_s / per_sample_s, 2),
+            "max_delta_ab": round(float((first - second).abs().max() * AB_SCALE), 4),
+            "mean_delta_ab": round(float((first - second).abs().mean() * AB_SCALE), 5),
+            "device": device_name(device),
+            "cpu": cpu_name(),
+            "torch": torch.__version__,
+        },
+        args.output,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--resolution", type=int, default=256)
@@ -203,6 +262,8 @@ def main() -> None:
     )
     parser.add_argument("--channels_last_check", action="store_true", help="also the layout check (bf16)")
     parser.add_argument("--one_pass", action="store_true", help="only one UNet pass per precision")
+    parser.add_argument("--samples_per_image", type=int, help="only K samples per image: one call of K x N or K of N")
+    parser.add_argument("--repeats", type=int, default=2, help="--samples_per_image: alternating rounds (the best)")
     parser.add_argument("--output")
     args = parser.parse_args()
     if args.variants is None:
@@ -210,6 +271,9 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.one_pass:
         one_pass(args, device)
+        return
+    if args.samples_per_image:
+        sample_batches(args, device)
         return
     if args.channels_last_check:
         channels_last_check(args, device)

@@ -78,13 +78,15 @@ def measure(
     lightness, _ = color.rgb_to_normalized_lab(truth)
     count = len(indices)
     samples = num_samples if colorizer.stochastic else 1
-    seeds = [sample_seed(seed, int(i), k) for k in range(samples) for i in indices]
-    repeated = lightness.repeat(samples, 1, 1, 1)
     started = _now(truth.device) if timing is not None else 0.0
-    ab = colorizer.colorize_lightness(repeated, seeds).view(samples, count, 2, *lightness.shape[-2:])
+    # Sample k of every image in one call of the batch's size, not all K x N at once: on a CPU a batch that large
+    # runs out of the caches (benchmarks/README.md: a batch of K x N against K batches of N).
+    # Each image's noise comes from its own seed, so its colors do not depend on the batch they are drawn in.
+    seeds = [[sample_seed(seed, int(i), k) for i in indices] for k in range(samples)]
+    ab = torch.stack([colorizer.colorize_lightness(lightness, seeds[k]) for k in range(samples)])
     if timing is not None:
         timing["seconds"] = timing.get("seconds", 0.0) + _now(truth.device) - started
-        timing["images"] = timing.get("images", 0) + len(repeated)
+        timing["images"] = timing.get("images", 0) + samples * count
     prediction = color.normalized_lab_to_rgb(lightness, ab[0])
     values = image_metrics(prediction, truth, metrics, lpips)
     if samples > 1:

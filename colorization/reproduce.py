@@ -844,23 +844,32 @@ def _candidate(stats: dict) -> dict:
     }
 
 
-def choose(candidates: list[dict]) -> dict:
-    """The rule every choice of a sampler or a scale follows, on the validation images, by proper scores:
-    among the calibrated candidates (spread-skill ratio within ``CALIBRATED_BAND`` of 1), the lowest colorfulness
-    CRPS (ties: the higher pooled posterior-mean PSNR, then the first, i.e. the cheaper); if none is calibrated,
-    the one whose ratio is closest to 1. -> {"chosen", "rule"} (``candidates``: dicts with "name" and the
-    numbers of :func:`_candidate`)."""
+def _candidate_name(name) -> str:
+    """A sampler ("dpm:20") or a guidance scale (1.5) as a record names it."""
+    return f"{name:g}" if isinstance(name, (int, float)) else str(name)
+
+
+def choose(candidates: list[dict], calibration_first: bool = True) -> dict:
+    """The rule every choice of a sampler or a scale follows, on the validation images, by proper scores: a
+    sampler, among the calibrated candidates (spread-skill ratio within ``CALIBRATED_BAND`` of 1), the lowest
+    colorfulness CRPS, or if none is calibrated the one whose ratio is closest to 1; a guidance scale, the lowest
+    colorfulness CRPS (guidance changes the distribution sampled, and the spread it adds by overshooting the colors
+    is not calibration: the CRPS, a proper score, counts both); ties: the higher pooled posterior-mean PSNR, then
+    the first, i.e. the cheaper. -> {"chosen", "rule"} (``candidates``: dicts with "name" and the numbers of
+    :func:`_candidate`; ``calibration_first``: False for the scales' rule)."""
+
+    def score(c):
+        crps = c.get("colorfulness_crps", {}).get("mean", 0.0)
+        return (crps, -c["pooled_psnr_posterior"]["mean"])
+
+    if not calibration_first:
+        return {"chosen": min(candidates, key=score)["name"], "rule": "the lowest colorfulness CRPS"}
     calibrated = [c for c in candidates if abs(c["spread_skill"]["mean"] - 1.0) <= CALIBRATED_BAND]
     if calibrated:
-
-        def score(c):
-            crps = c.get("colorfulness_crps", {}).get("mean", 0.0)
-            return (crps, -c["pooled_psnr_posterior"]["mean"])
-
         best = min(calibrated, key=score)
         rule = (
             f"the lowest colorfulness CRPS among the calibrated candidates (spread-skill ratio within "
-            f"{CALIBRATED_BAND:g} of 1: {', '.join(c['name'] for c in calibrated)})"
+            f"{CALIBRATED_BAND:g} of 1: {', '.join(_candidate_name(c['name']) for c in calibrated)})"
         )
     else:
         best = min(candidates, key=lambda c: abs(c["spread_skill"]["mean"] - 1.0))
@@ -892,7 +901,8 @@ def choose_sampler(results_path: str, validation_images: int) -> dict[str, dict]
 
 def choose_guidance(results_path: str, validation_images: int) -> dict[str, dict]:
     """The guidance sweep's evaluation (results.json) -> per guided model {"chosen": scale, "rule",
-    "candidates", "images"} by the same rule (ties: the smaller scale, which costs half the passes)."""
+    "candidates", "images"} by the scales' rule of :func:`choose` (ties: the smaller scale, which costs half the
+    passes)."""
     settings, samples = _sampled_rows(results_path, validation_images)
     found: dict[str, list[dict]] = {}
     for row, about in settings["rows"].items():
@@ -902,7 +912,8 @@ def choose_guidance(results_path: str, validation_images: int) -> dict[str, dict
     for model, candidates in found.items():
         if len(candidates) > 1:
             candidates.sort(key=lambda c: c["name"])
-            chosen[model] = {**choose(candidates), "candidates": candidates, "images": samples["num_images"]}
+            found_choice = choose(candidates, calibration_first=False)
+            chosen[model] = {**found_choice, "candidates": candidates, "images": samples["num_images"]}
     return chosen
 
 

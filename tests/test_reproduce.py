@@ -263,6 +263,15 @@ def test_choices_are_made_by_the_proper_scores_and_never_on_the_tables_images(tm
     found = choose([candidate("a", 0.80, 5.0, 27.0), candidate("b", 0.95, 7.0, 26.0), candidate("c", 1.08, 6.0, 25.5)])
     assert found["chosen"] == "c" and "calibrated" in found["rule"]
     assert choose([candidate("a", 0.7, 5, 27), candidate("b", 0.85, 9, 26)])["chosen"] == "b"  # none calibrated
+    # guidance scales are numbers: the rule names them too (it once stopped the run here with a TypeError)
+    scales = [candidate(1.0, 0.87, 6.0, 26.3), candidate(1.5, 1.05, 7.0, 25.8), candidate(2.0, 1.2, 9.0, 25.0)]
+    found = choose(scales)
+    assert found["chosen"] == 1.5 and "calibrated candidates" in found["rule"] and ": 1.5)" in found["rule"]
+    # ... but a scale is chosen by the CRPS alone: guidance that overshoots the colors spreads the samples more
+    # without forecasting better (the cpu-small run's refining model: ratio 0.87 -> 1.05, CRPS 6.0 -> 7.0)
+    assert choose(scales, calibration_first=False) == {"chosen": 1.0, "rule": "the lowest colorfulness CRPS"}
+    tied = [candidate(1.0, 0.8, 6.0, 26.0), candidate(1.5, 0.9, 6.0, 26.5)]  # ties: the better posterior mean
+    assert choose(tied, calibration_first=False)["chosen"] == 1.5
     # an evaluation that measured more than the validation images is refused, whichever way it reached them
     settings = {"split": "validation", "evaluation": {"skip_images": 0, "max_images": 64}}
     check_validation_only(settings, 64)
