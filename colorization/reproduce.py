@@ -688,7 +688,10 @@ def write_selection_record(output_dir: str, models: list[str], candidates: dict,
         "validation_images": (
             f"the first {validation_images} held-out images (every run validated on them; every table leaves them out)"
         ),
-        "rule": choose.__doc__.split("->")[0].strip().replace("\n    ", " "),
+        "rule": choose.__doc__.split("->")[0]
+        .strip()
+        .replace("\n    ", " ")
+        .replace("``CALIBRATED_BAND``", f"{CALIBRATED_BAND:g}"),
         "choices": [],
     }
     for model in models:  # an exported step chosen during training (the GAN's --model_selection best)
@@ -726,7 +729,8 @@ def write_selection_record(output_dir: str, models: list[str], candidates: dict,
     for choice in record["choices"]:
         lines += [f"## {choice['model']}: {choice['what']} {choice['chosen']}", "", f"Rule: {choice['rule']}."]
         if choice.get("evaluation"):
-            lines += ["", f"Among, on {choice['images']} images with K samples each ([table]({choice['evaluation']})):"]
+            table = os.path.relpath(choice["evaluation"], SELECTION_DIR)  # this README is in SELECTION_DIR
+            lines += ["", f"Among, on {choice['images']} images with K samples each ([table]({table})):"]
             lines += ["", "| Candidate | Spread-skill ratio | Colorfulness CRPS ↓ | Pooled PSNR, posterior mean (dB) |"]
             lines += ["|---|---|---|---|"]
             for c in choice["candidates"]:

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import shlex
 import sys
 
@@ -186,6 +187,10 @@ def test_reproduce_writes_one_consistent_comparison_fails_loudly_and_skips_finis
     assert "## Chosen on the validation images" in readme and "perception_distortion.png" in readme
     assert (out / "selection" / "guidance" / "perception_distortion.png").is_file()
     assert "selection/README.md" in readme and "## Diffusion: sampler" in (out / "selection" / "README.md").read_text()
+    record = (out / "selection" / "README.md").read_text()
+    links = re.findall(r"\]\(([^)]+)\)", record)
+    assert links and all((out / "selection" / link).is_file() for link in links), links  # relative to the README
+    assert "CALIBRATED_BAND" not in record
 
     exported = {m: (out / "models" / m / "colorizer.json").stat().st_mtime_ns for m in ("cnn", "gan", "diffusion")}
     table = (evaluation / "table.md").read_text()
