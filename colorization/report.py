@@ -103,7 +103,10 @@ def _describe_hardware(settings: dict) -> str:
 def _precision(settings: dict) -> str:
     """How the models computed: an evaluation before the record says 'fp32' (TF32 convolutions on a GPU)."""
     precision = settings.get("fp32_precision")
-    return describe_fp32_precision(precision) if precision else "fp32"
+    text = describe_fp32_precision(precision) if precision else "fp32"
+    if any(row.get("precision") == "bf16" for row in settings.get("rows", {}).values()):
+        text += ", except the diffusion UNets the sampling note names in bf16 autocast"
+    return text
 
 
 def _rows_table(title_cells: list[str], rows: list[list[str]]) -> list[str]:
