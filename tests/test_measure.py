@@ -152,3 +152,25 @@ def test_evaluate_measures_in_full_fp32_and_records_it(cnn_run, tmp_path, monkey
     assert training["fp32_precision"] == full and "TF32" not in report.markdown_table(result["summary"], settings)
     training["fp32_precision"] = {"matmul": "tf32", "convolution": "tf32"}
     assert "mixed precision no, TF32;" in report.markdown_table(result["summary"], settings)
+
+
+def test_k_samples_are_drawn_as_k_batches_of_the_images_each_with_its_own_seeds():
+    # K x N images in one call ran out of a CPU's caches (benchmarks/README.md): the K samples come as K calls of
+    # the batch's N images, sample k of image i from seed sample_seed(seed, i, k), so the values are those of the
+    # same draws in any batching
+    from colorization import color
+    from colorization.measure import measure, sample_seed
+
+    calls = []
+
+    class Recording(_GaussianSampler):
+        def colorize_lightness(self, lightness, seeds):
+            calls.append((len(lightness), list(seeds)))
+            return super().colorize_lightness(lightness, seeds)
+
+    lightness = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.4 - 0.1
+    truth = color.normalized_lab_to_rgb(lightness, _GaussianSampler.centre(lightness))
+    indices = torch.tensor([5, 9, 12])
+    values = measure(Recording(0.05), truth, indices, 3, ("psnr",), num_samples=4)[0]
+    assert calls == [(3, [sample_seed(3, i, k) for i in (5, 9, 12)]) for k in range(4)]
+    assert values["num_samples"].tolist() == [4.0, 4.0, 4.0]
