@@ -112,7 +112,7 @@ class Preset:
 
 PRESETS = {
     "cpu-small": Preset(
-        description="AFHQ cats at 64x64, 10 epochs per model, bf16, on one CPU (about 75 minutes on 2 cores)",
+        description="AFHQ cats at 64x64, 10 epochs per model, bf16, on one CPU (about 80 minutes on 2 cores)",
         resolution=64,
         epochs=10,
         train_batch_size=32,
