@@ -1,5 +1,6 @@
-"""Run the real training harness (CNN) and write what this process saw: launched by test_training.py
-under `accelerate launch` with two CPU processes. Writes rank_<i>.json into --probe_dir."""
+"""Run the real training harness and write what this process saw: launched by test_training.py under
+`accelerate launch` with two CPU processes, as `distributed_probe.py MODEL --probe_dir DIR <training flags>`.
+Writes rank_<i>.json into DIR."""
 
 import hashlib
 import json
@@ -8,6 +9,7 @@ import sys
 
 import colorization.training as training
 from colorization.data import ColorizationImages
+from colorization.tasks import TRAINING_TASKS
 from colorization.tasks.cnn import CNNTask
 
 seen_indices = []
@@ -26,15 +28,16 @@ def probe_arguments() -> tuple[list[str], str]:
     return [a for i, a in enumerate(sys.argv[1:]) if "--probe_dir" not in (a, sys.argv[i])], probe_dir
 
 
-def train_and_write(argv: list[str], probe_dir: str, seen: dict) -> None:
-    """Train the CNN with ``argv``; write rank_<i>.json: ``seen`` (filled while training) and a weights hash."""
-    train_config, data_config, model_config = training.parse_args(CNNTask, argv)
-    trainer = training.Trainer(CNNTask(model_config, data_config.resolution), train_config, data_config)
+def train_and_write(argv: list[str], probe_dir: str, seen: dict, task_class=CNNTask) -> None:
+    """Train with ``argv``; write rank_<i>.json: ``seen`` (filled while training) and a hash of every network's
+    weights."""
+    train_config, data_config, model_config = training.parse_args(task_class, argv)
+    trainer = training.Trainer(task_class(model_config, data_config.resolution), train_config, data_config)
     trainer.train()
-    model = trainer.accelerator.unwrap_model(trainer.task.models["model"])
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
+    for key, network in sorted(trainer.task.models.items()):
+        for name, tensor in sorted(trainer.accelerator.unwrap_model(network).state_dict().items()):
+            digest.update(f"{key}.{name}".encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
     rank = trainer.accelerator.process_index
     with open(os.path.join(probe_dir, f"rank_{rank}.json"), "w") as handle:
         json.dump(
@@ -51,8 +54,9 @@ def train_and_write(argv: list[str], probe_dir: str, seen: dict) -> None:
 
 def main():
     argv, probe_dir = probe_arguments()
+    model = argv.pop(0)
     ColorizationImages.__getitems__ = recording_get_items  # with no data workers, batches load in this process
-    train_and_write(argv, probe_dir, {"epoch_and_index": seen_indices})
+    train_and_write(argv, probe_dir, {"epoch_and_index": seen_indices}, TRAINING_TASKS[model])
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ import urllib.error
 
 import pytest
 import torch
-from conftest import TINY_DATA, TINY_GAN, accelerate_launch, fp32_tolerance, train_in_process
+from conftest import TINY_DATA, TINY_GAN, fp32_tolerance, train_in_process
 from safetensors.torch import load_file
 
 from colorization import color, load_colorizer
@@ -244,9 +244,10 @@ def test_gan_resume_is_exact(tmp_path):
 
 
 def test_rgb_output_space_end_to_end_in_bf16_with_accumulation(tmp_path):
-    # also: both optimizers under bf16 autocast and gradient accumulation (2 batches per step)
-    accelerate_launch(
-        "train_gan.py",
+    # also: both optimizers under bf16 autocast and gradient accumulation (2 batches per step); in this process:
+    # the session's gan_run runs train_gan.py through accelerate launch
+    train_in_process(
+        GANTask,
         TINY_DATA
         + TINY_GAN
         + [

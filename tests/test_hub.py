@@ -5,7 +5,7 @@ import shutil
 import sys
 
 import pytest
-from conftest import TINY_CNN, TINY_DATA, run_command, train_in_process
+from conftest import TINY_CNN, TINY_DATA, run_command, run_in_process, train_in_process
 from PIL import Image
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -48,24 +48,33 @@ def test_a_model_in_the_hub_cache_loads_by_id_offline(hub_home, tmp_path, monkey
         load_colorizer("you/cats-cnn", "cpu")
 
 
-def test_the_commands_take_a_hub_id_and_say_in_one_line_what_is_missing(hub_home, tmp_path):
+def test_the_commands_take_a_hub_id_and_say_in_one_line_what_is_missing(hub_home, tmp_path, monkeypatch, capsys):
+    import json
+
+    import huggingface_hub.constants
+
+    from colorization.cli import main as colorize
+    from colorization.evaluation import main as evaluate
+
     photo = tmp_path / "photo.png"
     Image.new("RGB", (12, 8), (100, 150, 200)).save(photo)
     env = {"HF_HOME": str(hub_home), "HF_HUB_OFFLINE": "1"}
+    # the real command once, finding the cache through HF_HOME as a user's shell gives it
     run_command([sys.executable, "-m", "colorization", "--model", "you/cats-cnn", photo, "--output_dir",
                  tmp_path / "out", "--device", "cpu"], env=env)  # fmt: skip
     assert Image.open(tmp_path / "out" / "photo.png").size == (12, 8)
-    result = run_command([sys.executable, "-m", "colorization", "--model", "you/other", photo, "--output_dir",
-                          tmp_path / "out2"], env=env, check=False)  # fmt: skip
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("error: there is no folder 'you/other'")
-    assert "not in the local Hub cache" in result.stderr
-    evaluation = run_command([sys.executable, "evaluate.py", "--checkpoints", "you/cats-cnn", *TINY_DATA, "--metrics",
-                              "psnr", "--max_images", "4", "--output_dir", tmp_path / "eval"], env=env)  # fmt: skip
-    import json
-
+    # the rest in this process, the Hub cache where HF_HOME put it
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub_home / "hub"))
+    argv = ["--model", "you/other", photo, "--output_dir", tmp_path / "out2"]
+    code, _, error = run_in_process(colorize, argv, capsys)
+    assert code == 1 and "Traceback" not in error
+    assert error.strip().splitlines()[-1].startswith("error: there is no folder 'you/other'")
+    assert "not in the local Hub cache" in error
+    argv = ["--checkpoints", "you/cats-cnn", *TINY_DATA, "--metrics", "psnr", "--max_images", "4", "--output_dir"]
+    code, _, error = run_in_process(evaluate, [*argv, tmp_path / "eval"], capsys)
+    assert code == 0, error
     settings = json.loads((tmp_path / "eval" / "results.json").read_text())["settings"]
-    assert settings["hub_models"]["cats-cnn"]["commit"] == COMMIT and evaluation.returncode == 0
+    assert settings["hub_models"]["cats-cnn"]["commit"] == COMMIT
     assert settings["checkpoints"]["cats-cnn"] == "you/cats-cnn"
 
 

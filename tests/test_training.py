@@ -108,21 +108,15 @@ def test_exported_model_loads_and_keeps_input_size_and_lightness(cnn_run):
     assert len(json.loads((output / "training_images.json").read_text())["images"]) == 230
 
 
-@pytest.mark.parametrize(
-    "script, model_args, weights",
-    [
-        ("tests/distributed_probe.py", TINY_CNN, "model.safetensors"),
-        ("train_gan.py", TINY_GAN, "checkpoints/checkpoint_22/model_1.safetensors"),  # the discriminator
-    ],
-)
-def test_two_process_resume_is_exact(tmp_path, script, model_args, weights):
+def test_two_process_resume_is_exact(tmp_path):
     # Two processes of 8 images: 14 steps per epoch. Resumed from step 18 (mid-epoch, after the epoch boundary
     # at 14), the data order and flips must be epoch 1's, not epoch 0's (accelerate's set_epoch misses the
-    # sampler after skip_first_batches on several processes). The GAN checks both networks and optimizers.
-    # The CNN's uninterrupted run goes through a probe that also records what each process saw.
+    # sampler after skip_first_batches on several processes). The GAN, so that both networks and both optimizers
+    # are checked. The uninterrupted run goes through a probe that also records what each process saw; the
+    # resumed one is train_gan.py itself.
     args = (
         TINY_DATA
-        + model_args
+        + TINY_GAN
         + [
             "--output_dir",
             tmp_path / "run",
@@ -135,33 +129,30 @@ def test_two_process_resume_is_exact(tmp_path, script, model_args, weights):
             "--no-initial_validation",
             "--checkpoints_total_limit",
             "none",
+            "--model_selection",
+            "last",
         ]
     )
-    if script.endswith("probe.py"):
-        accelerate_launch(script, args + ["--probe_dir", tmp_path], num_processes=2)
-        ranks = [json.loads((tmp_path / f"rank_{i}.json").read_text()) for i in range(2)]
-        assert all(r["num_processes"] == 2 for r in ranks)
-        assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]  # in step, the same weights
-        seen = [[tuple(key) for key in r["epoch_and_index"]] for r in ranks]
-        # 22 steps of 8 images each, plus the batch accelerate's loader fetches ahead at each epoch's end
-        assert len(seen[0]) == len(seen[1]) == (22 + 1) * 8
-        assert not set(seen[0]) & set(seen[1])  # within an epoch, each process saw different images
-        assert len({epoch for epoch, _ in seen[0]}) == 2  # and step 22 is in the second epoch
-        script = "train_cnn.py"
-    else:
-        accelerate_launch(script, args + ["--model_selection", "last"], num_processes=2)
-        args += ["--model_selection", "last"]
+    accelerate_launch("tests/distributed_probe.py", ["gan", *args, "--probe_dir", tmp_path], num_processes=2)
+    ranks = [json.loads((tmp_path / f"rank_{i}.json").read_text()) for i in range(2)]
+    assert all(r["num_processes"] == 2 for r in ranks)
+    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]  # in step, the same weights (both networks)
+    seen = [[tuple(key) for key in r["epoch_and_index"]] for r in ranks]
+    # 22 steps of 8 images each, plus the batch accelerate's loader fetches ahead at each epoch's end
+    assert len(seen[0]) == len(seen[1]) == (22 + 1) * 8
+    assert not set(seen[0]) & set(seen[1])  # within an epoch, each process saw different images
+    assert len({epoch for epoch, _ in seen[0]}) == 2  # and step 22 is in the second epoch
     run = tmp_path / "run"
-    files = ["model.safetensors", weights]
+    files = ["model.safetensors", "checkpoints/checkpoint_22/model_1.safetensors"]  # the generator, the discriminator
     uninterrupted = [load_file(run / f) for f in files]
     shutil.rmtree(run / "checkpoints" / "checkpoint_22")
     (run / "model.safetensors").unlink()
-    accelerate_launch(script, args + ["--resume_from_checkpoint", "latest"], num_processes=2)
+    accelerate_launch("train_gan.py", args + ["--resume_from_checkpoint", "latest"], num_processes=2)
     for before, name in zip(uninterrupted, files):
         assert_same_weights(before, load_file(run / name))
 
 
-def test_a_kill_during_a_save_keeps_a_complete_checkpoint_and_resume_is_exact(tmp_path):
+def test_a_kill_during_a_save_keeps_a_complete_checkpoint_and_resume_is_exact(tmp_path, capsys):
     # 230 training images, batches of 8, 2 accumulation steps, 2 data workers: 14 optimizer steps per epoch.
     # Killed while saving step 8 (the limit of 1 checkpoint keeps step 4, complete), resumed from step 4
     # (mid-epoch) to step 18 (across the epoch boundary): the same weights as a run that never stopped.
@@ -204,18 +195,18 @@ def test_a_kill_during_a_save_keeps_a_complete_checkpoint_and_resume_is_exact(tm
     assert checkpoints == ["checkpoint_4", "checkpoint_8"]  # the complete one survives the limit of 1
     assert (tmp_path / "run" / "checkpoints" / "checkpoint_4" / "checkpoint_complete.json").is_file()
     assert not (tmp_path / "run" / "checkpoints" / "checkpoint_8" / "checkpoint_complete.json").exists()
-    result = accelerate_launch(
-        "train_cnn.py", args + ["--output_dir", tmp_path / "run", "--resume_from_checkpoint", "latest"]
-    )
-    assert "skipping" in result.stdout and "checkpoint_8: incomplete" in result.stdout
-    assert "resumed from" in result.stdout and "checkpoint_4 at step 4" in result.stdout
+    capsys.readouterr()
+    train_in_process(CNNTask, args + ["--output_dir", tmp_path / "run", "--resume_from_checkpoint", "latest"])
+    said = capsys.readouterr().out
+    assert "skipping" in said and "checkpoint_8: incomplete" in said
+    assert "resumed from" in said and "checkpoint_4 at step 4" in said
     assert_same_weights(
         load_file(tmp_path / "reference" / "model.safetensors"), load_file(tmp_path / "run" / "model.safetensors")
     )
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["checkpoint_18"]
 
 
-def test_a_new_run_into_a_used_folder_is_refused_and_overwrite_starts_over(tmp_path):
+def test_a_new_run_into_a_used_folder_is_refused_and_overwrite_starts_over(tmp_path, capsys):
     args = [
         *TINY_DATA,
         *TINY_CNN,
@@ -231,9 +222,9 @@ def test_a_new_run_into_a_used_folder_is_refused_and_overwrite_starts_over(tmp_p
     train_in_process(CNNTask, args)
     before = sorted(str(p) for p in tmp_path.rglob("*"))
     event_files = len(list((tmp_path / "logs").rglob("events.out.tfevents*")))  # a run's curves and settings
-    result = run_command([sys.executable, "train_cnn.py", *args], check=False)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "holds an earlier run" in result.stderr and "--overwrite_output_dir" in result.stderr
+    code, _, error = run_in_process(lambda argv: main(CNNTask, argv), args, capsys)
+    assert code == 1 and "Traceback" not in error
+    assert "holds an earlier run" in error and "--overwrite_output_dir" in error
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before  # nothing deleted or added
     train_in_process(CNNTask, args + ["--overwrite_output_dir", "--max_train_steps", "3", "--checkpointing_steps", "3"])
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint_3"]
