@@ -68,8 +68,8 @@ def _settings(folder: str) -> dict:
 
 
 def _two_evaluations(folder: str, first: str, other: str, second: str) -> tuple[dict, int]:
-    """Row ``first`` of ``folder`` and row ``second`` of ``other`` as one evaluation's values (the second renamed
-    when both names are the same), after checking that the two evaluated the same images."""
+    """Row ``first`` of ``folder`` and row ``second`` of ``other`` as one evaluation's values (the second named
+    "SECOND (OTHER)"), after checking that the two evaluated the same images."""
     values, seed = _per_image(folder)
     theirs, _ = _per_image(other)
     mine_settings, their_settings = _settings(folder), _settings(other)
@@ -79,7 +79,7 @@ def _two_evaluations(folder: str, first: str, other: str, second: str) -> tuple[
         what = ", ".join(differing + (["the images left out"] if skipped[0] != skipped[1] else []))
         raise ColorizationError(f"{folder} and {other} did not evaluate the same images: they differ in {what}")
     truths = [v.get(TRUTH, {}).get("colorfulness", {}) for v in (values, theirs)]
-    if truths[0].keys() != truths[1].keys() or any(abs(truths[0][i] - truths[1][i]) > 1e-3 for i in truths[0]):
+    if not truths[0] or truths[0].keys() != truths[1].keys() or any(abs(truths[0][i] - truths[1][i]) > 1e-3 for i in truths[0]):
         raise ColorizationError(f"{folder} and {other} did not evaluate the same images: their ground truths differ")
     for row, found, where in ((first, values, folder), (second, theirs, other)):
         if row not in found:

@@ -100,7 +100,8 @@ class Preset:
     # compile anew for a few hundred samples, so they do not
     compile_table: bool = False
     # Classifier-free guidance scales tried for each diffusion model (trained with condition dropout) with its
-    # chosen sampler, on the first guidance_images validation images (none: all); chosen by the same rule.
+    # chosen sampler, on the first guidance_images validation images (none: all); chosen by the scales' rule of
+    # choose() (the lowest colorfulness CRPS).
     guidance_scales: Optional[str] = "1,1.5,2,3"
     guidance_images: Optional[int] = None
     # The validation images: the first held-out images, where every run validates, the GAN's exported step, each
@@ -143,8 +144,8 @@ PRESETS = {
         },
         num_samples=8,
         num_samples_images=96,
-        # Three scales on 24 validation images: a third of the cost of 1,1.5,2,3 on all 64 (which chose w = 1 for
-        # both models at 3afa65b; docs/reproducing.md shows this sweep's choice on that sweep's own values)
+        # Three scales on 24 validation images, against 1,1.5,2,3 on all 64 before (which chose w = 1 for both
+        # models at 3afa65b, as this sweep did on the models of 2026-12-03: docs/reproducing.md)
         guidance_scales="1,1.5,2",
         guidance_images=24,
         compile_table=True,
