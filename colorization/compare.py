@@ -79,7 +79,11 @@ def _two_evaluations(folder: str, first: str, other: str, second: str) -> tuple[
         what = ", ".join(differing + (["the images left out"] if skipped[0] != skipped[1] else []))
         raise ColorizationError(f"{folder} and {other} did not evaluate the same images: they differ in {what}")
     truths = [v.get(TRUTH, {}).get("colorfulness", {}) for v in (values, theirs)]
-    if not truths[0] or truths[0].keys() != truths[1].keys() or any(abs(truths[0][i] - truths[1][i]) > 1e-3 for i in truths[0]):
+    if (
+        not truths[0]
+        or truths[0].keys() != truths[1].keys()
+        or any(abs(truths[0][i] - truths[1][i]) > 1e-3 for i in truths[0])
+    ):
         raise ColorizationError(f"{folder} and {other} did not evaluate the same images: their ground truths differ")
     for row, found, where in ((first, values, folder), (second, theirs, other)):
         if row not in found:
